@@ -1,0 +1,147 @@
+"""The one tokenizer interface, the save/load format, and text chunking.
+
+Every tokenizer maps text to a list of integer ids in ``[0, vocab_size)`` and back. They are
+saved as one JSON file ``{"kind": ..., "format": 1, ...}``; ``Tokenizer.load(path)`` reads the
+``kind`` field and hands the rest to the matching subclass, so callers never need to know which
+kind of tokenizer a checkpoint used.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Iterable, Iterator
+
+FORMAT_VERSION = 1
+
+# kind string -> subclass; filled by Tokenizer.__init_subclass__.
+_REGISTRY: dict[str, type["Tokenizer"]] = {}
+
+
+class Tokenizer(ABC):
+    """Abstract base: ``encode``, ``decode``, ``vocab_size``, ``save``, ``load``, ``kind``."""
+
+    kind: str = ""
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.kind:
+            _REGISTRY[cls.kind] = cls
+
+    # ---- the interface -------------------------------------------------------------------
+    @abstractmethod
+    def encode(self, text: str) -> list[int]:
+        """Text -> ids."""
+
+    @abstractmethod
+    def decode(self, ids: Iterable[int]) -> str:
+        """Ids -> text. ``decode(encode(s)) == s`` for text the tokenizer can represent."""
+
+    @property
+    @abstractmethod
+    def vocab_size(self) -> int:
+        """Number of distinct ids; every id is in ``[0, vocab_size)``."""
+
+    @abstractmethod
+    def _state(self) -> dict:
+        """JSON-serialisable state, without the ``kind``/``format`` fields."""
+
+    @classmethod
+    @abstractmethod
+    def _from_state(cls, state: dict) -> "Tokenizer":
+        """Inverse of ``_state``."""
+
+    # ---- shared behaviour ----------------------------------------------------------------
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        """Encode several texts; subclasses backed by a Rust library do this in parallel."""
+        return [self.encode(t) for t in texts]
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the tokenizer as JSON (atomically: temp file + rename)."""
+        path = Path(path)
+        payload = {"kind": self.kind, "format": FORMAT_VERSION, **self._state()}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(payload, f, ensure_ascii=False)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Tokenizer":
+        """Read a file written by ``save`` and rebuild the right subclass from its ``kind``."""
+        with open(path, encoding="utf-8") as f:
+            payload = json.load(f)
+        if not isinstance(payload, dict) or "kind" not in payload:
+            raise ValueError(f"{path}: not a babygpt tokenizer file (no 'kind' field)")
+        kind = payload.pop("kind")
+        version = payload.pop("format", None)
+        if version != FORMAT_VERSION:
+            raise ValueError(f"{path}: tokenizer format {version!r}, this version reads {FORMAT_VERSION}")
+        if kind not in _REGISTRY:
+            raise ValueError(f"{path}: unknown tokenizer kind {kind!r}; known: {sorted(_REGISTRY)}")
+        sub = _REGISTRY[kind]
+        if cls is not Tokenizer and not issubclass(sub, cls):
+            raise ValueError(f"{path}: holds a {kind!r} tokenizer, not a {cls.__name__}")
+        return sub._from_state(payload)
+
+    def _check_ids(self, ids: Iterable[int]) -> list[int]:
+        ids = [int(i) for i in ids]
+        bad = [i for i in ids if not 0 <= i < self.vocab_size]
+        if bad:
+            raise ValueError(f"decode: ids {bad[:5]} are outside [0, vocab_size={self.vocab_size})")
+        return ids
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(vocab_size={self.vocab_size})"
+
+
+def registered_kinds() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+# ---- chunking text without changing its tokenization --------------------------------------
+# A newline between two non-whitespace characters is a boundary every tokenizer here already
+# splits at (char: trivially; word: whitespace runs are tokens; byte-level BPE: GPT-2's
+# pre-tokenizer never joins "\n" to a neighbour, and "\n" alone is its own whitespace run).
+# Cutting right after such a newline therefore gives the same ids as encoding the whole text,
+# which is what lets BPE encode in parallel chunks and lets tokenize_to_file stream.
+_SAFE_CUT = re.compile(r"(?<=\S\n)(?=\S)")
+
+
+def safe_chunks(text: str, chunk_chars: int = 1 << 16) -> Iterator[str]:
+    """Yield consecutive pieces of ``text`` of about ``chunk_chars`` characters, cut only at
+    safe boundaries (see above). A text with no boundary comes back whole."""
+    if chunk_chars < 1:
+        raise ValueError(f"chunk_chars must be >= 1, got {chunk_chars}")
+    start, n = 0, len(text)
+    while start < n:
+        if n - start <= chunk_chars:
+            yield text[start:]
+            return
+        m = _SAFE_CUT.search(text, start + chunk_chars)
+        if m is None:
+            yield text[start:]
+            return
+        yield text[start:m.start()]
+        start = m.start()
+
+
+def last_safe_cut(text: str) -> int:
+    """Index of the last safe boundary in ``text`` (0 if none): ``text[:i]`` can be encoded
+    now, ``text[i:]`` must wait for more input."""
+    i = len(text)
+    while True:
+        i = text.rfind("\n", 0, i)
+        if i <= 0:
+            return 0
+        if i + 1 < len(text) and not text[i - 1].isspace() and not text[i + 1].isspace():
+            return i + 1
