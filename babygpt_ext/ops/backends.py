@@ -1,0 +1,149 @@
+"""The backends of the op contract, registered in policy order.
+
+Compiled backends are namespaces of torch ops with the schemas of csrc/ops.cpp:
+  cpu, cuda  -> torch.ops.babygpt       (babygpt_ext._C; one namespace, dispatched by device)
+  cuda_emu   -> torch.ops.babygpt_emu   (babygpt_ext._C_emu: csrc/cuda kernels run through csrc/emu)
+  triton     -> torch.ops.babygpt_triton (babygpt_ext.kernels.triton)
+Each is loaded lazily on first use, so importing babygpt_ext imports neither the extension's
+CUDA side nor anything Triton-related.
+"""
+
+import functools
+import importlib
+import importlib.util
+import os
+
+import torch
+import torch.nn.functional as F
+
+from . import reference
+from .library import register_contract
+from .registry import Backend, Call, register
+
+LOW_AND_FULL = (torch.float16, torch.bfloat16, torch.float32)
+WITH_F64 = LOW_AND_FULL + (torch.float64,)
+KERNEL_MAX_HEAD_DIM = 256
+BUILD_HINT = "build it with `pip install --no-build-isolation .` (torch installed first; see README)"
+
+
+@functools.cache
+def load_namespace(module: str, ns: str):
+    """Import the module that defines ns::* and attach fakes + autograd; return torch.ops.<ns>."""
+    importlib.import_module(module)
+    register_contract(ns)
+    return getattr(torch.ops, ns)
+
+
+def _module_missing(module: str, hint: str):
+    """None if `module` imports, else why not and how to get it."""
+    try:
+        importlib.import_module(module)
+        return None
+    except ImportError as e:
+        return f"{module} is not importable ({e}); {hint}"
+
+
+def compiled_attention(module: str, ns: str):
+    def run(q, k, v, scale, causal):
+        return load_namespace(module, ns).attn_fwd(q, k, v, scale, causal)[0]
+    return run
+
+
+def compiled_lora(module: str, ns: str):
+    def run(x, weight, bias, lora_a, lora_b, scale):
+        return load_namespace(module, ns).lora_fwd(x, weight, bias, lora_a, lora_b, scale)[0]
+    return run
+
+
+# -------------------------------------------------------------------------------- eager
+register(Backend(
+    "eager", "plain PyTorch composition; materialises the T×T scores (the readable reference)",
+    devices=("cpu", "cuda"), dtypes=WITH_F64,
+    attention=reference.attention, lora=reference.lora_linear))
+
+
+# --------------------------------------------------------------------------------- sdpa
+def _sdpa(q, k, v, scale, causal):
+    tq, tk = q.shape[2], k.shape[2]
+    # SDPA's is_causal is top-left aligned; the contract is bottom-right, so Tq != Tk needs a mask.
+    mask = reference.causal_mask(tq, tk, q.device) if causal and tq != tk else None
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and tq == tk, scale=scale,
+                                          enable_gqa=k.shape[1] != q.shape[1])
+
+
+register(Backend(
+    "sdpa", "torch.nn.functional.scaled_dot_product_attention (the peer baseline; attention only)",
+    devices=("cpu", "cuda"), dtypes=WITH_F64, attention=_sdpa))
+
+
+# ---------------------------------------------------------------------------------- cpu
+def _ext_missing():
+    return _module_missing("babygpt_ext._C", BUILD_HINT)
+
+
+register(Backend(
+    "cpu", "C++ kernels of csrc/cpu (torch.ops.babygpt on CPU tensors)",
+    devices=("cpu",), dtypes=WITH_F64, max_head_dim=KERNEL_MAX_HEAD_DIM,
+    attention=compiled_attention("babygpt_ext._C", "babygpt"), lora=compiled_lora("babygpt_ext._C", "babygpt"),
+    unavailable=_ext_missing))
+
+
+# --------------------------------------------------------------------------------- cuda
+def _cuda_missing():
+    if (why := _ext_missing()) is not None:
+        return why
+    from babygpt_ext._C import build_info
+    if not build_info()["cuda"]:
+        return ("babygpt_ext._C was built without CUDA; rebuild with a CUDA build of torch and nvcc "
+                "(BABYGPT_EXT_CUDA=1 pip install --no-build-isolation .)")
+    if not torch.cuda.is_available():
+        return "no CUDA device is visible to torch (torch.cuda.is_available() is False)"
+    if not torch._C._dispatch_has_kernel_for_dispatch_key("babygpt::attn_fwd", "CUDA"):
+        return "babygpt_ext._C has no CUDA kernels registered for babygpt::attn_fwd"
+    return None
+
+
+register(Backend(
+    "cuda", "CUDA C++ kernels of csrc/cuda (torch.ops.babygpt on CUDA tensors)",
+    devices=("cuda",), dtypes=LOW_AND_FULL, max_head_dim=KERNEL_MAX_HEAD_DIM,
+    attention=compiled_attention("babygpt_ext._C", "babygpt"), lora=compiled_lora("babygpt_ext._C", "babygpt"),
+    unavailable=_cuda_missing))
+
+
+# ------------------------------------------------------------------------------- triton
+TRITON_MODULE = "babygpt_ext.kernels.triton"
+
+
+def _triton_interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _triton_missing():
+    if importlib.util.find_spec("triton") is None:
+        return "the triton package is not installed (pip install triton; it comes with CUDA builds of torch)"
+    if not (torch.cuda.is_available() or _triton_interpreting()):
+        return "no CUDA device, and TRITON_INTERPRET=1 (Triton's CPU interpreter) is not set"
+    return _module_missing(TRITON_MODULE, "the Triton kernels are not part of this installation")
+
+
+def _triton_device_check(call: Call):
+    if call.device == "cpu" and not _triton_interpreting():
+        return "CPU tensors run only under TRITON_INTERPRET=1"
+    return None
+
+
+register(Backend(
+    "triton", "Triton kernels of babygpt_ext/kernels/triton (CUDA tensors; CPU tensors under TRITON_INTERPRET=1)",
+    devices=("cuda", "cpu"), dtypes=LOW_AND_FULL, max_head_dim=KERNEL_MAX_HEAD_DIM,
+    attention=compiled_attention(TRITON_MODULE, "babygpt_triton"), lora=compiled_lora(TRITON_MODULE, "babygpt_triton"),
+    unavailable=_triton_missing, extra_check=_triton_device_check))
+
+
+# ----------------------------------------------------------------------------- cuda_emu
+register(Backend(
+    "cuda_emu", "the csrc/cuda kernels run on the CPU through the csrc/emu harness (tests; slow)",
+    devices=("cpu",), dtypes=LOW_AND_FULL, max_head_dim=KERNEL_MAX_HEAD_DIM,
+    attention=compiled_attention("babygpt_ext._C_emu", "babygpt_emu"),
+    lora=compiled_lora("babygpt_ext._C_emu", "babygpt_emu"),
+    unavailable=lambda: _module_missing(
+        "babygpt_ext._C_emu", "build it with `BABYGPT_EXT_EMU=1 pip install --no-build-isolation -e .`")))

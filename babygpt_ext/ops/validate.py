@@ -1,0 +1,93 @@
+"""Input checks for the public ops. They run before any backend, so a bad call never reaches a
+kernel: it raises TypeError (wrong kind of thing, wrong dtype) or ValueError (wrong shape or
+device), naming the argument and the shapes involved."""
+
+import math
+import numbers
+
+import torch
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _tensor(name: str, t, ndim: "int | None" = None) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {t.dtype}")
+    if ndim is not None and t.dim() != ndim:
+        raise ValueError(f"{name} must be {ndim}-D, got shape {tuple(t.shape)}")
+    return t
+
+
+def _same_dtype_and_device(named: dict) -> None:
+    items = [(n, t) for n, t in named.items() if t is not None]
+    first_name, first = items[0]
+    for name, t in items[1:]:
+        if t.dtype != first.dtype:
+            raise TypeError(f"{name} has dtype {t.dtype} but {first_name} has {first.dtype}; "
+                            "all inputs must share one dtype")
+        if t.device != first.device:
+            raise ValueError(f"{name} is on {t.device} but {first_name} is on {first.device}; "
+                             "all inputs must be on one device")
+
+
+def _scale(scale, default: float) -> float:
+    if scale is None:
+        return default
+    if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
+        raise TypeError(f"scale must be a real number or None, got {type(scale).__name__}")
+    if not math.isfinite(scale):
+        raise ValueError(f"scale must be finite, got {scale}")
+    return float(scale)
+
+
+def attention_args(q, k, v, causal, scale) -> float:
+    """Check causal_attention's inputs; return the scale to use (default D**-0.5)."""
+    _tensor("q", q, 4), _tensor("k", k, 4), _tensor("v", v, 4)
+    _same_dtype_and_device({"q": q, "k": k, "v": v})
+    if not isinstance(causal, bool):
+        raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
+    (b, h, tq, d), (bk, hkv, tk, dk) = q.shape, k.shape
+    shapes = f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
+    if k.shape != v.shape:
+        raise ValueError(f"k and v must have the same shape (B, Hkv, Tk, D); got {shapes}")
+    if bk != b:
+        raise ValueError(f"q and k must have the same batch size B; got {shapes}")
+    if dk != d:
+        raise ValueError(f"q and k must have the same head dim D; got {shapes}")
+    if min(b, h, tq, d, hkv, tk) < 1:
+        raise ValueError(f"every dimension must be at least 1; got {shapes}")
+    if h % hkv != 0:
+        raise ValueError(f"the number of query heads H={h} must be a multiple of the key/value heads "
+                         f"Hkv={hkv}; got {shapes}")
+    if causal and tq > tk:
+        raise ValueError(f"causal attention needs Tq <= Tk (queries are the last Tq of Tk positions); "
+                         f"got Tq={tq}, Tk={tk} ({shapes})")
+    return _scale(scale, d ** -0.5)
+
+
+def lora_args(x, weight, bias, lora_a, lora_b, scale) -> float:
+    """Check lora_linear's inputs; return scale as a float."""
+    _tensor("x", x)
+    _tensor("weight", weight, 2), _tensor("lora_a", lora_a, 2), _tensor("lora_b", lora_b, 2)
+    if bias is not None:
+        _tensor("bias", bias, 1)
+    _same_dtype_and_device({"x": x, "weight": weight, "bias": bias, "lora_a": lora_a, "lora_b": lora_b})
+    out_f, in_f = weight.shape
+    r = lora_a.shape[0]
+    shapes = (f"x {tuple(x.shape)}, weight {tuple(weight.shape)}, lora_a {tuple(lora_a.shape)}, "
+              f"lora_b {tuple(lora_b.shape)}" + (f", bias {tuple(bias.shape)}" if bias is not None else ""))
+    if x.dim() < 1 or x.shape[-1] != in_f:
+        raise ValueError(f"x must be (..., in_features={in_f}) to match weight (out, in); got {shapes}")
+    if lora_a.shape[1] != in_f:
+        raise ValueError(f"lora_a must be (r, in_features={in_f}); got {shapes}")
+    if tuple(lora_b.shape) != (out_f, r):
+        raise ValueError(f"lora_b must be (out_features={out_f}, r={r}); got {shapes}")
+    if bias is not None and bias.shape[0] != out_f:
+        raise ValueError(f"bias must be (out_features={out_f},); got {shapes}")
+    if r < 1:
+        raise ValueError(f"the LoRA rank r (lora_a.shape[0]) must be at least 1; got {shapes}")
+    if scale is None:
+        raise TypeError("scale must be a real number (alpha / r), got None")
+    return _scale(scale, 1.0)
