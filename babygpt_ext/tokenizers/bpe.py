@@ -34,6 +34,16 @@ def _byte_level_bpe() -> HFTokenizer:
     return tok
 
 
+def _raise_if_not_unicode(where: str, texts: list) -> None:
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise TypeError(f"{where}: expected str, got {type(t).__name__} (item {i})")
+        try:
+            t.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise ValueError(f"{where}: text {i} is not valid Unicode ({e.reason} at index {e.start})") from None
+
+
 class BPETokenizer(Tokenizer):
     kind = "bpe"
 
@@ -82,14 +92,16 @@ class BPETokenizer(Tokenizer):
             for enc in self._batch(list(safe_chunks(text, _PARALLEL_CHARS)), add_special_tokens=False):
                 out.extend(enc.ids)
             return out
-        except UnicodeEncodeError as e:  # lone surrogates cannot become UTF-8 bytes
-            raise ValueError(f"BPETokenizer.encode: text is not valid Unicode ({e.reason} at {e.start})") from None
+        except (TypeError, UnicodeEncodeError):  # the Rust side rejects lone surrogates
+            _raise_if_not_unicode("BPETokenizer.encode", [text])
+            raise
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         try:
             return [enc.ids for enc in self._batch(list(texts), add_special_tokens=False)]
-        except UnicodeEncodeError as e:
-            raise ValueError(f"BPETokenizer.encode_batch: text is not valid Unicode ({e.reason})") from None
+        except (TypeError, UnicodeEncodeError):
+            _raise_if_not_unicode("BPETokenizer.encode_batch", texts)
+            raise
 
     def decode(self, ids: Iterable[int]) -> str:
         # Note: decoding a *slice* of ids can end mid-character; such bytes become U+FFFD.
