@@ -1,0 +1,22 @@
+// The op contract's schemas (DESIGN.md §2), shared by every namespace that implements it:
+// `babygpt` (csrc/ops.cpp: CPU and CUDA kernels) and `babygpt_emu` (csrc/emu/ops_emu.cpp: the CUDA
+// kernels run on the CPU). One definition, so the namespaces cannot drift apart.
+//
+// Layouts: q (B, H, Tq, D); k, v (B, Hkv, Tk, D); o like q; lse (B, H, Tq) in float32 (float64
+// when the inputs are float64). LoRA: x (N, in), weight (out, in), lora_a (r, in), lora_b (out, r);
+// xa = x lora_aᵀ (N, r) is kept for the backward, in float32 (float64 for float64 inputs).
+#pragma once
+
+#define BABYGPT_DEFINE_CONTRACT(m)                                                                        \
+  do {                                                                                                    \
+    (m).def("attn_fwd(Tensor q, Tensor k, Tensor v, float scale, bool causal) -> (Tensor o, Tensor lse)"); \
+    (m).def("attn_bwd(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor o, Tensor lse, float scale,"     \
+            " bool causal) -> (Tensor dq, Tensor dk, Tensor dv)");                                       \
+    (m).def("lora_fwd(Tensor x, Tensor weight, Tensor? bias, Tensor lora_a, Tensor lora_b, float scale)" \
+            " -> (Tensor y, Tensor xa)");                                                                \
+    /* dweight/dbias only when the frozen base needs them; otherwise empty (numel 0) tensors,  */        \
+    /* which the Python autograd turns into None. */                                                     \
+    (m).def("lora_bwd(Tensor dy, Tensor x, Tensor weight, Tensor lora_a, Tensor lora_b, Tensor xa,"      \
+            " float scale, bool need_dweight, bool need_dbias) -> (Tensor dx, Tensor dweight,"           \
+            " Tensor dbias, Tensor dlora_a, Tensor dlora_b)");                                           \
+  } while (0)
