@@ -98,7 +98,7 @@ def test_dense_bigram_equals_sparse_ngram_with_n2():
 def test_more_context_lowers_char_perplexity():
     V, train, val = char_data()
     ppl = [NGramLM(n, V, 0.05).fit(train).perplexity(val) for n in (1, 2, 3)]
-    assert ppl[0] > ppl[1] > ppl[2] > 1  # measured ~24, ~12, ~7 on this slice
+    assert ppl[0] > ppl[1] > ppl[2] > 1  # measured 26.5, 14.3, 9.2 on this slice
 
 
 # ---- sampling -----------------------------------------------------------------------------
@@ -175,10 +175,10 @@ def test_neural_bigram_approaches_count_bigram_perplexity():
     count_ppl = BigramLM(V, k=0.1).fit(train).perplexity(val)
     torch.manual_seed(0)
     model = NeuralBigramLM(V)
-    opt = torch.optim.Adam(model.parameters(), lr=0.5)
+    opt = torch.optim.Adam(model.parameters(), lr=0.3)
     g = torch.Generator().manual_seed(0)
     for _ in range(300):
-        x, y = get_batch(train, 32, 64, generator=g)
+        x, y = get_batch(train, 64, 64, generator=g)
         _, loss = model(x, y)
         opt.zero_grad()
         loss.backward()
@@ -186,8 +186,8 @@ def test_neural_bigram_approaches_count_bigram_perplexity():
     with torch.no_grad():
         _, val_loss = model(val[None, :-1], val[None, 1:])
     neural_ppl = math.exp(val_loss.item())
-    # measured: count ~13.0, neural ~14.4 after 300 steps (uniform start: ppl = V ~ 100)
-    assert neural_ppl < 1.2 * count_ppl, (neural_ppl, count_ppl)
+    # measured: count 14.3, neural 15.2 after 300 steps (ratio 1.07); uniform start = V = 96
+    assert neural_ppl < 1.15 * count_ppl, (neural_ppl, count_ppl)
 
 
 def test_count_model_argument_errors():
