@@ -1,0 +1,86 @@
+"""Autoregressive generation with a KV cache, batched prompts, stop tokens and streaming.
+
+Two ways to get the logits of the next position, which produce the same tokens (a test checks it):
+
+  recompute (kv_cache=False)  run the model on the last block_size tokens at every step: O(T²) work
+                              per token, simple, and what the seed repos did.
+  KV cache  (kv_cache=True)   run the prompt once ("prefill", Tq = Tk = T), keeping every layer's
+                              keys and values; then feed only the newest token (Tq = 1 query
+                              against Tk cached keys: the op's bottom-right causal mask).
+
+Positions are absolute (learned position embeddings), so once the sequence is longer than
+block_size the window of the last block_size tokens slides and every cached key sits at a new
+position: the cache is no longer valid. From that step on generation falls back to recompute
+over the last block_size tokens (the "crop"), exactly as the recompute path does.
+"""
+
+from typing import Callable, Optional, Sequence, Union
+
+import torch
+
+from .sampling import check_sampling_args, sample_next
+
+
+def _stop_ids(stop, device) -> Optional[torch.Tensor]:
+    if stop is None:
+        return None
+    ids = [stop] if isinstance(stop, int) else list(stop)
+    if not ids or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+        raise ValueError(f"stop must be a token id or a non-empty list of token ids, got {stop!r}")
+    return torch.tensor(ids, dtype=torch.long, device=device)
+
+
+@torch.no_grad()
+def generate(model, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: Optional[int] = None,
+             top_p: Optional[float] = None, stop: Union[int, Sequence[int], None] = None, kv_cache: bool = True,
+             generator: Optional[torch.Generator] = None,
+             stream: Optional[Callable[[torch.Tensor], None]] = None) -> torch.Tensor:
+    """Continue every row of idx (B, T) by up to max_new_tokens tokens; returns (B, T + n), n <= max_new_tokens.
+
+    temperature 0 is greedy (argmax); otherwise logits / temperature are filtered by top_k and
+    top_p and sampled (with `generator` for reproducibility). All rows share one length, so batched
+    prompts must have the same length.
+    stop: a token id or a list of ids. A row that samples one has finished: it keeps repeating the
+    stop id it produced (so the output stays rectangular; cut each row at its first stop id), and
+    generation ends early once every row has finished.
+    stream: called with each new column of tokens (B,) as soon as it is chosen (for printing).
+    The model runs in eval mode (no dropout) and is put back in its previous mode afterwards.
+    """
+    if not isinstance(idx, torch.Tensor) or idx.dim() != 2 or idx.shape[1] < 1:
+        raise ValueError("generate: idx must be a (B, T) tensor of token ids with T >= 1, got "
+                         f"{tuple(idx.shape) if isinstance(idx, torch.Tensor) else type(idx).__name__}")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise ValueError(f"generate: max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
+    block_size, vocab_size = model.config.block_size, model.config.vocab_size
+    check_sampling_args(temperature, top_k, top_p, vocab_size)
+    stop_ids = _stop_ids(stop, idx.device)
+    B = idx.shape[0]
+    was_training = model.training
+    model.eval()
+    try:
+        cache = model.new_kv_cache(B) if kv_cache and hasattr(model, "new_kv_cache") else None
+        if cache is not None:
+            logits, _ = model(idx[:, -block_size:], kv_cache=cache)  # prefill: (B, T, V)
+        done = torch.zeros(B, dtype=torch.bool, device=idx.device)
+        last = idx[:, -1]
+        for _ in range(max_new_tokens):
+            if cache is None:
+                logits, _ = model(idx[:, -block_size:])  # recompute over the (cropped) context
+            tok = sample_next(logits[:, -1, :], temperature, top_k, top_p, generator)  # (B,)
+            if stop_ids is not None:
+                tok = torch.where(done, last, tok)  # finished rows repeat their stop id
+                done = done | torch.isin(tok, stop_ids)
+            last = tok
+            idx = torch.cat([idx, tok[:, None]], dim=1)  # (B, T + 1)
+            if stream is not None:
+                stream(tok)
+            if stop_ids is not None and bool(done.all()):
+                break
+            if cache is not None:
+                if cache[0].length < block_size:
+                    logits, _ = model(tok[:, None], kv_cache=cache)  # decode: one query, Tq = 1
+                else:
+                    cache = None  # the window starts sliding: cached positions are stale (see above)
+        return idx
+    finally:
+        model.train(was_training)

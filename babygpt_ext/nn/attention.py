@@ -1,0 +1,154 @@
+"""Causal self-attention for GPT models, with a KV cache for decoding.
+
+    attn = CausalSelfAttention(n_embd=128, n_head=4)          # nanoGPT's names: c_attn, c_proj
+    y = attn(x)                                              # x (B, T, C) -> (B, T, C)
+    cache = KVCache(batch_size=2, n_kv_head=4, max_len=64, head_dim=32)
+    y = attn(x_prompt, kv_cache=cache); y = attn(x_next, kv_cache=cache)   # decoding, Tq < Tk
+
+All attention goes through babygpt_ext.ops.causal_attention, whose causal mask is bottom-right
+aligned: the Tq new queries are the *last* Tq positions of the Tk cached keys, which is exactly
+what decoding with a cache needs. The one exception is attention dropout while training: the op
+never materialises the probabilities, so there is nothing to drop; that case runs the eager
+composition inline (and warns once).
+"""
+
+import math
+import warnings
+from typing import Optional
+
+import torch
+import torch.nn as nn
+
+from .. import ops
+from ..ops.reference import causal_mask
+from .lowrank import LowRankLinear
+
+_warned_eager_dropout = False
+
+
+def _warn_eager_dropout() -> None:
+    global _warned_eager_dropout
+    if not _warned_eager_dropout:
+        _warned_eager_dropout = True
+        warnings.warn("babygpt_ext: attention dropout > 0 while training runs the eager attention "
+                      "(materialised softmax + dropout), not the fused op; set dropout=0.0 or call "
+                      "model.eval() to use the fused kernels", RuntimeWarning, stacklevel=3)
+
+
+class KVCache:
+    """Keys and values of the positions seen so far, for one attention layer.
+
+    Buffers are preallocated (B, Hkv, max_len, D) so decoding never reallocates; `length` is the
+    number of positions filled. append() writes the new keys/values and returns views of
+    everything cached so far.
+    """
+
+    def __init__(self, batch_size: int, n_kv_head: int, max_len: int, head_dim: int,
+                 dtype: torch.dtype = torch.float32, device=None):
+        for name, val in (("batch_size", batch_size), ("n_kv_head", n_kv_head), ("max_len", max_len),
+                          ("head_dim", head_dim)):
+            if not isinstance(val, int) or val < 1:
+                raise ValueError(f"KVCache: {name} must be a positive int, got {val!r}")
+        shape = (batch_size, n_kv_head, max_len, head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.length = 0
+
+    @property
+    def max_len(self) -> int:
+        return self.k.shape[2]
+
+    def reset(self) -> None:
+        self.length = 0
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple:
+        """k, v (B, Hkv, T, D) -> all cached keys and values (B, Hkv, length + T, D)."""
+        b, h, _, d = self.k.shape
+        if k.shape != v.shape or k.dim() != 4 or (k.shape[0], k.shape[1], k.shape[3]) != (b, h, d):
+            raise ValueError(f"KVCache.append: k and v must be (B={b}, Hkv={h}, T, D={d}); "
+                             f"got k {tuple(k.shape)}, v {tuple(v.shape)}")
+        t = k.shape[2]
+        if self.length + t > self.max_len:
+            raise ValueError(f"KVCache is full: holds {self.length} of {self.max_len} positions, "
+                             f"cannot append {t} more")
+        self.k[:, :, self.length:self.length + t] = k.to(self.k.dtype)
+        self.v[:, :, self.length:self.length + t] = v.to(self.v.dtype)
+        self.length += t
+        return self.k[:, :, :self.length], self.v[:, :, :self.length]
+
+
+def eager_attention_with_dropout(q, k, v, causal: bool, dropout: nn.Module) -> torch.Tensor:
+    """softmax(q kᵀ / √D + mask) with dropout on the probabilities, then · v. Shapes as the op."""
+    h, hkv = q.shape[1], k.shape[1]
+    if hkv != h:  # GQA: repeat each key/value head for its group of query heads
+        k = k.repeat_interleave(h // hkv, dim=1)
+        v = v.repeat_interleave(h // hkv, dim=1)
+    att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))  # (B, nh, Tq, Tk)
+    if causal:
+        att = att.masked_fill(~causal_mask(q.shape[2], k.shape[2], q.device), float("-inf"))
+    att = torch.softmax(att, dim=-1)  # over the keys: each query's weights sum to 1
+    return dropout(att) @ v  # (B, nh, Tq, hs)
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention; GQA/MQA when n_kv_head < n_head.
+
+    c_attn projects x to q (n_head heads), k and v (n_kv_head heads each) in one Linear, so its
+    output width is (n_head + 2·n_kv_head)·head_dim; with n_kv_head == n_head this is nanoGPT's
+    3·n_embd and a nanoGPT state dict loads unchanged (its `attn.bias` mask buffer is dropped on
+    load: the op builds the mask itself). qkv_rank=r factors c_attn through rank r (the BabyGPT
+    seed's low-rank idea; see LowRankLinear).
+    """
+
+    def __init__(self, n_embd: int, n_head: int, n_kv_head: Optional[int] = None, bias: bool = True,
+                 dropout: float = 0.0, backend: Optional[str] = None, qkv_rank: Optional[int] = None):
+        super().__init__()
+        n_kv_head = n_head if n_kv_head is None else n_kv_head
+        if n_head < 1 or n_embd % n_head != 0:
+            raise ValueError(f"CausalSelfAttention: n_embd={n_embd} must be a multiple of n_head={n_head}")
+        if n_kv_head < 1 or n_head % n_kv_head != 0:
+            raise ValueError(f"CausalSelfAttention: n_head={n_head} must be a multiple of n_kv_head={n_kv_head}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"CausalSelfAttention: dropout must be in [0, 1), got {dropout}")
+        self.n_embd, self.n_head, self.n_kv_head = n_embd, n_head, n_kv_head
+        self.head_dim = n_embd // n_head
+        self.dropout, self.backend = dropout, backend
+        qkv_out = (n_head + 2 * n_kv_head) * self.head_dim
+        if qkv_rank is None:
+            self.c_attn = nn.Linear(n_embd, qkv_out, bias=bias)
+        else:
+            self.c_attn = LowRankLinear(n_embd, qkv_out, qkv_rank, bias=bias)
+        self.c_proj = nn.Linear(n_embd, n_embd, bias=bias)
+        self.attn_dropout = nn.Dropout(dropout)
+        self.resid_dropout = nn.Dropout(dropout)
+
+    def new_kv_cache(self, batch_size: int, max_len: int, dtype=None, device=None) -> KVCache:
+        w = next(self.parameters())
+        return KVCache(batch_size, self.n_kv_head, max_len, self.head_dim,
+                       dtype=dtype or w.dtype, device=device or w.device)
+
+    def forward(self, x: torch.Tensor, kv_cache: Optional[KVCache] = None) -> torch.Tensor:
+        if x.dim() != 3 or x.shape[-1] != self.n_embd:
+            raise ValueError(f"CausalSelfAttention: x must be (B, T, n_embd={self.n_embd}), got {tuple(x.shape)}")
+        B, T, C = x.shape
+        hs, nh, nkv = self.head_dim, self.n_head, self.n_kv_head
+        q, k, v = self.c_attn(x).split([nh * hs, nkv * hs, nkv * hs], dim=2)
+        q = q.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, nkv, hs).transpose(1, 2)  # (B, nkv, T, hs)
+        v = v.view(B, T, nkv, hs).transpose(1, 2)  # (B, nkv, T, hs)
+        if kv_cache is not None:
+            k, v = kv_cache.append(k, v)  # (B, nkv, Tpast + T, hs): the new queries are the last T
+        if self.training and self.dropout > 0.0:
+            _warn_eager_dropout()
+            y = eager_attention_with_dropout(q, k, v, True, self.attn_dropout)
+        else:
+            y = ops.causal_attention(q, k, v, causal=True, backend=self.backend)  # (B, nh, T, hs)
+        y = y.transpose(1, 2).reshape(B, T, C)  # re-assemble the heads side by side
+        return self.resid_dropout(self.c_proj(y))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # nanoGPT registers its causal mask as a buffer `attn.bias` (when flash attention is off);
+        # HF GPT-2 adds `attn.masked_bias`. The op needs neither: drop them instead of failing.
+        for name in ("bias", "masked_bias"):
+            state_dict.pop(prefix + name, None)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

@@ -1,0 +1,41 @@
+"""The pre-LayerNorm transformer block of GPT-2 / nanoGPT: x + attn(ln(x)), then x + mlp(ln(x)).
+
+Normalising *before* each sublayer (not after, as in the 2017 paper) keeps the residual stream an
+untouched sum, which is what lets deep stacks train without warmup tricks.
+"""
+
+from typing import Optional
+
+import torch
+import torch.nn as nn
+
+from .attention import CausalSelfAttention, KVCache
+
+
+class MLP(nn.Module):
+    """Position-wise feed-forward: widen 4×, GELU, project back (nanoGPT names c_fc, c_proj)."""
+
+    def __init__(self, n_embd: int, bias: bool = True, dropout: float = 0.0):
+        super().__init__()
+        self.c_fc = nn.Linear(n_embd, 4 * n_embd, bias=bias)
+        self.gelu = nn.GELU()  # exact erf GELU, as nanoGPT (GPT-2 used the tanh approximation)
+        self.c_proj = nn.Linear(4 * n_embd, n_embd, bias=bias)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))  # (B, T, C) -> (B, T, 4C) -> (B, T, C)
+
+
+class Block(nn.Module):
+    def __init__(self, n_embd: int, n_head: int, n_kv_head: Optional[int] = None, bias: bool = True,
+                 dropout: float = 0.0, backend: Optional[str] = None, qkv_rank: Optional[int] = None):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(n_embd, bias=bias)
+        self.attn = CausalSelfAttention(n_embd, n_head, n_kv_head, bias=bias, dropout=dropout,
+                                        backend=backend, qkv_rank=qkv_rank)
+        self.ln_2 = nn.LayerNorm(n_embd, bias=bias)
+        self.mlp = MLP(n_embd, bias=bias, dropout=dropout)
+
+    def forward(self, x: torch.Tensor, kv_cache: Optional[KVCache] = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), kv_cache=kv_cache)  # (B, T, C)
+        return x + self.mlp(self.ln_2(x))
