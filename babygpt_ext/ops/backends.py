@@ -43,15 +43,29 @@ def _module_missing(module: str, hint: str):
         return f"{module} is not importable ({e}); {hint}"
 
 
-def compiled_attention(module: str, ns: str):
+# backend -> (module that defines the ops, op namespace)
+COMPILED = {
+    "cpu": ("babygpt_ext._C", "babygpt"),
+    "cuda": ("babygpt_ext._C", "babygpt"),
+    "triton": ("babygpt_ext.kernels.triton", "babygpt_triton"),
+    "cuda_emu": ("babygpt_ext._C_emu", "babygpt_emu"),
+}
+
+
+def compiled_ops(backend: str):
+    """torch.ops.<ns> of a compiled backend, loading its module on first use."""
+    return load_namespace(*COMPILED[backend])
+
+
+def compiled_attention(backend: str):
     def run(q, k, v, scale, causal):
-        return load_namespace(module, ns).attn_fwd(q, k, v, scale, causal)[0]
+        return compiled_ops(backend).attn_fwd(q, k, v, scale, causal)[0]
     return run
 
 
-def compiled_lora(module: str, ns: str):
+def compiled_lora(backend: str):
     def run(x, weight, bias, lora_a, lora_b, scale):
-        return load_namespace(module, ns).lora_fwd(x, weight, bias, lora_a, lora_b, scale)[0]
+        return compiled_ops(backend).lora_fwd(x, weight, bias, lora_a, lora_b, scale)[0]
     return run
 
 
@@ -84,8 +98,7 @@ def _ext_missing():
 register(Backend(
     "cpu", "C++ kernels of csrc/cpu (torch.ops.babygpt on CPU tensors)",
     devices=("cpu",), dtypes=WITH_F64, max_head_dim=KERNEL_MAX_HEAD_DIM,
-    attention=compiled_attention("babygpt_ext._C", "babygpt"), lora=compiled_lora("babygpt_ext._C", "babygpt"),
-    unavailable=_ext_missing))
+    attention=compiled_attention("cpu"), lora=compiled_lora("cpu"), unavailable=_ext_missing))
 
 
 # --------------------------------------------------------------------------------- cuda
@@ -106,14 +119,10 @@ def _cuda_missing():
 register(Backend(
     "cuda", "CUDA C++ kernels of csrc/cuda (torch.ops.babygpt on CUDA tensors)",
     devices=("cuda",), dtypes=LOW_AND_FULL, max_head_dim=KERNEL_MAX_HEAD_DIM,
-    attention=compiled_attention("babygpt_ext._C", "babygpt"), lora=compiled_lora("babygpt_ext._C", "babygpt"),
-    unavailable=_cuda_missing))
+    attention=compiled_attention("cuda"), lora=compiled_lora("cuda"), unavailable=_cuda_missing))
 
 
 # ------------------------------------------------------------------------------- triton
-TRITON_MODULE = "babygpt_ext.kernels.triton"
-
-
 def _triton_interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -123,7 +132,7 @@ def _triton_missing():
         return "the triton package is not installed (pip install triton; it comes with CUDA builds of torch)"
     if not (torch.cuda.is_available() or _triton_interpreting()):
         return "no CUDA device, and TRITON_INTERPRET=1 (Triton's CPU interpreter) is not set"
-    return _module_missing(TRITON_MODULE, "the Triton kernels are not part of this installation")
+    return _module_missing(COMPILED["triton"][0], "the Triton kernels are not part of this installation")
 
 
 def _triton_device_check(call: Call):
@@ -135,7 +144,7 @@ def _triton_device_check(call: Call):
 register(Backend(
     "triton", "Triton kernels of babygpt_ext/kernels/triton (CUDA tensors; CPU tensors under TRITON_INTERPRET=1)",
     devices=("cuda", "cpu"), dtypes=LOW_AND_FULL, max_head_dim=KERNEL_MAX_HEAD_DIM,
-    attention=compiled_attention(TRITON_MODULE, "babygpt_triton"), lora=compiled_lora(TRITON_MODULE, "babygpt_triton"),
+    attention=compiled_attention("triton"), lora=compiled_lora("triton"),
     unavailable=_triton_missing, extra_check=_triton_device_check))
 
 
@@ -143,7 +152,6 @@ register(Backend(
 register(Backend(
     "cuda_emu", "the csrc/cuda kernels run on the CPU through the csrc/emu harness (tests; slow)",
     devices=("cpu",), dtypes=LOW_AND_FULL, max_head_dim=KERNEL_MAX_HEAD_DIM,
-    attention=compiled_attention("babygpt_ext._C_emu", "babygpt_emu"),
-    lora=compiled_lora("babygpt_ext._C_emu", "babygpt_emu"),
+    attention=compiled_attention("cuda_emu"), lora=compiled_lora("cuda_emu"),
     unavailable=lambda: _module_missing(
-        "babygpt_ext._C_emu", "build it with `BABYGPT_EXT_EMU=1 pip install --no-build-isolation -e .`")))
+        COMPILED["cuda_emu"][0], "build it with `BABYGPT_EXT_EMU=1 pip install --no-build-isolation -e .`")))

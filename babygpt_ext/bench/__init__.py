@@ -1,0 +1,1 @@
+"""Side-by-side benchmarks of the backends (shapes, timing, FLOP accounting, the report table)."""

@@ -1,0 +1,105 @@
+"""Run the ops on every chosen backend for one shape and report times, ratios and errors."""
+
+from dataclasses import asdict, dataclass
+from typing import List, Optional
+
+import torch
+
+from .. import ops
+from .shapes import AttnShape, LoraShape
+from .timing import time_interleaved
+
+# Backends that exist to *test* kernels on a CPU (the Triton interpreter, the CUDA emulator):
+# timing them measures the emulation, not the kernel, so they are never benchmarked on the CPU.
+TEST_ONLY_ON_CPU = ("triton", "cuda_emu")
+
+
+@dataclass
+class Result:
+    op: str
+    shape: str
+    backend: str
+    mode: str  # "fwd" | "fwd+bwd"
+    dtype: str
+    ms: float
+    tflops: float
+    speedup: float  # baseline time / this time (>1: faster than the baseline)
+    baseline: str
+    max_err: float  # vs the eager backend in the same dtype
+    peak_mb: Optional[float]
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def bench_backends(device: str, op: str) -> List[str]:
+    names = [n for n in ops.available_backends(device)
+             if not (device == "cpu" and n in TEST_ONLY_ON_CPU)]
+    return [n for n in names if op == "attention" or ops.BACKENDS[n].lora is not None]
+
+
+def _callables(make_inputs, run, backends, backward: bool):
+    """One zero-argument step per backend on shared inputs, and each backend's output (for errors)."""
+    inputs = make_inputs()
+    grad = torch.randn_like(run(backends[0], *inputs)) if backward else None
+    fns, outs = {}, {}
+    for name in backends:
+        def step(name=name):
+            out = run(name, *inputs)
+            if backward:
+                out.backward(grad)
+            return out
+        outs[name] = run(name, *inputs).detach().float()
+        fns[name] = step
+    return fns, outs
+
+
+def _peak_mb(device: str, fn) -> Optional[float]:
+    if device != "cuda":
+        return None
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() / 2**20
+
+
+def _results(op, shape_name, mode, dtype, fns, outs, times, flops, device) -> List[Result]:
+    baseline = "sdpa" if "sdpa" in times else ("eager" if "eager" in times else next(iter(times)))
+    ref = outs.get("eager", outs[baseline])
+    return [Result(op, shape_name, name, mode, str(dtype).replace("torch.", ""), t * 1e3, flops / t / 1e12,
+                   times[baseline] / t, baseline, (outs[name] - ref).abs().max().item(), _peak_mb(device, fns[name]))
+            for name, t in times.items()]
+
+
+def bench_attention(shape: AttnShape, backends: List[str], device: str, dtype: torch.dtype, backward: bool,
+                    causal: bool = True, rounds: int = 7) -> List[Result]:
+    def make():
+        g = torch.Generator().manual_seed(0)
+        mk = lambda h: torch.randn(shape.B, h, shape.T, shape.D, generator=g).to(device, dtype).requires_grad_(backward)
+        return mk(shape.H), mk(shape.kv_heads), mk(shape.kv_heads)
+
+    def run(name, q, k, v):
+        return ops.causal_attention(q, k, v, causal=causal, backend=name)
+
+    fns, outs = _callables(make, run, backends, backward)
+    times = time_interleaved(fns, device, rounds=rounds)
+    return _results("attention", shape.name, "fwd+bwd" if backward else "fwd", dtype, fns, outs, times,
+                    shape.flops(causal, backward), device)
+
+
+def bench_lora(shape: LoraShape, backends: List[str], device: str, dtype: torch.dtype, backward: bool,
+               rounds: int = 7) -> List[Result]:
+    def make():
+        g = torch.Generator().manual_seed(0)
+        mk = lambda *s, grad=backward: (torch.randn(*s, generator=g) * 0.1).to(device, dtype).requires_grad_(grad)
+        # The frozen base (weight, bias) takes no gradient, as in LoRA fine-tuning.
+        return (mk(shape.N, shape.d_in), mk(shape.d_out, shape.d_in, grad=False), mk(shape.d_out, grad=False),
+                mk(shape.r, shape.d_in), mk(shape.d_out, shape.r))
+
+    def run(name, x, w, b, a, bm):
+        return ops.lora_linear(x, w, b, a, bm, 2.0, backend=name)
+
+    fns, outs = _callables(make, run, backends, backward)
+    times = time_interleaved(fns, device, rounds=rounds)
+    return _results("lora", shape.name, "fwd+bwd" if backward else "fwd", dtype, fns, outs, times,
+                    shape.flops(backward), device)

@@ -1,0 +1,85 @@
+"""`babygpt info`: versions, what was built, and which backends are usable here (and why not)."""
+
+import importlib.metadata
+import platform
+import re
+import shutil
+import subprocess
+
+import torch
+
+from .. import ops
+from ..ops.registry import Call, decide
+
+
+def _version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _nvcc_on_path() -> str:
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        return "not found on PATH"
+    out = subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout
+    m = re.search(r"release (\d+\.\d+)", out)
+    return f"{m.group(1) if m else 'unknown version'} ({nvcc})"
+
+
+def _build_info() -> dict:
+    try:
+        from .. import _C
+    except ImportError as e:
+        return {"error": str(e)}
+    return _C.build_info()
+
+
+def report() -> str:
+    info = _build_info()
+    lines = [
+        f"babygpt_ext  {_version('babygpt_ext')}   python {platform.python_version()}   {platform.machine()}",
+        f"torch        {torch.__version__} (CUDA {torch.version.cuda or 'none: CPU-only build'})",
+        f"triton       {_version('triton')} (not imported)",
+        f"nvcc         {_nvcc_on_path()}",
+        f"GPU          {torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none visible'}",
+    ]
+    if "error" in info:
+        lines.append(f"extension    babygpt_ext._C not importable: {info['error']}")
+    else:
+        cuda = (f"CUDA {info['nvcc_version']} for archs {info['cuda_archs']}, runtime {info['cuda_runtime_version']}"
+                if info["cuda"] else "CPU only")
+        lines.append(f"extension    babygpt_ext._C built with {info['compiler']}, torch {info['torch_version']}; {cuda}")
+        lines.append(f"threads      {info['parallel_threads']} (at::parallel_for)")
+    lines += ["", "backends:"]
+    width = max(map(len, ops.BACKENDS))
+    for name, b in ops.BACKENDS.items():
+        why = b.why_unavailable()
+        status = "usable" if why is None else f"not usable: {why}"
+        lines.append(f"  {name:<{width}}  {status}")
+        lines.append(f"  {'':<{width}}  {b.description}")
+    lines += ["", "automatic choice (causal_attention, backend=None):"]
+    for device in ("cpu", "cuda"):
+        for dtype in (torch.float32, torch.bfloat16):
+            try:
+                chosen, _, how = decide(Call("attention", device, dtype, 64), None)
+                lines.append(f"  {device:<4} {str(dtype):<15} -> {chosen.name}  ({how})")
+            except RuntimeError as e:
+                lines.append(f"  {device:<4} {str(dtype):<15} -> none: {e}")
+    return "\n".join(lines)
+
+
+def run(args) -> int:
+    print(report())
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("info", help="versions, build facts, and which backends are usable here",
+                       description="Print the versions of torch, CUDA, nvcc and triton, what the compiled "
+                                   "extension was built with, and for every backend whether it can run "
+                                   "here and, if not, why and how to get it.",
+                       epilog="example:\n  babygpt info\n  BABYGPT_BACKEND=sdpa babygpt info   # see the env override",
+                       formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
+    p.set_defaults(func=run)
