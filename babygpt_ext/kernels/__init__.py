@@ -1,0 +1,5 @@
+"""Kernel sources that are not compiled C++: today the Triton kernels (babygpt_ext.kernels.triton).
+
+Nothing here is imported by `import babygpt_ext`: the backend registry imports
+babygpt_ext.kernels.triton lazily, on the first call that asks for backend "triton".
+"""

@@ -1,0 +1,370 @@
+"""Fused causal attention in Triton: a FlashAttention-2 forward and backward.
+
+Layout (DESIGN.md §2): q (B, H, Tq, D), k/v (B, Hkv, Tk, D), o like q, lse (B, H, Tq) float32
+natural-log sum-exp of each score row. Strides are passed for every (B, H, T, D) tensor, so
+non-contiguous inputs (e.g. q/k/v sliced from one fused projection) are read in place.
+
+Choices, and why:
+- Softmax runs in the exp2 domain: log2(e) is folded into the scale once per program, so the
+  inner loop does exp2 (one MUFU instruction) instead of exp (a multiply and an exp2).
+- Causal is bottom-right aligned: query i sees keys j <= i + (Tk - Tq). Each query block walks
+  the key blocks every one of its rows fully sees WITHOUT any mask (stage 1), then the few
+  blocks around the shifted diagonal WITH the mask (stage 2). The same split serves Tk bounds
+  when causal=False (stage 2 is then just the ragged last key block).
+- GQA: one program per query head; it reads K/V head h // (H / Hkv). The dK/dV kernel owns one
+  K/V head and loops over the query heads of its group, summing their contributions in registers:
+  no atomics, deterministic.
+- Backward recomputes P from lse (no (T, T) matrix is stored): preprocess delta = rowsum(dO * O),
+  then a dK/dV kernel per key block and a dQ kernel per query block (atomics-free split).
+- Any T (loads masked by bounds), any D <= 256 (BLOCK_D = next power of two >= max(D, 16), the
+  padded columns load as 0 and are never stored). Accumulation is float32 for every dtype;
+  float32 inputs use IEEE dots (TF32 would miss the contract's 1e-5 tolerance).
+"""
+
+import functools
+
+import torch
+import triton
+import triton.language as tl
+
+from . import configs as C
+
+
+
+# ------------------------------------------------------------------------------ forward
+@triton.jit
+def _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kt, stride_vt, offs_m, offs_d, D, Tk, offset,
+               qk_scale, lo, hi, MASKED: tl.constexpr, CAUSAL: tl.constexpr, PRECISION: tl.constexpr,
+               BLOCK_N: tl.constexpr):
+    """Online softmax over key blocks [lo, hi). MASKED adds the causal and Tk-bound masks."""
+    for start_n in range(lo, hi, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        kv_mask = (offs_n[:, None] < Tk) & (offs_d[None, :] < D)
+        k = tl.load(k_base + offs_n[:, None] * stride_kt + offs_d[None, :], mask=kv_mask, other=0.0)
+        v = tl.load(v_base + offs_n[:, None] * stride_vt + offs_d[None, :], mask=kv_mask, other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale  # log2 units
+        if MASKED:
+            keep = offs_n[None, :] < Tk
+            if CAUSAL:
+                keep = keep & (offs_n[None, :] <= offs_m[:, None] + offset)
+            s = tl.where(keep, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+        m_i = m_new
+    return acc, l_i, m_i
+
+
+@triton.jit
+def attn_fwd_kernel(Q, K, V, O, LSE,
+                    stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt,
+                    stride_vb, stride_vh, stride_vt, stride_ob, stride_oh, stride_ot,
+                    H, GROUP, Tq, Tk, D, scale, SEQ_BUCKET,
+                    CAUSAL: tl.constexpr, PRECISION: tl.constexpr, BLOCK_D: tl.constexpr,
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    # SEQ_BUCKET is only an autotune key (power-of-two size class of max(Tq, Tk)).
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    hk = h // GROUP
+    q_base = Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
+    k_base = K + b.to(tl.int64) * stride_kb + hk.to(tl.int64) * stride_kh
+    v_base = V + b.to(tl.int64) * stride_vb + hk.to(tl.int64) * stride_vh
+    o_base = O + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh
+
+    start_m = pid_m * BLOCK_M
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    q_mask = (offs_m[:, None] < Tq) & (offs_d[None, :] < D)
+    q = tl.load(q_base + offs_m[:, None] * stride_qt + offs_d[None, :], mask=q_mask, other=0.0)
+
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    qk_scale = scale * 1.4426950408889634  # fold log2(e): softmax in the exp2 domain
+
+    offset = Tk - Tq  # bottom-right alignment shifts the diagonal right by Tk - Tq
+    if CAUSAL:
+        # keys every row of this block sees: j <= start_m + offset
+        full_end = ((start_m + offset + 1) // BLOCK_N) * BLOCK_N
+        hi = tl.minimum(Tk, start_m + BLOCK_M + offset)
+    else:
+        full_end = (Tk // BLOCK_N) * BLOCK_N
+        hi = Tk
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kt, stride_vt, offs_m, offs_d, D, Tk,
+                               offset, qk_scale, 0, full_end, False, CAUSAL, PRECISION, BLOCK_N)
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kt, stride_vt, offs_m, offs_d, D, Tk,
+                               offset, qk_scale, full_end, hi, True, CAUSAL, PRECISION, BLOCK_N)
+
+    o = acc / l_i[:, None]
+    tl.store(o_base + offs_m[:, None] * stride_ot + offs_d[None, :], o.to(O.dtype.element_ty), mask=q_mask)
+    lse = (m_i + tl.log2(l_i)) * 0.6931471805599453  # back to natural log for the contract
+    tl.store(LSE + bh.to(tl.int64) * Tq + offs_m, lse, mask=offs_m < Tq)
+
+
+# ----------------------------------------------------------------------------- backward
+@triton.jit
+def attn_bwd_preprocess_kernel(O, DO, DELTA, stride_ob, stride_oh, stride_ot, stride_db, stride_dh, stride_dt,
+                               H, Tq, D, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    """delta[b, h, i] = sum_d dO * O: the row term of dS = P * (dP - delta)."""
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask = (offs_m[:, None] < Tq) & (offs_d[None, :] < D)
+    o = tl.load(O + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh + offs_m[:, None] * stride_ot
+                + offs_d[None, :], mask=mask, other=0.0).to(tl.float32)
+    do = tl.load(DO + b.to(tl.int64) * stride_db + h.to(tl.int64) * stride_dh + offs_m[:, None] * stride_dt
+                 + offs_d[None, :], mask=mask, other=0.0).to(tl.float32)
+    tl.store(DELTA + bh.to(tl.int64) * Tq + offs_m, tl.sum(o * do, 1), mask=offs_m < Tq)
+
+
+@triton.jit
+def _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qt, stride_dt, offs_n, offs_d,
+                D, Tq, offset, qk_scale, lo, hi, MASKED: tl.constexpr, PRECISION: tl.constexpr,
+                BLOCK_M: tl.constexpr):
+    """Accumulate one query head's dK, dV for a key block over query blocks [lo, hi).
+
+    Works on transposed scores (keys x queries) so that dK += dSᵀ Q and dV += Pᵀ dO need no
+    transposes of the big operands. MASKED adds the causal mask (rows are always bound-masked:
+    a padded row loads q = dO = 0 and lse = +inf, so it contributes exactly zero).
+    """
+    for start_m in range(lo, hi, BLOCK_M):
+        offs_m = start_m + tl.arange(0, BLOCK_M)
+        row_ok = offs_m < Tq
+        mask = row_ok[:, None] & (offs_d[None, :] < D)
+        q = tl.load(q_base + offs_m[:, None] * stride_qt + offs_d[None, :], mask=mask, other=0.0)
+        do = tl.load(do_base + offs_m[:, None] * stride_dt + offs_d[None, :], mask=mask, other=0.0)
+        lse2 = tl.load(lse_base + offs_m, mask=row_ok, other=float("inf")) * 1.4426950408889634
+        delta = tl.load(delta_base + offs_m, mask=row_ok, other=0.0)
+        s_t = tl.dot(k, tl.trans(q), input_precision=PRECISION) * qk_scale  # (BLOCK_N, BLOCK_M)
+        p_t = tl.exp2(s_t - lse2[None, :])
+        if MASKED:
+            p_t = tl.where(offs_n[:, None] <= offs_m[None, :] + offset, p_t, 0.0)
+        dv += tl.dot(p_t.to(do.dtype), do, input_precision=PRECISION)
+        dp_t = tl.dot(v, tl.trans(do), input_precision=PRECISION)
+        ds_t = p_t * (dp_t - delta[None, :])
+        dk += tl.dot(ds_t.to(q.dtype), q, input_precision=PRECISION)
+    return dk, dv
+
+
+@triton.jit
+def attn_bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV,
+                         stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt,
+                         stride_vb, stride_vh, stride_vt, stride_db, stride_dh, stride_dt,
+                         stride_dkb, stride_dkh, stride_dkt, stride_dvb, stride_dvh, stride_dvt,
+                         H, HKV, GROUP, Tq, Tk, D, scale, SEQ_BUCKET,
+                         CAUSAL: tl.constexpr, PRECISION: tl.constexpr, BLOCK_D: tl.constexpr,
+                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    pid_n = tl.program_id(0)
+    bhk = tl.program_id(1)
+    b = bhk // HKV
+    hk = bhk % HKV
+    start_n = pid_n * BLOCK_N
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    kv_mask = (offs_n[:, None] < Tk) & (offs_d[None, :] < D)
+    k = tl.load(K + b.to(tl.int64) * stride_kb + hk.to(tl.int64) * stride_kh + offs_n[:, None] * stride_kt
+                + offs_d[None, :], mask=kv_mask, other=0.0)
+    v = tl.load(V + b.to(tl.int64) * stride_vb + hk.to(tl.int64) * stride_vh + offs_n[:, None] * stride_vt
+                + offs_d[None, :], mask=kv_mask, other=0.0)
+    dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    qk_scale = scale * 1.4426950408889634
+
+    offset = Tk - Tq
+    if CAUSAL:
+        # Query rows i >= start_n - offset see some key of this block; rows i >= start_n + BLOCK_N - 1
+        # - offset see all of them, so only the blocks before `mid` need the causal mask.
+        lo = (tl.maximum(start_n - offset, 0) // BLOCK_M) * BLOCK_M
+        mid = lo + tl.cdiv(tl.maximum(start_n + BLOCK_N - 1 - offset - lo, 0), BLOCK_M) * BLOCK_M
+        mid = tl.minimum(mid, tl.cdiv(Tq, BLOCK_M) * BLOCK_M)
+    else:
+        lo = 0
+        mid = 0
+    for g in range(0, GROUP):  # the query heads sharing this K/V head: sum their dK, dV here
+        h = hk * GROUP + g
+        bh = b * H + h
+        q_base = Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
+        do_base = DO + b.to(tl.int64) * stride_db + h.to(tl.int64) * stride_dh
+        lse_base = LSE + bh.to(tl.int64) * Tq
+        delta_base = DELTA + bh.to(tl.int64) * Tq
+        dk, dv = _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qt, stride_dt, offs_n,
+                             offs_d, D, Tq, offset, qk_scale, lo, mid, True, PRECISION, BLOCK_M)
+        dk, dv = _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qt, stride_dt, offs_n,
+                             offs_d, D, Tq, offset, qk_scale, mid, Tq, False, PRECISION, BLOCK_M)
+    dk = dk * scale  # dS was taken w.r.t. the scaled scores
+    tl.store(DK + b.to(tl.int64) * stride_dkb + hk.to(tl.int64) * stride_dkh + offs_n[:, None] * stride_dkt
+             + offs_d[None, :], dk.to(DK.dtype.element_ty), mask=kv_mask)
+    tl.store(DV + b.to(tl.int64) * stride_dvb + hk.to(tl.int64) * stride_dvh + offs_n[:, None] * stride_dvt
+             + offs_d[None, :], dv.to(DV.dtype.element_ty), mask=kv_mask)
+
+
+@triton.jit
+def _dq_inner(dq, q, do, lse2, delta, k_base, v_base, stride_kt, stride_vt, offs_m, offs_d, D, Tk, offset,
+              qk_scale, lo, hi, MASKED: tl.constexpr, CAUSAL: tl.constexpr, PRECISION: tl.constexpr,
+              BLOCK_N: tl.constexpr):
+    """dQ += dS K over key blocks [lo, hi), recomputing P = exp2(S - lse) block by block."""
+    for start_n in range(lo, hi, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        kv_mask = (offs_n[:, None] < Tk) & (offs_d[None, :] < D)
+        k = tl.load(k_base + offs_n[:, None] * stride_kt + offs_d[None, :], mask=kv_mask, other=0.0)
+        v = tl.load(v_base + offs_n[:, None] * stride_vt + offs_d[None, :], mask=kv_mask, other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
+        p = tl.exp2(s - lse2[:, None])
+        if MASKED:
+            keep = offs_n[None, :] < Tk
+            if CAUSAL:
+                keep = keep & (offs_n[None, :] <= offs_m[:, None] + offset)
+            p = tl.where(keep, p, 0.0)
+        dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
+        ds = p * (dp - delta[:, None])
+        dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
+    return dq
+
+
+@triton.jit
+def attn_bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ,
+                       stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt,
+                       stride_vb, stride_vh, stride_vt, stride_db, stride_dh, stride_dt,
+                       stride_dqb, stride_dqh, stride_dqt,
+                       H, GROUP, Tq, Tk, D, scale, SEQ_BUCKET,
+                       CAUSAL: tl.constexpr, PRECISION: tl.constexpr, BLOCK_D: tl.constexpr,
+                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    hk = h // GROUP
+    start_m = pid_m * BLOCK_M
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    row_ok = offs_m < Tq
+    mask = row_ok[:, None] & (offs_d[None, :] < D)
+    q = tl.load(Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh + offs_m[:, None] * stride_qt
+                + offs_d[None, :], mask=mask, other=0.0)
+    do = tl.load(DO + b.to(tl.int64) * stride_db + h.to(tl.int64) * stride_dh + offs_m[:, None] * stride_dt
+                 + offs_d[None, :], mask=mask, other=0.0)
+    lse2 = tl.load(LSE + bh.to(tl.int64) * Tq + offs_m, mask=row_ok, other=float("inf")) * 1.4426950408889634
+    delta = tl.load(DELTA + bh.to(tl.int64) * Tq + offs_m, mask=row_ok, other=0.0)
+    k_base = K + b.to(tl.int64) * stride_kb + hk.to(tl.int64) * stride_kh
+    v_base = V + b.to(tl.int64) * stride_vb + hk.to(tl.int64) * stride_vh
+    dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    qk_scale = scale * 1.4426950408889634
+
+    offset = Tk - Tq
+    if CAUSAL:
+        full_end = ((start_m + offset + 1) // BLOCK_N) * BLOCK_N
+        hi = tl.minimum(Tk, start_m + BLOCK_M + offset)
+    else:
+        full_end = (Tk // BLOCK_N) * BLOCK_N
+        hi = Tk
+    dq = _dq_inner(dq, q, do, lse2, delta, k_base, v_base, stride_kt, stride_vt, offs_m, offs_d, D, Tk, offset,
+                   qk_scale, 0, full_end, False, CAUSAL, PRECISION, BLOCK_N)
+    dq = _dq_inner(dq, q, do, lse2, delta, k_base, v_base, stride_kt, stride_vt, offs_m, offs_d, D, Tk, offset,
+                   qk_scale, full_end, hi, True, CAUSAL, PRECISION, BLOCK_N)
+    dq = dq * scale
+    tl.store(DQ + b.to(tl.int64) * stride_dqb + h.to(tl.int64) * stride_dqh + offs_m[:, None] * stride_dqt
+             + offs_d[None, :], dq.to(DQ.dtype.element_ty), mask=mask)
+
+
+# ----------------------------------------------------------------------------- launchers
+KERNELS = {  # family -> raw @triton.jit kernel (the compile test and gpu-report walk this too)
+    C.ATTN_FWD: attn_fwd_kernel,
+    C.ATTN_BWD_DKDV: attn_bwd_dkdv_kernel,
+    C.ATTN_BWD_DQ: attn_bwd_dq_kernel,
+}
+PREPROCESS_BLOCK_M = 64
+
+
+def block_d(d: int) -> int:
+    """Padded head dim: a power of two (tl.arange needs one) and >= 16 (tl.dot's minimum)."""
+    return max(16, triton.next_power_of_2(d))
+
+
+def precision(dtype: torch.dtype) -> str:
+    """IEEE fp32 dots for float32 inputs (TF32 misses 1e-5), tensor-core default otherwise."""
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def seq_bucket(tq: int, tk: int) -> int:
+    """Autotune key: the size class of the sequence, so decoding (Tq = 1, Tk growing) does not
+    re-tune at every step."""
+    return min(triton.next_power_of_2(max(tq, tk)), 4096)
+
+
+def _arch(device: torch.device):
+    return None if device.type == "cpu" else C.arch_of(torch.cuda.get_device_capability(device))
+
+
+@functools.cache
+def tuned(family: str, arch):
+    """The autotuned form of a family's kernel for one GPU generation (None: the interpreter)."""
+    return triton.autotune(C.configs(family, arch), key=["SEQ_BUCKET", "BLOCK_D", "CAUSAL", "PRECISION"],
+                           prune_configs_by={"early_config_prune": C.prune_for_head_dim})(KERNELS[family])
+
+
+def _launch(family, grid_fn, args, meta, device, config):
+    """Run a family's kernel: autotuned, or with one explicit triton.Config (tests, reports)."""
+    if config is None:
+        tuned(family, _arch(device))[grid_fn](*args, **meta)
+    else:
+        KERNELS[family][grid_fn(config.kwargs)](*args, **meta, **config.kwargs, num_warps=config.num_warps,
+                                                   num_stages=config.num_stages)
+
+
+def _unit_last(t: torch.Tensor) -> torch.Tensor:
+    """Kernels index the head dim with stride 1; every other stride is honoured as given."""
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def _s(t):
+    return t.stride(0), t.stride(1), t.stride(2)
+
+
+def attn_fwd(q, k, v, scale: float, causal: bool, configs=None):
+    """(o, lse) for q (B,H,Tq,D), k/v (B,Hkv,Tk,D). configs: {family: triton.Config} to bypass autotune."""
+    q, k, v = _unit_last(q), _unit_last(k), _unit_last(v)
+    b, h, tq, d = q.shape
+    hkv, tk = k.shape[1], k.shape[2]
+    o = torch.empty((b, h, tq, d), dtype=q.dtype, device=q.device)
+    lse = torch.empty((b, h, tq), dtype=torch.float32, device=q.device)
+    args = (q, k, v, o, lse, *_s(q), *_s(k), *_s(v), *_s(o), h, h // hkv, tq, tk, d, float(scale),
+            seq_bucket(tq, tk))
+    meta = dict(CAUSAL=causal, PRECISION=precision(q.dtype), BLOCK_D=block_d(d))
+    _launch(C.ATTN_FWD, lambda m: (triton.cdiv(tq, m["BLOCK_M"]), b * h), args, meta, q.device,
+            (configs or {}).get(C.ATTN_FWD))
+    return o, lse
+
+
+def attn_bwd(do, q, k, v, o, lse, scale: float, causal: bool, configs=None):
+    """(dq, dk, dv); dk/dv have k's shape, summed over the query heads of each GQA group."""
+    do, q, k, v, o = (_unit_last(t) for t in (do, q, k, v, o))
+    lse = lse.contiguous()
+    b, h, tq, d = q.shape
+    hkv, tk = k.shape[1], k.shape[2]
+    bd, prec, bucket = block_d(d), precision(q.dtype), seq_bucket(tq, tk)
+    configs = configs or {}
+
+    delta = torch.empty((b, h, tq), dtype=torch.float32, device=q.device)
+    attn_bwd_preprocess_kernel[(triton.cdiv(tq, PREPROCESS_BLOCK_M), b * h)](
+        o, do, delta, *_s(o), *_s(do), h, tq, d, BLOCK_M=PREPROCESS_BLOCK_M, BLOCK_D=bd)
+
+    dq = torch.empty((b, h, tq, d), dtype=q.dtype, device=q.device)
+    dk = torch.empty((b, hkv, tk, d), dtype=k.dtype, device=q.device)
+    dv = torch.empty((b, hkv, tk, d), dtype=v.dtype, device=q.device)
+    meta = dict(CAUSAL=causal, PRECISION=prec, BLOCK_D=bd)
+    args = (q, k, v, do, lse, delta, dk, dv, *_s(q), *_s(k), *_s(v), *_s(do), *_s(dk), *_s(dv),
+            h, hkv, h // hkv, tq, tk, d, float(scale), bucket)
+    _launch(C.ATTN_BWD_DKDV, lambda m: (triton.cdiv(tk, m["BLOCK_N"]), b * hkv), args, meta, q.device,
+            configs.get(C.ATTN_BWD_DKDV))
+    args = (q, k, v, do, lse, delta, dq, *_s(q), *_s(k), *_s(v), *_s(do), *_s(dq),
+            h, h // hkv, tq, tk, d, float(scale), bucket)
+    _launch(C.ATTN_BWD_DQ, lambda m: (triton.cdiv(tq, m["BLOCK_M"]), b * h), args, meta, q.device,
+            configs.get(C.ATTN_BWD_DQ))
+    return dq, dk, dv

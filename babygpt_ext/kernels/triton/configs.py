@@ -1,0 +1,118 @@
+"""Autotune configurations for the Triton kernels, per GPU generation.
+
+Each list is ordered best-guess first: the compile test (tests/test_triton_compile.py) and
+`babygpt gpu-report` treat the first entry of a list as "the" configuration of a kernel, so it
+must compile without spills and use tensor cores on both sm_80 and sm_90.
+
+Under TRITON_INTERPRET=1 every kernel gets one small configuration: the interpreter runs each
+`tl` operation as a numpy call, so autotuning there would only multiply the (slow) test time.
+The other configurations are still exercised in the interpreter by tests/test_triton_kernels.py,
+which runs each of them once on a small shape, so a block size that breaks a mask is caught here.
+"""
+
+import os
+
+import triton
+
+# Kernel families. Every kernel of a family shares the same meta-parameter names.
+ATTN_FWD = "attn_fwd"  # BLOCK_M query rows x BLOCK_N keys per step
+ATTN_BWD_DKDV = "attn_bwd_dkdv"  # BLOCK_N keys held, BLOCK_M query rows per step
+ATTN_BWD_DQ = "attn_bwd_dq"  # BLOCK_M query rows held, BLOCK_N keys per step
+LORA = "lora"  # BLOCK_M x BLOCK_N output tile, BLOCK_K reduction step, GROUP_M swizzle
+
+_C = triton.Config
+
+# Ampere (sm_80, 164 KiB smem/SM, 65536 regs/SM). Attention tiles of 128x64 with 4 warps are
+# FlashAttention-2's choice for D <= 64; D = 128 halves the key tile to stay spill-free.
+AMPERE = {
+    ATTN_FWD: [
+        _C({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=2),
+        _C({"BLOCK_M": 128, "BLOCK_N": 32}, num_warps=4, num_stages=2),
+        _C({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=3),
+        _C({"BLOCK_M": 64, "BLOCK_N": 32}, num_warps=4, num_stages=2),
+    ],
+    ATTN_BWD_DKDV: [
+        _C({"BLOCK_M": 32, "BLOCK_N": 64}, num_warps=4, num_stages=2),
+        _C({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=8, num_stages=2),
+        _C({"BLOCK_M": 32, "BLOCK_N": 128}, num_warps=8, num_stages=2),
+        _C({"BLOCK_M": 16, "BLOCK_N": 64}, num_warps=4, num_stages=2),
+    ],
+    ATTN_BWD_DQ: [
+        _C({"BLOCK_M": 64, "BLOCK_N": 32}, num_warps=4, num_stages=2),
+        _C({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=8, num_stages=2),
+        _C({"BLOCK_M": 128, "BLOCK_N": 32}, num_warps=8, num_stages=2),
+        _C({"BLOCK_M": 64, "BLOCK_N": 16}, num_warps=4, num_stages=2),
+    ],
+    LORA: [
+        _C({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 32, "GROUP_M": 8}, num_warps=8, num_stages=3),
+        _C({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 32, "GROUP_M": 8}, num_warps=4, num_stages=4),
+        _C({"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 32, "GROUP_M": 8}, num_warps=4, num_stages=4),
+        _C({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=4, num_stages=3),
+        _C({"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=2, num_stages=3),
+    ],
+}
+
+# Hopper (sm_90, 228 KiB smem/SM). Triton lowers tl.dot to wgmma when a warpgroup (4 warps)
+# owns at least 64 rows, so every first entry keeps BLOCK_M >= 64 with 4 or 8 warps; deeper
+# pipelines pay off with the larger shared memory.
+HOPPER = {
+    ATTN_FWD: [
+        _C({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=3),
+        _C({"BLOCK_M": 128, "BLOCK_N": 128}, num_warps=8, num_stages=2),
+        _C({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=3),
+    ],
+    ATTN_BWD_DKDV: [
+        _C({"BLOCK_M": 32, "BLOCK_N": 64}, num_warps=4, num_stages=3),
+        _C({"BLOCK_M": 64, "BLOCK_N": 128}, num_warps=8, num_stages=2),
+        _C({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=2),
+    ],
+    ATTN_BWD_DQ: [
+        _C({"BLOCK_M": 64, "BLOCK_N": 32}, num_warps=4, num_stages=3),
+        _C({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=2),
+        _C({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=2),
+    ],
+    LORA: [
+        _C({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=8, num_stages=3),
+        _C({"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=8, num_stages=3),
+        _C({"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=4, num_stages=4),
+    ],
+}
+
+# One small configuration per family for the interpreter (tiles >= 16: tl.dot's minimum on GPU,
+# kept here so the interpreter runs the same code shape a GPU would).
+INTERPRETER = {
+    ATTN_FWD: [_C({"BLOCK_M": 32, "BLOCK_N": 32}, num_warps=4, num_stages=1)],
+    ATTN_BWD_DKDV: [_C({"BLOCK_M": 32, "BLOCK_N": 32}, num_warps=4, num_stages=1)],
+    ATTN_BWD_DQ: [_C({"BLOCK_M": 32, "BLOCK_N": 32}, num_warps=4, num_stages=1)],
+    LORA: [_C({"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 4}, num_warps=4, num_stages=1)],
+}
+
+BY_ARCH = {80: AMPERE, 90: HOPPER}
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def arch_of(capability: tuple) -> int:
+    """The table to use for a compute capability: Hopper for 9.x and newer, Ampere otherwise."""
+    return 90 if capability[0] >= 9 else 80
+
+
+def configs(family: str, arch: "int | None" = None) -> list:
+    """The autotune list for `family` on `arch` (80/90), or the interpreter's single config."""
+    if arch is None and interpreting():
+        return INTERPRETER[family]
+    return BY_ARCH[arch or 80][family]
+
+
+def prune_for_head_dim(configs_, named_args, **_):
+    """Drop tiles too large for wide heads: BLOCK_D = 256 with 128-row tiles spills on sm_80.
+
+    Used as triton.autotune's early_config_prune; keeps at least one configuration.
+    """
+    block_d = named_args.get("BLOCK_D", 64)
+    if block_d <= 128:
+        return configs_
+    kept = [c for c in configs_ if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 64 * 64]
+    return kept or [_C({"BLOCK_M": 32, "BLOCK_N": 32}, num_warps=4, num_stages=1)]
