@@ -1,0 +1,113 @@
+// cudaemu.h -- run CUDA C++ kernels on the CPU, with checks that make their bugs visible.
+//
+// The same kernel source compiles with nvcc (a real launch) and with g++ -std=c++20
+// -I/usr/local/cuda/include (emulated: each CUDA thread is a fiber, each block runs on a
+// worker OS thread). Kernel authors need exactly two things beyond standard CUDA:
+//
+//   CUDAEMU_LAUNCH(kernel, grid, block, smem_bytes, stream, args...)
+//       instead of kernel<<<grid, block, smem_bytes, stream>>>(args...). Wrap a template
+//       kernel in parentheses: CUDAEMU_LAUNCH((attn<64, float>), ...). Then check
+//       cudaGetLastError() as usual; in emulation cudaemu::last_error_message() has the text.
+//   CUDAEMU_DYNAMIC_SHARED(T, name)
+//       instead of extern __shared__ T name[]; (gives a T* to the dynamic shared memory).
+//
+// Emulated: threadIdx/blockIdx/blockDim/gridDim/warpSize; static and dynamic __shared__;
+// __syncthreads(_count/_and/_or); __syncwarp; __shfl(_up/_down/_xor)_sync; __ballot/__any/
+// __all_sync; __reduce_*_sync; __activemask; atomics (CUDA's overload set); math intrinsics;
+// half/bfloat16 from the toolkit's cuda_fp16.h/cuda_bf16.h plus the device-only intrinsics
+// (__hfma, hexp, hsqrt, ...); cudaMalloc/Free/Memcpy/Memset(+Async), streams,
+// cudaGetLastError/PeekAtLastError/DeviceSynchronize/GetErrorString, cudaFuncSetAttribute.
+// __CUDA_ARCH__ is NOT defined, so '#ifdef __CUDA_ARCH__' (e.g. mma.sync PTX) takes the
+// portable path. The macro CUDAEMU_EMULATED is defined to 1.
+//
+// Checks (each one records cudaErrorLaunchFailure / cudaErrorInvalidConfiguration with a
+// message naming kernel, block, thread and source lines; the launch returns, never hangs):
+//   divergent __syncthreads (threads at different calls, or a thread exits while others wait),
+//   deadlocks, shuffle masks (a lane not in the mask does not take part; reading from a lane
+//   outside the mask or an exited lane is an error), mismatched warp collectives, bad launch
+//   configurations (> 1024 threads, empty grid, dynamic smem over the 48 KiB default or the
+//   cudaFuncSetAttribute opt-in up to 227 KiB). Dynamic shared memory and cudaMalloc memory
+//   are poisoned with 0xFF (NaN) bytes; threads resume in forward/reverse/random order.
+//
+// Runtime configuration: cudaemu::config() (see cudaemu/config.h), read from CUDAEMU_ORDER,
+// CUDAEMU_SEED, CUDAEMU_POISON, CUDAEMU_WORKERS, CUDAEMU_ABORT, CUDAEMU_STACK_KB.
+// Modes: fibers (default; x86-64 assembly switch, -DCUDAEMU_UCONTEXT for the portable one;
+// ASan-aware) or -DCUDAEMU_THREADS (one std::thread per CUDA thread; for -fsanitize=thread).
+// With <torch/extension.h> in the same file, include torch first, then this header.
+// Details and limits: csrc/emu/README.md.
+#pragma once
+
+#if defined(__CUDACC__)
+// ------------------------------------------------------------------ real CUDA (nvcc)
+#include <cuda_runtime.h>
+#define CUDAEMU_LAUNCH(kernel, grid, block, smem, stream, ...) \
+  kernel<<<(grid), (block), (smem), (stream)>>>(__VA_ARGS__)
+// One raw byte array for every kernel (nvcc rejects the same extern __shared__ name with
+// different element types in one file), viewed as T*.
+#define CUDAEMU_DYNAMIC_SHARED(T, name)                              \
+  extern __shared__ __align__(16) unsigned char cudaemu_dyn_smem_[]; \
+  T* name = reinterpret_cast<T*>(cudaemu_dyn_smem_)
+
+#else
+// ------------------------------------------------------------------ CPU emulation
+#if defined(__SANITIZE_THREAD__) && !defined(CUDAEMU_THREADS)
+#error "cudaemu: ThreadSanitizer cannot follow fiber switches; compile with -DCUDAEMU_THREADS"
+#endif
+#define CUDAEMU_EMULATED 1
+
+// The toolkit's host-compilable headers provide the types (dim3, uint3, float2, cudaError_t,
+// cudaStream_t, __half, __nv_bfloat16, ...). They define __host__/__device__/__global__/
+// __shared__/__constant__ as nothing for a host compiler; __shared__ is redefined below.
+// The real runtime API (cuda_runtime_api.h, pulled in by cuda_fp16.h) is kept out: its
+// extern "C" declarations would give our definitions C linkage, and then a libcudart loaded
+// in the same process (e.g. by torch) could be called instead of them.
+#if defined(__CUDA_RUNTIME_API_H__) && !defined(CUDAEMU_EMULATED_RUNTIME)
+#error "cudaemu: include cudaemu.h before cuda_runtime.h / cuda_runtime_api.h / cuda_fp16.h in an emulated build"
+#endif
+#define CUDAEMU_EMULATED_RUNTIME 1
+#define __CUDA_RUNTIME_H__
+#define __CUDA_RUNTIME_API_H__
+#include <vector_types.h>
+#include <driver_types.h>
+#include <builtin_types.h>
+#include <cuda_fp16.h>
+#include <cuda_bf16.h>
+
+#include <cstddef>
+#include <cstdint>
+
+// Builtin variables: per OS thread, set by the scheduler before each thread/block runs.
+inline thread_local uint3 threadIdx;
+inline thread_local uint3 blockIdx;
+inline thread_local dim3 blockDim;
+inline thread_local dim3 gridDim;
+constexpr int warpSize = 32;
+
+#include "cudaemu/config.h"
+#include "cudaemu/fiber.h"
+#include "cudaemu/block.h"
+#include "cudaemu/launch.h"
+#include "cudaemu/device.h"
+#include "cudaemu/runtime.h"
+
+#undef __shared__
+#ifdef CUDAEMU_THREADS
+#define __shared__ static  // blocks run one after another: one copy is one per block
+#else
+#define __shared__ static thread_local  // a worker runs one block at a time: one copy per block
+#endif
+#ifndef __launch_bounds__
+#define __launch_bounds__(...)
+#endif
+#ifndef __grid_constant__
+#define __grid_constant__
+#endif
+
+#define CUDAEMU_DYNAMIC_SHARED(T, name) T* name = reinterpret_cast<T*>(::cudaemu::tl_dyn_smem)
+// The arguments are evaluated once, converted to the kernel's parameter types, and every
+// emulated thread calls the kernel with (copies of) them, like a real launch.
+#define CUDAEMU_LAUNCH(kernel, grid, block, smem, stream, ...)                                  \
+  ::cudaemu::launch_kernel(#kernel, kernel, dim3(grid), dim3(block), (smem), (stream),          \
+                           std::source_location::current() __VA_OPT__(, ) __VA_ARGS__)
+
+#endif  // __CUDACC__

@@ -1,0 +1,382 @@
+// cudaemu/block.h -- one thread block: its emulated CUDA threads, the block barrier, the warp
+// rendezvous, and the checks that turn CUDA undefined behaviour into a reported error.
+// Part of csrc/emu/cudaemu.h.
+//
+// Every synchronising intrinsic is an *arrival*: the calling thread records what it waits for
+// (site, mask, value) and either completes the rendezvous (it was the last one needed: it
+// computes every participant's result and releases them) or parks. Parking means "switch to
+// the block scheduler" in fiber mode and "wait on the block's condition variable" in thread
+// mode; all other logic is shared. When no thread of a block can run any more, that is a
+// deadlock and is reported with the source lines every thread is stuck at.
+#pragma once
+
+#include <cstdint>
+#include <exception>
+#include <cstring>
+#include <source_location>
+#include <string>
+#include <utility>
+#include <vector>
+#ifdef CUDAEMU_THREADS
+#include <condition_variable>
+#include <mutex>
+#endif
+
+namespace cudaemu {
+
+// Where a thread waits: the intrinsic's name and the caller's source line.
+struct Site {
+  const char* what = "";
+  const char* file = "";
+  unsigned line = 0;
+};
+inline Site site(const char* what, const std::source_location& l) { return {what, l.file_name(), (unsigned)l.line()}; }
+inline bool same_site(const Site& a, const Site& b) {
+  return a.line == b.line && std::strcmp(a.what, b.what) == 0 && std::strcmp(a.file, b.file) == 0;
+}
+
+enum class Wait : uint8_t { none, block_barrier, warp };
+enum class BarOp : uint8_t { plain, count, all, any };
+enum class WarpOp : uint8_t { sync, shfl, ballot, any, all, add, umin, umax, imin, imax, band, bor, bxor };
+
+// Thrown inside an emulated thread to unwind it when its block has failed (caught at the
+// bottom of that thread; kernels never see it unless they catch (...)).
+struct Cancelled {};
+
+// What a launch runs: the kernel body with its arguments bound, plus names for messages.
+struct LaunchInfo {
+  const char* kernel = "?";
+  dim3 grid, block;
+  size_t dyn_smem = 0;
+  void (*invoke)(const void*) = nullptr;
+  const void* body = nullptr;
+};
+
+struct Thread {
+  uint3 tid{};
+  unsigned flat = 0;
+  bool started = false, done = false;
+  Wait wait = Wait::none;
+  Site site;          // where it waits (valid while wait != none)
+  WarpOp op{};        // warp collective it waits in
+  unsigned mask = 0;  // its mask
+  int src = -1;       // shuffle: lane it reads (-1: keeps its own value)
+  uint64_t value = 0; // shuffle value / predicate / reduce operand it contributes
+  uint64_t result = 0;  // filled in by whoever completes the rendezvous
+#ifndef CUDAEMU_THREADS
+  Context ctx;
+#endif
+};
+
+struct Block {
+  const LaunchInfo* launch = nullptr;
+  uint3 idx{};
+  unsigned n = 0;  // threads per block
+  std::vector<Thread> threads;
+  unsigned blocked = 0, done = 0;  // parked threads, exited threads
+  unsigned bar_arrived = 0, bar_true = 0;  // block barrier: arrivals in this phase, true predicates
+  Site bar_site;
+  bool failed = false;
+  std::string message;  // first error of this block
+#ifdef CUDAEMU_THREADS
+  std::mutex mu;
+  std::condition_variable cv;
+#else
+  Context scheduler;
+#endif
+
+  void reset(const LaunchInfo* l, uint3 block_idx) {
+    launch = l;
+    idx = block_idx;
+    const dim3 b = l->block;
+    n = b.x * b.y * b.z;
+    threads.assign(n, Thread{});
+    for (unsigned i = 0; i < n; ++i) {
+      threads[i].flat = i;
+      threads[i].tid = uint3{i % b.x, (i / b.x) % b.y, i / (b.x * b.y)};
+    }
+    blocked = done = bar_arrived = bar_true = 0;
+    failed = false;
+    message.clear();
+  }
+  unsigned runnable() const { return n - blocked - done; }
+  // Lanes of warp w that exist (the last warp of a block may be partial).
+  unsigned present_lanes(unsigned w) const {
+    unsigned left = n - w * 32;
+    return left >= 32 ? 0xffffffffu : ((1u << left) - 1u);
+  }
+};
+
+// The block and emulated thread running on this OS thread (set by the scheduler before each
+// switch into a fiber, or once per std::thread in thread mode).
+inline thread_local Block* tl_block = nullptr;
+inline thread_local Thread* tl_thread = nullptr;
+
+#ifdef CUDAEMU_THREADS
+struct Lock {
+  std::unique_lock<std::mutex> u;
+  explicit Lock(Block& b) : u(b.mu) {}
+};
+#else
+struct Lock {  // fibers of a block share one OS thread: nothing to lock
+  explicit Lock(Block&) {}
+};
+#endif
+
+inline std::string who(const Block& b, const Thread& t) {
+  return format("kernel '%s' block (%u,%u,%u) thread (%u,%u,%u)", b.launch->kernel, b.idx.x, b.idx.y, b.idx.z,
+                t.tid.x, t.tid.y, t.tid.z);
+}
+inline std::string where(const Site& s) { return format("%s at %s:%u", s.what, s.file, s.line); }
+
+// Marks the block failed (first message wins) and wakes everybody so they unwind.
+inline void fail(Block& b, std::string msg) {
+  if (!b.failed) {
+    b.failed = true;
+    b.message = std::move(msg);
+  }
+#ifdef CUDAEMU_THREADS
+  b.cv.notify_all();
+#endif
+}
+
+// The message for "no thread of the block can run": every distinct wait site with a count.
+inline std::string deadlock_report(const Block& b) {
+  struct Group { Site s; unsigned mask; bool warp; unsigned count; const Thread* first; };
+  std::vector<Group> groups;
+  for (const Thread& t : b.threads) {
+    if (t.done || t.wait == Wait::none) continue;
+    bool warp = t.wait == Wait::warp;
+    unsigned mask = warp ? t.mask : 0;
+    bool found = false;
+    for (Group& g : groups)
+      if (g.warp == warp && g.mask == mask && same_site(g.s, t.site)) { ++g.count; found = true; break; }
+    if (!found) groups.push_back({t.site, mask, warp, 1, &t});
+  }
+  std::string m = format("deadlock in kernel '%s' block (%u,%u,%u): no thread can make progress;",
+                         b.launch->kernel, b.idx.x, b.idx.y, b.idx.z);
+  for (const Group& g : groups) {
+    m += format(" %u thread(s) wait in %s", g.count, where(g.s).c_str());
+    if (g.warp) m += format(" (mask 0x%08x)", g.mask);
+    m += format(" [first: thread (%u,%u,%u)];", g.first->tid.x, g.first->tid.y, g.first->tid.z);
+  }
+  if (b.done) m += format(" %u thread(s) have exited;", b.done);
+  m.pop_back();
+  return m;
+}
+
+[[noreturn]] inline void unwind() { throw Cancelled{}; }
+
+#ifndef CUDAEMU_THREADS
+// Fiber mode: hand control back to the block scheduler; returns when resumed.
+inline void to_scheduler(Block& b, Thread& me) { switch_context(me.ctx, b.scheduler); }
+#endif
+
+// Parks the calling thread until a rendezvous releases it (me.wait == none) or the block fails.
+inline void park(Block& b, Thread& me, Lock& lk) {
+  ++b.blocked;
+  if (b.runnable() == 0) fail(b, deadlock_report(b));
+  if (b.failed) unwind();
+#ifdef CUDAEMU_THREADS
+  b.cv.wait(lk.u, [&] { return me.wait == Wait::none || b.failed; });
+#else
+  (void)lk;
+  while (me.wait != Wait::none && !b.failed) to_scheduler(b, me);
+#endif
+  if (b.failed) unwind();
+}
+
+// Wakes the threads just released. In fiber mode the releasing thread also yields, so every
+// scheduling round advances each thread by exactly one synchronisation phase, in the
+// configured order (otherwise the last arriver would always run ahead).
+inline void after_release(Block& b, Thread& me, Lock& lk) {
+  (void)lk;
+#ifdef CUDAEMU_THREADS
+  (void)me;
+  b.cv.notify_all();
+#else
+  to_scheduler(b, me);
+#endif
+  if (b.failed) unwind();
+}
+
+// __syncthreads and its _count/_and/_or variants. Every thread of the block must reach the
+// SAME call (same source line); anything else is reported, as is a thread that has exited.
+inline int sync_block(BarOp op, int pred, const Site& s) {
+  Block& b = *tl_block;
+  Thread& me = *tl_thread;
+  Lock lk(b);
+  if (b.failed) unwind();
+  if (b.done > 0) {
+    const Thread* gone = nullptr;
+    for (const Thread& t : b.threads) if (t.done) { gone = &t; break; }
+    fail(b, format("divergent barrier: %s reaches %s but %u thread(s) of the block have already exited "
+                   "(first: thread (%u,%u,%u)); every thread of a block must reach every __syncthreads",
+                   who(b, me).c_str(), where(s).c_str(), b.done, gone->tid.x, gone->tid.y, gone->tid.z));
+    unwind();
+  }
+  if (b.bar_arrived == 0) {
+    b.bar_site = s;
+    b.bar_true = 0;
+  } else if (!same_site(b.bar_site, s)) {
+    fail(b, format("divergent barrier: %s waits in %s while %u other thread(s) wait in %s", who(b, me).c_str(),
+                   where(s).c_str(), b.bar_arrived, where(b.bar_site).c_str()));
+    unwind();
+  }
+  ++b.bar_arrived;
+  b.bar_true += pred != 0;
+  if (b.bar_arrived < b.n) {
+    me.site = s;
+    me.wait = Wait::block_barrier;
+    park(b, me, lk);
+    return (int)me.result;
+  }
+  // Last arrival: compute the result once and release the phase.
+  uint64_t r = op == BarOp::count ? b.bar_true : op == BarOp::all ? (b.bar_true == b.n) : op == BarOp::any ? (b.bar_true > 0) : 0;
+  for (Thread& t : b.threads)
+    if (t.wait == Wait::block_barrier) { t.wait = Wait::none; t.result = r; --b.blocked; }
+  b.bar_arrived = 0;
+  me.result = r;
+  after_release(b, me, lk);
+  return (int)r;
+}
+
+// Computes every participant's result once all lanes of 'group' have arrived.
+inline void complete_warp(Block& b, unsigned base, unsigned group, WarpOp op) {
+  uint64_t acc = 0;
+  unsigned bits = 0;
+  bool first = true;
+  for (unsigned l = 0; l < 32; ++l) {
+    if (!(group >> l & 1)) continue;
+    const Thread& t = b.threads[base + l];
+    uint64_t v = t.value;
+    bits |= (v != 0) << l;
+    if (first) { acc = v; first = false; continue; }
+    switch (op) {
+      case WarpOp::add: acc = (uint32_t)(acc + v); break;
+      case WarpOp::umin: acc = (uint32_t)v < (uint32_t)acc ? v : acc; break;
+      case WarpOp::umax: acc = (uint32_t)v > (uint32_t)acc ? v : acc; break;
+      case WarpOp::imin: acc = (int32_t)v < (int32_t)acc ? v : acc; break;
+      case WarpOp::imax: acc = (int32_t)v > (int32_t)acc ? v : acc; break;
+      case WarpOp::band: acc &= v; break;
+      case WarpOp::bor: acc |= v; break;
+      case WarpOp::bxor: acc ^= v; break;
+      default: break;
+    }
+  }
+  for (unsigned l = 0; l < 32; ++l) {
+    if (!(group >> l & 1)) continue;
+    Thread& t = b.threads[base + l];
+    switch (op) {
+      case WarpOp::sync: t.result = 0; break;
+      case WarpOp::shfl: t.result = t.src < 0 ? t.value : b.threads[base + t.src].value; break;
+      case WarpOp::ballot: t.result = bits; break;
+      case WarpOp::any: t.result = bits != 0; break;
+      case WarpOp::all: t.result = bits == group; break;
+      default: t.result = acc; break;
+    }
+  }
+}
+
+// All warp-synchronous intrinsics (__syncwarp, __shfl*_sync, __ballot/__any/__all_sync,
+// __reduce_*_sync). Lanes named in 'mask' rendezvous; a lane may only read from a lane that
+// is in the mask and exists; a lane named in the mask that has exited is an error.
+inline uint64_t warp_collective(WarpOp op, unsigned mask, uint64_t value, int src, const Site& s) {
+  Block& b = *tl_block;
+  Thread& me = *tl_thread;
+  Lock lk(b);
+  if (b.failed) unwind();
+  const unsigned lane = me.flat % 32, w = me.flat / 32, base = w * 32;
+  const unsigned present = b.present_lanes(w);
+  if (!(mask >> lane & 1)) {
+    fail(b, format("bad warp mask: %s (lane %u) calls %s with mask 0x%08x, which does not include its own lane",
+                   who(b, me).c_str(), lane, where(s).c_str(), mask));
+    unwind();
+  }
+  if (src >= 0 && (unsigned)src != lane) {
+    if (!(mask >> src & 1) || !(present >> src & 1)) {
+      fail(b, format("bad shuffle: %s (lane %u) in %s reads lane %d, which is %s (mask 0x%08x); the value would be undefined",
+                     who(b, me).c_str(), lane, where(s).c_str(), src,
+                     (present >> src & 1) ? "not in the mask" : "beyond the block's last thread", mask));
+      unwind();
+    }
+  }
+  const unsigned group = mask & present;
+  bool all_here = true;
+  for (unsigned l = 0; l < 32; ++l) {
+    if (!(group >> l & 1) || l == lane) continue;
+    const Thread& t = b.threads[base + l];
+    if (t.done) {
+      fail(b, format("bad warp mask: %s (lane %u) calls %s with mask 0x%08x, but lane %u of its warp has already exited",
+                     who(b, me).c_str(), lane, where(s).c_str(), mask, l));
+      unwind();
+    }
+    bool here = t.wait == Wait::warp && t.mask == mask;
+    if (here && t.op != op) {
+      fail(b, format("mismatched warp collectives: %s (lane %u) calls %s while lane %u waits in %s with the same mask 0x%08x",
+                     who(b, me).c_str(), lane, where(s).c_str(), l, where(t.site).c_str(), mask));
+      unwind();
+    }
+    all_here &= here;
+  }
+  me.op = op;
+  me.mask = mask;
+  me.value = value;
+  me.src = (src >= 0 && (unsigned)src != lane) ? src : -1;
+  me.site = s;
+  if (!all_here) {
+    me.wait = Wait::warp;
+    park(b, me, lk);
+    return me.result;
+  }
+  complete_warp(b, base, group, op);
+  for (unsigned l = 0; l < 32; ++l) {
+    Thread& t = b.threads[base + l];
+    if ((group >> l & 1) && l != lane) { t.wait = Wait::none; --b.blocked; }
+  }
+  after_release(b, me, lk);
+  return me.result;
+}
+
+// Called when a thread's kernel body has returned (or unwound).
+inline void thread_exit(Block& b, Thread& me) {
+  Lock lk(b);
+  me.done = true;
+  me.wait = Wait::none;
+  ++b.done;
+  if (!b.failed) {
+    if (b.bar_arrived > 0) {
+      fail(b, format("divergent barrier: %s exits while %u thread(s) wait in %s; every thread of a block must reach "
+                     "every __syncthreads", who(b, me).c_str(), b.bar_arrived, where(b.bar_site).c_str()));
+    } else {
+      const unsigned lane = me.flat % 32, base = me.flat / 32 * 32;
+      for (unsigned l = 0; l < 32 && base + l < b.n && !b.failed; ++l) {
+        const Thread& t = b.threads[base + l];
+        if (t.wait == Wait::warp && (t.mask >> lane & 1))
+          fail(b, format("bad warp mask: %s (lane %u) exits while lane %u waits for it in %s (mask 0x%08x)",
+                         who(b, me).c_str(), lane, l, where(t.site).c_str(), t.mask));
+      }
+    }
+    if (!b.failed && b.blocked > 0 && b.runnable() == 0) fail(b, deadlock_report(b));
+  }
+#ifdef CUDAEMU_THREADS
+  b.cv.notify_all();
+#endif
+}
+
+// Runs the kernel body as thread 'me' of block 'b' and records how it ended.
+inline void run_thread(Block& b, Thread& me) {
+  try {
+    b.launch->invoke(b.launch->body);
+  } catch (const Cancelled&) {
+  } catch (const std::exception& e) {
+    Lock lk(b);
+    fail(b, format("%s threw: %s", who(b, me).c_str(), e.what()));
+  } catch (...) {
+    Lock lk(b);
+    fail(b, format("%s threw an exception", who(b, me).c_str()));
+  }
+  thread_exit(b, me);
+}
+
+}  // namespace cudaemu
