@@ -199,3 +199,18 @@ def test_count_model_argument_errors():
         NGramLM(2, 5).fit([1, 9])
     with pytest.raises(ValueError, match="fit it first"):
         NGramLM(2, 5, k=0.0).probs([1])
+
+
+@pytest.mark.parametrize("n", [2, 4])
+def test_chunked_neural_perplexity_equals_one_pass(n):
+    from babygpt_ext.models.bigram import sequence_perplexity
+
+    V = 10
+    torch.manual_seed(2)
+    model = NeuralBigramLM(V) if n == 2 else NeuralNGramLM(V, n=n, n_embd=4, hidden=8)
+    torch.nn.init.normal_(next(model.parameters()))
+    ids = random_ids(101, V, 6)
+    with torch.no_grad():
+        _, loss = model(ids[None, :-1], ids[None, 1:])
+    for chunk in (7, 50, 1000):
+        assert sequence_perplexity(model, ids, n - 1, chunk_tokens=chunk) == pytest.approx(math.exp(loss.item()), rel=1e-5)

@@ -74,6 +74,28 @@ def check_idx(idx: torch.Tensor, vocab_size: int, name: str = "idx") -> None:
                          f"[{int(idx.min())}, {int(idx.max())}]")
 
 
+@torch.no_grad()
+def sequence_perplexity(model: nn.Module, ids, context_size: int, chunk_tokens: int = 4096) -> float:
+    """Perplexity of a neural LM over ids[1:], each token predicted from the tokens before it,
+    exactly like the count models score. Runs in chunks so the (T, V) logits stay small; each
+    chunk is fed ``context_size - 1`` extra earlier tokens so no prediction loses context."""
+    ids = torch.as_tensor(np.asarray(ids, dtype=np.int64)) if not isinstance(ids, torch.Tensor) else ids.long()
+    if ids.numel() < 2:
+        raise ValueError("perplexity needs at least 2 tokens")
+    was_training = model.training
+    model.eval()
+    nll, count = 0.0, 0
+    for s in range(0, ids.numel() - 1, chunk_tokens):
+        e = min(s + chunk_tokens, ids.numel() - 1)   # score targets ids[s+1 : e+1]
+        a = max(0, s - context_size + 1)              # earlier tokens only as context
+        logits, _ = model(ids[None, a:e])             # (1, e-a, V)
+        scored = logits[0, s - a:]                    # (e-s, V)
+        nll += float(F.cross_entropy(scored.float(), ids[s + 1:e + 1], reduction="sum"))
+        count += e - s
+    model.train(was_training)
+    return math.exp(nll / count)
+
+
 # ---- count-based --------------------------------------------------------------------------
 class BigramLM:
     """Count-matrix bigram LM with add-k smoothing and unigram backoff for unseen rows."""

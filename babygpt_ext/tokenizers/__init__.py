@@ -17,18 +17,19 @@ from .word import WordTokenizer, split_words
 KINDS = ("char", "word", "bpe")
 
 
-def get_tokenizer(kind: str, text: str, vocab_size: int = 1000) -> Tokenizer:
+def get_tokenizer(kind: str, text: str, vocab_size: int | None = 1000) -> Tokenizer:
     """Build a tokenizer of ``kind`` from ``text``.
 
-    ``vocab_size`` is the target for ``bpe`` and a cap (most frequent pieces kept, the rest
-    become ``<unk>``) for ``word``; ``char`` ignores it (its vocabulary is the text's characters).
+    ``vocab_size`` is the target for ``bpe`` (None -> 1000) and a cap for ``word`` (most
+    frequent pieces kept, the rest become ``<unk>``; None -> every piece of the text);
+    ``char`` ignores it (its vocabulary is the text's characters).
     """
     if kind == "char":
         return CharTokenizer.from_text(text)
     if kind == "word":
         return WordTokenizer.from_text(text, max_vocab=vocab_size)
     if kind == "bpe":
-        return BPETokenizer.train(text, vocab_size=vocab_size)
+        return BPETokenizer.train(text, vocab_size=1000 if vocab_size is None else vocab_size)
     raise ValueError(f"unknown tokenizer kind {kind!r}; choose one of {KINDS}")
 
 
