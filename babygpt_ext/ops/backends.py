@@ -81,8 +81,11 @@ def _sdpa(q, k, v, scale, causal):
     tq, tk = q.shape[2], k.shape[2]
     # SDPA's is_causal is top-left aligned; the contract is bottom-right, so Tq != Tk needs a mask.
     mask = reference.causal_mask(tq, tk, q.device) if causal and tq != tk else None
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and tq == tk, scale=scale,
-                                          enable_gqa=k.shape[1] != q.shape[1])
+    o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and tq == tk, scale=scale,
+                                       enable_gqa=k.shape[1] != q.shape[1])
+    # torch's CPU flash kernel returns zeros for a query row holding a NaN or Inf; the contract
+    # says they propagate (as in the eager composition). One O(T·D) pass over q restores that.
+    return o.masked_fill(~torch.isfinite(q).all(-1, keepdim=True), float("nan"))
 
 
 register(Backend(

@@ -1,0 +1,87 @@
+"""Shared fixtures: which backends are under test, the shapes each one gets, and seeded RNG.
+
+Every backend usable on CPU tensors here is tested by the same tests: eager, sdpa and cpu always;
+triton through Triton's interpreter (TRITON_INTERPRET=1 is set below, before anything can import
+triton); cuda_emu when babygpt_ext._C_emu was built (BABYGPT_EXT_EMU=1). A new backend joins the
+suite by registering in babygpt_ext.ops and becoming available.
+"""
+
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")  # must precede any `import triton`
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from babygpt_ext import ops  # noqa: E402
+from babygpt_ext.ops.registry import Call  # noqa: E402
+
+CPU_BACKENDS = ops.available_backends("cpu")
+# The Triton interpreter and the CUDA emulator run a kernel thread by thread in Python/fibers:
+# correct but slow, so they get the small shape list.
+SLOW_BACKENDS = {"triton", "cuda_emu"}
+
+# (B, H, Hkv, Tq, Tk, D, causal). Odd sizes on purpose: T and D that are not multiples of any
+# block size, Tq < Tk (KV-cache decoding), Tq != Tk non-causal (cross attention), GQA and MQA.
+ATTN_SHAPES_FULL = [
+    (1, 1, 1, 1, 1, 1, True),
+    (2, 2, 2, 2, 2, 8, True),
+    (2, 4, 2, 17, 17, 59, True),
+    (1, 2, 2, 64, 64, 64, True),
+    (1, 4, 1, 127, 127, 32, True),
+    (1, 2, 2, 129, 129, 128, True),
+    (1, 2, 1, 1, 129, 64, True),
+    (2, 2, 2, 17, 64, 8, True),
+    (1, 2, 2, 33, 33, 256, True),
+    (2, 2, 2, 17, 5, 59, False),
+    (1, 4, 2, 64, 1, 16, False),
+    (1, 2, 2, 3, 129, 64, False),
+]
+ATTN_SHAPES_SMALL = [
+    (1, 1, 1, 1, 1, 1, True),
+    (1, 2, 1, 17, 17, 59, True),
+    (1, 2, 2, 5, 33, 16, True),
+    (1, 2, 2, 65, 65, 64, True),
+    (1, 4, 2, 9, 20, 8, False),
+]
+# (lead shape of x, in, out, r, bias)
+LORA_SHAPES_FULL = [((1,), 1, 1, 1, True), ((3, 5), 16, 48, 4, True), ((7,), 59, 33, 3, False),
+                    ((2, 65), 128, 384, 8, True), ((130,), 64, 257, 16, True)]
+LORA_SHAPES_SMALL = [((1,), 1, 1, 1, True), ((3, 5), 16, 48, 4, True), ((7,), 59, 33, 3, False),
+                     ((37,), 64, 72, 16, True)]
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+
+def attn_shapes(backend):
+    return ATTN_SHAPES_SMALL if backend in SLOW_BACKENDS else ATTN_SHAPES_FULL
+
+
+def lora_shapes(backend):
+    return LORA_SHAPES_SMALL if backend in SLOW_BACKENDS else LORA_SHAPES_FULL
+
+
+def dtypes_for(backend):
+    return [d for d in DTYPES if d in ops.BACKENDS[backend].dtypes]
+
+
+def backend_param(op, backend, dtype, head_dim, *values, id):
+    """pytest.param(backend, *values, dtype), skipped with the backend's own reason when it refuses
+    this kind of call here (e.g. bfloat16 in Triton's interpreter)."""
+    why = ops.BACKENDS[backend].refuses(Call(op, "cpu", dtype, head_dim))
+    marks = [pytest.mark.skip(reason=f"backend {backend} cannot run this here: {why}")] if why else []
+    return pytest.param(backend, *values, dtype, id=id, marks=marks)
+
+
+def attn_id(s):
+    b, h, hkv, tq, tk, d, causal = s
+    return f"B{b}H{h}kv{hkv}-Tq{tq}Tk{tk}-D{d}-{'causal' if causal else 'full'}"
+
+
+def pytest_report_header(config):
+    return f"babygpt_ext backends under test (CPU tensors): {', '.join(CPU_BACKENDS)}"
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(1234)

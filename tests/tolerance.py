@@ -1,0 +1,34 @@
+"""The tolerance rule of DESIGN.md §7 (FlashAttention's): compare to a float64 reference, and in
+low precision allow a multiple of the error that eager PyTorch itself makes in that precision."""
+
+import torch
+
+FWD_FACTOR, GRAD_FACTOR = 2.0, 3.0
+FP32_REL = 1e-5
+# Absolute floor per element for fp32 (~8 ulp at 1.0): a gradient that is exactly zero in float64
+# (e.g. dq when every query sees a single key) is only zero up to rounding in float32.
+FP32_ATOL = 1e-6
+
+
+def rel_error(out: torch.Tensor, ref: torch.Tensor) -> float:
+    ref = ref.double()
+    return ((out.double() - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+
+
+def assert_close(out: torch.Tensor, ref64: torch.Tensor, eager_lowp: torch.Tensor, what: str, factor: float):
+    """out: the backend's result; ref64: float64 reference; eager_lowp: eager composition in out's dtype."""
+    assert out.shape == ref64.shape, f"{what}: shape {tuple(out.shape)} != reference {tuple(ref64.shape)}"
+    assert out.dtype == eager_lowp.dtype, f"{what}: dtype {out.dtype}, expected {eager_lowp.dtype}"
+    assert torch.isfinite(out).all(), f"{what}: non-finite values"
+    if out.dtype in (torch.float32, torch.float64):
+        err, bound = (out.double() - ref64).norm().item(), FP32_REL * ref64.norm().item() + FP32_ATOL * out.numel() ** 0.5
+        assert err <= bound, f"{what}: norm-wise error {err:.3e} > {bound:.3e} (relative {rel_error(out, ref64):.2e})"
+        return
+    err = (out.double() - ref64).abs().max().item()
+    eager_err = (eager_lowp.double() - ref64).abs().max().item()
+    # Rounding floor: one unit in the last place at the output's scale (at least 1.0, the scale of
+    # the unit-normal test inputs), so an exact eager result (error 0, e.g. a gradient that
+    # vanishes when every query sees one key) does not demand an exact kernel.
+    floor = torch.finfo(out.dtype).eps * max(ref64.abs().max().item(), 1.0)
+    bound = factor * eager_err + floor
+    assert err <= bound, (f"{what}: max error {err:.3e} > {factor}x eager's {eager_err:.3e} + floor {floor:.1e}")
