@@ -148,3 +148,39 @@ def test_load_errors(tmp_path):
         WordTokenizer.load(path)
     with pytest.raises(ValueError, match="unknown tokenizer kind"):
         get_tokenizer("sentencepiece", "abc")
+
+
+def test_bpe_token_bytes_concatenate_to_the_utf8_text():
+    tok = bpe1000()
+    s = corpus()[:5000] + "naïve 🚀\r\n"
+    ids = tok.encode(s)
+    assert b"".join(tok.token_bytes(i) for i in ids) == s.encode("utf-8")
+    assert tok.token_strings(tok.encode("é")) == ["\\xc3", "\\xa9"]  # unmerged: two byte tokens
+
+
+# ---- the `babygpt tokenize` subcommand ----------------------------------------------------
+def _run_cli(argv):
+    import argparse
+
+    from babygpt_ext.cli import tokenize as tokenize_cmd
+
+    parser = argparse.ArgumentParser(prog="babygpt")
+    tokenize_cmd.register(parser.add_subparsers())
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def test_tokenize_cli_trains_reports_saves_and_writes_ids(tmp_path, capsys):
+    from babygpt_ext.data import open_tokens
+
+    data = tmp_path / "corpus.txt"
+    data.write_text(corpus()[:40_000], encoding="utf-8")
+    rc = _run_cli(["tokenize", "--kind", "bpe", "--vocab-size", "300", "--data", str(data),
+                   "--save", str(tmp_path / "tok.json"), "--out", str(tmp_path / "ids.bin")])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "vocab 300" in out and "tokens/char" in out and "M chars/s" in out and "== corpus: True" in out
+    tok = Tokenizer.load(tmp_path / "tok.json")
+    assert open_tokens(tmp_path / "ids.bin").tolist() == tok.encode(corpus()[:40_000])
+    assert _run_cli(["tokenize", "--kind", "char", "--data", str(data)]) == 0
+    assert "cannot encode" in capsys.readouterr().out  # the demo sentence has chars not in the data

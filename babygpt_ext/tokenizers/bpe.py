@@ -27,6 +27,24 @@ from .base import Tokenizer, safe_chunks
 _PARALLEL_CHARS = 1 << 16
 
 
+def _gpt2_byte_alphabet() -> dict[str, int]:
+    """The ByteLevel pre-tokenizer's printable stand-in for each byte, inverted (char -> byte):
+    printable Latin-1 bytes stand for themselves, the other 68 bytes map to U+0100 upwards in
+    byte order (so the space byte 0x20 becomes 'Ġ')."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    out, shifted = {}, 0
+    for b in range(256):
+        if b in printable:
+            out[chr(b)] = b
+        else:
+            out[chr(256 + shifted)] = b
+            shifted += 1
+    return out
+
+
+_BYTE_OF_CHAR = _gpt2_byte_alphabet()
+
+
 def _byte_level_bpe() -> HFTokenizer:
     tok = HFTokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
@@ -107,9 +125,13 @@ class BPETokenizer(Tokenizer):
         # Note: decoding a *slice* of ids can end mid-character; such bytes become U+FFFD.
         return self.hf.decode(self._check_ids(ids), skip_special_tokens=False)
 
+    def token_bytes(self, token_id: int) -> bytes:
+        """The raw bytes one token stands for (may be part of a multi-byte character)."""
+        return bytes(_BYTE_OF_CHAR[c] for c in self.hf.id_to_token(int(token_id)))
+
     def token_strings(self, ids: Iterable[int]) -> list[str]:
-        """Each id's bytes shown as text (U+FFFD where a token is part of a character)."""
-        return [self.decode([i]) for i in ids]
+        """Each token as readable text; bytes that are only part of a character show as \\xNN."""
+        return [self.token_bytes(i).decode("utf-8", errors="backslashreplace") for i in ids]
 
     def _state(self) -> dict:
         return {"hf_tokenizer": json.loads(self.hf.to_str())}
