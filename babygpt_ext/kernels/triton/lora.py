@@ -18,9 +18,10 @@ kernel computes every product of the backward without copies:
     dW = dyᵀ x  (only if needed)     X=dyᵀ,  W=xᵀ
     db = Σ_rows dy (only if needed)  a column-sum kernel
 
-xa and g are kept in float32 (they are tiny: N × r) so the low-rank path loses nothing to fp16
-rounding. Dots between two fp16/bf16 operands use tensor cores; a dot with a float32 operand
-(or float32 inputs) runs in IEEE fp32, because TF32 would miss the contract's 1e-5 tolerance.
+xa and g are stored in float32 (they are tiny: N × r, and the contract keeps xa in float32). With
+fp16/bf16 inputs every dot runs on tensor cores: a float32 operand is rounded to the input dtype
+first, as the eager composition would have rounded it. Float32 inputs use IEEE fp32 dots, because
+TF32 would miss the contract's 1e-5 tolerance.
 """
 
 import functools
@@ -65,7 +66,9 @@ def lora_matmul_kernel(X, W, XA, BM, BIAS, Y, M, N, K, R,
         w = tl.load(W + offs_k[:, None] * stride_wk + offs_n64[None, :] * stride_wn,
                     mask=k_ok[:, None] & n_ok[None, :], other=0.0)  # (BLOCK_K, BLOCK_N) = Wᵀ tile
         if DOT_F32:
-            acc += tl.dot(x.to(tl.float32), w.to(tl.float32), input_precision=PRECISION)
+            acc += tl.dot(x, w, input_precision=PRECISION)
+        elif x.dtype == tl.float32:  # a float32 statistic (g, xa) meets a 16-bit operand:
+            acc += tl.dot(x.to(w.dtype), w)  # round it to 16 bits and use tensor cores
         else:
             acc += tl.dot(x, w.to(x.dtype))
     acc = acc * alpha
@@ -79,7 +82,9 @@ def lora_matmul_kernel(X, W, XA, BM, BIAS, Y, M, N, K, R,
                          mask=m_ok[:, None] & r_ok[None, :], other=0.0)
             bm = tl.load(BM + offs_r[:, None] * stride_br + offs_n64[None, :] * stride_bn,
                          mask=r_ok[:, None] & n_ok[None, :], other=0.0)
-            low += tl.dot(xa.to(tl.float32), bm.to(tl.float32), input_precision="ieee")
+            # In bm's dtype: tensor cores for fp16/bf16 (an fp32 FMA dot here made ptxas spill
+            # ~3 KB/thread on sm_80), IEEE fp32 for float32 inputs.
+            low += tl.dot(xa.to(bm.dtype), bm, input_precision=PRECISION)
         acc += scale * low
     if HAS_BIAS:
         acc += tl.load(BIAS + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
@@ -127,7 +132,7 @@ def matmul(x, w, out_dtype, *, alpha=1.0, xa=None, bm=None, scale=0.0, bias=None
     y = torch.empty((m, n), dtype=out_dtype, device=x.device)
     has_lora = xa is not None
     r = xa.shape[1] if has_lora else 1
-    dot_f32 = torch.float32 in (x.dtype, w.dtype)
+    dot_f32 = x.dtype == w.dtype == torch.float32  # else 16-bit tensor-core dots
     xa_ = xa if has_lora else y  # placeholders: never read when the flag is off
     bm_ = bm if has_lora else y
     args = (x, w, xa_, bm_, bias if bias is not None else y, y, m, n, k, r,
