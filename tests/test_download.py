@@ -134,3 +134,15 @@ def test_registry_entries_carry_checksums():
     for name, entry in CORPORA.items():
         assert entry.url.startswith("https://"), name
         assert entry.sha256 is not None and len(entry.sha256) == 64, name
+
+
+def test_registry_entry_without_checksum_needs_no_verify(server, tmp_path, monkeypatch, capsys):
+    from babygpt_ext.data import corpus as corpus_mod
+
+    base, _ = server
+    monkeypatch.setitem(corpus_mod.CORPORA, "unpinned", corpus_mod.Corpus(f"{base}/corpus.txt", None, None, "test"))
+    with pytest.raises(ValueError, match="--no-verify"):
+        load_text("unpinned", cache_dir=tmp_path)
+    assert list(tmp_path.iterdir()) == []
+    assert load_text("unpinned", cache_dir=tmp_path, verify=False) == TEXT
+    assert TEXT_SHA in capsys.readouterr().err
