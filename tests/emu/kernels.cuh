@@ -101,7 +101,7 @@ __global__ void half_math_kernel(const float* x, float* out, int n) {
 // Float max through the atomicCAS idiom (CUDA has no float atomicMax).
 __device__ float atomic_max_float(float* addr, float v) {
   int* a = reinterpret_cast<int*>(addr);
-  int old = *a;
+  int old = atomicAdd(a, 0);  // an atomic read: a plain load would race with the CAS of others
   while (__int_as_float(old) < v) {
     int assumed = old;
     old = atomicCAS(a, assumed, __float_as_int(v));

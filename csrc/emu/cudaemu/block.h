@@ -18,8 +18,22 @@
 #include <utility>
 #include <vector>
 #ifdef CUDAEMU_THREADS
-#include <condition_variable>
-#include <mutex>
+#include <atomic>
+#include <thread>
+#if defined(__SANITIZE_THREAD__)
+#define CUDAEMU_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define CUDAEMU_TSAN 1
+#endif
+#endif
+#ifdef CUDAEMU_TSAN
+#include <sanitizer/tsan_interface.h>
+extern "C" void AnnotateIgnoreReadsBegin(const char*, int);
+extern "C" void AnnotateIgnoreReadsEnd(const char*, int);
+extern "C" void AnnotateIgnoreWritesBegin(const char*, int);
+extern "C" void AnnotateIgnoreWritesEnd(const char*, int);
+#endif
 #endif
 
 namespace cudaemu {
@@ -63,6 +77,8 @@ struct Thread {
   int src = -1;       // shuffle: lane it reads (-1: keeps its own value)
   uint64_t value = 0; // shuffle value / predicate / reduce operand it contributes
   uint64_t result = 0;  // filled in by whoever completes the rendezvous
+  unsigned group = 0;   // lanes of the rendezvous it took part in
+  char tsan_sync = 0;   // thread mode: its address is a ThreadSanitizer sync object
 #ifndef CUDAEMU_THREADS
   Context ctx;
 #endif
@@ -78,9 +94,10 @@ struct Block {
   Site bar_site;
   bool failed = false;
   std::string message;  // first error of this block
+  unsigned long long bar_phase = 0;  // completed block-barrier phases
+  char bar_tsan[2] = {0, 0};  // ThreadSanitizer sync objects for even / odd barrier phases
 #ifdef CUDAEMU_THREADS
-  std::mutex mu;
-  std::condition_variable cv;
+  std::atomic<bool> spin{false};
 #else
   Context scheduler;
 #endif
@@ -96,6 +113,7 @@ struct Block {
       threads[i].tid = uint3{i % b.x, (i / b.x) % b.y, i / (b.x * b.y)};
     }
     blocked = done = bar_arrived = bar_true = 0;
+    bar_phase = 0;
     failed = false;
     message.clear();
   }
@@ -113,14 +131,55 @@ inline thread_local Block* tl_block = nullptr;
 inline thread_local Thread* tl_thread = nullptr;
 
 #ifdef CUDAEMU_THREADS
+// Thread mode guards the block's state with a spinlock made of a relaxed atomic plus fences.
+// ThreadSanitizer derives no happens-before from either, and is told to ignore the harness's
+// own accesses inside the lock, so the only orderings it sees are the ones CUDA guarantees,
+// added explicitly at barriers and warp collectives (tsan_release/tsan_acquire below).
+// A std::mutex would order every thread of the block after every other one and hide exactly
+// the shared-memory races TSan is here to find.
 struct Lock {
-  std::unique_lock<std::mutex> u;
-  explicit Lock(Block& b) : u(b.mu) {}
+  Block& b;
+  explicit Lock(Block& blk) : b(blk) { acquire(); }
+  ~Lock() { release(); }
+  Lock(const Lock&) = delete;
+  Lock& operator=(const Lock&) = delete;
+  void acquire() {
+    while (b.spin.exchange(true, std::memory_order_relaxed)) std::this_thread::yield();
+    std::atomic_thread_fence(std::memory_order_acquire);
+#ifdef CUDAEMU_TSAN
+    AnnotateIgnoreReadsBegin(__FILE__, __LINE__);
+    AnnotateIgnoreWritesBegin(__FILE__, __LINE__);
+#endif
+  }
+  void release() {
+#ifdef CUDAEMU_TSAN
+    AnnotateIgnoreWritesEnd(__FILE__, __LINE__);
+    AnnotateIgnoreReadsEnd(__FILE__, __LINE__);
+#endif
+    std::atomic_thread_fence(std::memory_order_release);
+    b.spin.store(false, std::memory_order_relaxed);
+  }
+  template <class Pred> void wait(Pred done) {
+    while (!done()) {
+      release();
+      std::this_thread::yield();
+      acquire();
+    }
+  }
 };
+#ifdef CUDAEMU_TSAN
+inline void tsan_release(void* p) { __tsan_release(p); }
+inline void tsan_acquire(void* p) { __tsan_acquire(p); }
+#else
+inline void tsan_release(void*) {}
+inline void tsan_acquire(void*) {}
+#endif
 #else
 struct Lock {  // fibers of a block share one OS thread: nothing to lock
   explicit Lock(Block&) {}
 };
+inline void tsan_release(void*) {}
+inline void tsan_acquire(void*) {}
 #endif
 
 inline std::string who(const Block& b, const Thread& t) {
@@ -135,9 +194,6 @@ inline void fail(Block& b, std::string msg) {
     b.failed = true;
     b.message = std::move(msg);
   }
-#ifdef CUDAEMU_THREADS
-  b.cv.notify_all();
-#endif
 }
 
 // The message for "no thread of the block can run": every distinct wait site with a count.
@@ -178,7 +234,7 @@ inline void park(Block& b, Thread& me, Lock& lk) {
   if (b.runnable() == 0) fail(b, deadlock_report(b));
   if (b.failed) unwind();
 #ifdef CUDAEMU_THREADS
-  b.cv.wait(lk.u, [&] { return me.wait == Wait::none || b.failed; });
+  lk.wait([&] { return me.wait == Wait::none || b.failed; });
 #else
   (void)lk;
   while (me.wait != Wait::none && !b.failed) to_scheduler(b, me);
@@ -192,8 +248,7 @@ inline void park(Block& b, Thread& me, Lock& lk) {
 inline void after_release(Block& b, Thread& me, Lock& lk) {
   (void)lk;
 #ifdef CUDAEMU_THREADS
-  (void)me;
-  b.cv.notify_all();
+  (void)me;  // the released threads notice by themselves (they poll under the lock)
 #else
   to_scheduler(b, me);
 #endif
@@ -225,10 +280,13 @@ inline int sync_block(BarOp op, int pred, const Site& s) {
   }
   ++b.bar_arrived;
   b.bar_true += pred != 0;
+  void* sync = &b.bar_tsan[0] + (b.bar_phase & 1);  // CUDA: everything before the barrier
+  tsan_release(sync);                                // happens before everything after it
   if (b.bar_arrived < b.n) {
     me.site = s;
     me.wait = Wait::block_barrier;
     park(b, me, lk);
+    tsan_acquire(sync);
     return (int)me.result;
   }
   // Last arrival: compute the result once and release the phase.
@@ -236,7 +294,9 @@ inline int sync_block(BarOp op, int pred, const Site& s) {
   for (Thread& t : b.threads)
     if (t.wait == Wait::block_barrier) { t.wait = Wait::none; t.result = r; --b.blocked; }
   b.bar_arrived = 0;
+  ++b.bar_phase;
   me.result = r;
+  tsan_acquire(sync);
   after_release(b, me, lk);
   return (int)r;
 }
@@ -267,6 +327,7 @@ inline void complete_warp(Block& b, unsigned base, unsigned group, WarpOp op) {
   for (unsigned l = 0; l < 32; ++l) {
     if (!(group >> l & 1)) continue;
     Thread& t = b.threads[base + l];
+    t.group = group;
     switch (op) {
       case WarpOp::sync: t.result = 0; break;
       case WarpOp::shfl: t.result = t.src < 0 ? t.value : b.threads[base + t.src].value; break;
@@ -324,17 +385,20 @@ inline uint64_t warp_collective(WarpOp op, unsigned mask, uint64_t value, int sr
   me.value = value;
   me.src = (src >= 0 && (unsigned)src != lane) ? src : -1;
   me.site = s;
+  tsan_release(&me.tsan_sync);  // CUDA: the lanes of a warp collective synchronise with each other
   if (!all_here) {
     me.wait = Wait::warp;
     park(b, me, lk);
-    return me.result;
+  } else {
+    complete_warp(b, base, group, op);
+    for (unsigned l = 0; l < 32; ++l) {
+      Thread& t = b.threads[base + l];
+      if ((group >> l & 1) && l != lane) { t.wait = Wait::none; --b.blocked; }
+    }
   }
-  complete_warp(b, base, group, op);
-  for (unsigned l = 0; l < 32; ++l) {
-    Thread& t = b.threads[base + l];
-    if ((group >> l & 1) && l != lane) { t.wait = Wait::none; --b.blocked; }
-  }
-  after_release(b, me, lk);
+  for (unsigned l = 0; l < 32; ++l)
+    if (me.group >> l & 1) tsan_acquire(&b.threads[base + l].tsan_sync);
+  if (all_here) after_release(b, me, lk);
   return me.result;
 }
 
@@ -359,9 +423,6 @@ inline void thread_exit(Block& b, Thread& me) {
     }
     if (!b.failed && b.blocked > 0 && b.runnable() == 0) fail(b, deadlock_report(b));
   }
-#ifdef CUDAEMU_THREADS
-  b.cv.notify_all();
-#endif
 }
 
 // Runs the kernel body as thread 'me' of block 'b' and records how it ended.

@@ -28,6 +28,7 @@
 #endif
 #endif
 #ifdef CUDAEMU_ASAN
+#include <sanitizer/asan_interface.h>
 #include <sanitizer/common_interface_defs.h>
 #endif
 
@@ -86,6 +87,10 @@ struct Context {
 inline void make_context(Context& ctx, char* stack, size_t size, void (*entry)()) {
   ctx.stack = stack;
   ctx.stack_size = size;
+#ifdef CUDAEMU_ASAN
+  // A fiber that ended by switching away left its frames' redzones poisoned; the stack is reused.
+  __asan_unpoison_memory_region(stack, size);
+#endif
 #ifdef CUDAEMU_UCONTEXT
   getcontext(&ctx.uc);
   ctx.uc.uc_stack.ss_sp = stack;
