@@ -177,12 +177,17 @@ def test_neural_bigram_approaches_count_bigram_perplexity():
     model = NeuralBigramLM(V)
     opt = torch.optim.Adam(model.parameters(), lr=0.3)
     g = torch.Generator().manual_seed(0)
-    for _ in range(300):
-        x, y = get_batch(train, 64, 64, generator=g)
-        _, loss = model(x, y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny steps: extra threads only add contention on a busy machine
+    try:
+        for _ in range(300):
+            x, y = get_batch(train, 64, 64, generator=g)
+            _, loss = model(x, y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    finally:
+        torch.set_num_threads(threads)
     with torch.no_grad():
         _, val_loss = model(val[None, :-1], val[None, 1:])
     neural_ppl = math.exp(val_loss.item())
