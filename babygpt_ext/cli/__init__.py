@@ -6,7 +6,7 @@ import importlib
 import sys
 
 # Subcommands in the order `babygpt --help` lists them.
-COMMANDS = ("info", "bench")
+COMMANDS = ("info", "bench", "tokenize")
 
 EPILOG = """\
 examples:
