@@ -182,5 +182,5 @@ def test_tokenize_cli_trains_reports_saves_and_writes_ids(tmp_path, capsys):
     assert "vocab 300" in out and "tokens/char" in out and "M chars/s" in out and "== corpus: True" in out
     tok = Tokenizer.load(tmp_path / "tok.json")
     assert open_tokens(tmp_path / "ids.bin").tolist() == tok.encode(corpus()[:40_000])
-    assert _run_cli(["tokenize", "--kind", "char", "--data", str(data)]) == 0
-    assert "cannot encode" in capsys.readouterr().out  # the demo sentence has chars not in the data
+    assert _run_cli(["tokenize", "--kind", "char", "--data", str(data), "--show", "snow ☃"]) == 0
+    assert "cannot encode 'snow ☃'" in capsys.readouterr().out  # ☃ is not in the data

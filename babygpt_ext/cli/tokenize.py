@@ -41,8 +41,8 @@ def register(subparsers) -> None:
     p.add_argument("--save", metavar="PATH", default=None, help="write the tokenizer as JSON here")
     p.add_argument("--out", metavar="PATH", default=None,
                    help="also write the corpus' token ids here (uint16/uint32 + PATH.json sidecar)")
-    p.add_argument("--show", default="Tokenizers turn text into integers: naïve café 🚀",
-                   help="a sentence to show split into tokens")
+    p.add_argument("--show", default='Tokenizers turn text into integers: print("hello")',
+                   help="a sentence to show split into tokens (try one with emoji or CJK)")
     p.set_defaults(func=run)
 
 
