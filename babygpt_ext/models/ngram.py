@@ -147,7 +147,7 @@ class NGramLM:
         out = as_ids(context, self.vocab_size, "context").tolist()
         new = []
         for _ in range(n_tokens):
-            nxt = sample_from_probs(self.probs(out[len(out) - (self.n - 1):] if self.n > 1 else []),
+            nxt = sample_from_probs(self.probs(out[-(self.n - 1):] if self.n > 1 else []),
                                     temperature, g)
             out.append(nxt)
             new.append(nxt)
