@@ -68,3 +68,24 @@ def test_inspection_detects_spills_and_tensor_cores():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
+
+
+def test_gpu_report_rows_roofline_and_json():
+    """Roofline arithmetic and the JSON contract of `babygpt gpu-report --json` (no compile here)."""
+    import json
+    from babygpt_ext.bench import gpu_report as G
+    from babygpt_ext.bench.shapes import AttnShape
+    long = AttnShape("long", B=1, H=8, T=2048, D=64)
+    ms, tflops, bound, dev = G.predict("attn_fwd", long, "bf16", 90)
+    flops = 4 * 8 * 2048 * 2048 * 64 / 2
+    assert bound == "compute" and dev == "H100-SXM"
+    assert abs(ms - flops / 790e12 * 1e3) < 1e-9 and abs(tflops - 790.0) < 1e-6
+    ms_dq, *_ = G.predict("attn_bwd_dq", long, "bf16", 90)
+    assert abs(ms_dq / ms - 1.5) < 1e-9  # dQ does 3 of the forward's 2 matmuls
+    tiny = AttnShape("babygpt", B=16, H=4, T=32, D=4)
+    assert G.predict("attn_fwd", tiny, "fp16", 90)[2] == "memory"
+    row = G.Row("attn_fwd", "triton", 90, "bf16", 122, 32768, 0, 16, ms, tflops, shape="long", head_dim=64)
+    data = json.loads(G.to_json([row]))
+    assert {"kernel", "backend", "arch", "dtype", "regs", "smem", "spill_bytes", "tensor_core_instrs",
+            "predicted_ms"} <= set(data[0])
+    assert "attn_fwd" in G.format_table([row]) and data[0]["predicted_ms"] == ms
