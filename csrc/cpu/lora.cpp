@@ -43,9 +43,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lora_bwd(
   auto dx = at::mm(dyf, w.to(acc)).addmm_(dy_b, af, 1.0, scale);      // dy W + scale (dy B) A
   auto dlora_b = at::mm(dyf.t(), xaf).mul_(scale);                    // (out, r) = scale dyᵀ xa
   auto dlora_a = at::mm(dy_b.t(), xf).mul_(scale);                    // (r, in)  = scale (dy B)ᵀ x
-  auto empty = at::empty({0}, x.options());
-  auto dw = need_dweight ? at::mm(dyf.t(), xf).to(dt) : empty;        // (out, in)
-  auto db = need_dbias ? dyf.sum(0).to(dt) : empty;                   // (out,)
+  // Two distinct empty tensors when not needed: outputs of an op must never alias each other.
+  auto dw = need_dweight ? at::mm(dyf.t(), xf).to(dt) : at::empty({0}, x.options());  // (out, in)
+  auto db = need_dbias ? dyf.sum(0).to(dt) : at::empty({0}, x.options());             // (out,)
   return {dx.to(dt), dw, db, dlora_a.to(dt), dlora_b.to(dt)};
 }
 
