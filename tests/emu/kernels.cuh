@@ -140,3 +140,11 @@ __global__ void votes_kernel(const int* pred, unsigned* out) {
   o[4] = __reduce_add_sync(0xffffffffu, (unsigned)p * (unsigned)lane);
   o[5] = __syncthreads_count(p);
 }
+
+// A template kernel: launched as CUDAEMU_LAUNCH((axpb_kernel<float, 3>), ...) -- the parentheses
+// keep the comma of the template arguments out of the macro's argument list.
+template <typename T, int K>
+__global__ void axpb_kernel(const T* x, T* y, T b, int n) {
+  int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < n) y[i] = (T)K * x[i] + b;
+}

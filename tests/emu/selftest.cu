@@ -202,6 +202,25 @@ static bool test_votes() {
   return report("votes", ok && bad == 0, ms, bad);
 }
 
+static bool test_template() {
+  const int n = 300;
+  auto x = randn(n);
+  float *dx = to_device(x), *dy = nullptr;
+  cudaMalloc((void**)&dy, n * sizeof(float));
+  double t0 = now_ms();
+  CUDAEMU_LAUNCH((axpb_kernel<float, 3>), (n + 127) / 128, 128, 0, 0, dx, dy, 0.5f, n);
+  bool ok = launched_ok("template");
+  double ms = now_ms() - t0;
+  auto y = to_host(dy, n);
+  double err = 0;
+  for (int i = 0; i < n; ++i) {
+    double e = std::abs(3.0 * x[i] + 0.5 - y[i]);
+    err = e == e ? std::max(err, e) : 1e9;
+  }
+  cudaFree(dx); cudaFree(dy);
+  return report("template", ok && err < 1e-5, ms, err);
+}
+
 // Launch-configuration errors must come back from cudaGetLastError, and a valid launch after
 // them must work (the errors are not sticky).
 static bool test_launch_errors() {
@@ -234,7 +253,7 @@ static bool test_launch_errors() {
 int main(int argc, char** argv) {
   struct Test { const char* name; bool (*fn)(); };
   const Test tests[] = {{"reduce", test_reduce}, {"matmul", test_matmul}, {"scan", test_scan}, {"half", test_half},
-                        {"atomics", test_atomics}, {"votes", test_votes}, {"launch_errors", test_launch_errors}};
+                        {"atomics", test_atomics}, {"votes", test_votes}, {"template", test_template}, {"launch_errors", test_launch_errors}};
   int failed = 0, ran = 0;
   for (const Test& t : tests) {
     bool wanted = argc == 1;
