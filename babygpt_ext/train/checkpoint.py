@@ -124,8 +124,11 @@ def strip_wrappers(state_dict: dict) -> dict:
     """Drop the key prefixes torch.compile ('_orig_mod.') and DDP ('module.') add."""
     out = {}
     for k, v in state_dict.items():
-        for prefix in ("_orig_mod.", "module."):
-            while k.startswith(prefix):
-                k = k[len(prefix):]
+        stripped = True
+        while stripped:  # any nesting order: DDP(compile(m)) gives "module._orig_mod."
+            stripped = False
+            for prefix in ("_orig_mod.", "module."):
+                if k.startswith(prefix):
+                    k, stripped = k[len(prefix):], True
         out[k] = v
     return out
