@@ -8,7 +8,6 @@ Each is loaded lazily on first use, so importing babygpt_ext imports neither the
 CUDA side nor anything Triton-related.
 """
 
-import functools
 import importlib
 import importlib.util
 import os
@@ -26,23 +25,6 @@ KERNEL_MAX_HEAD_DIM = 256
 BUILD_HINT = "build it with `pip install --no-build-isolation .` (torch installed first; see README)"
 
 
-@functools.cache
-def load_namespace(module: str, ns: str):
-    """Import the module that defines ns::* and attach fakes + autograd; return torch.ops.<ns>."""
-    importlib.import_module(module)
-    register_contract(ns)
-    return getattr(torch.ops, ns)
-
-
-def _module_missing(module: str, hint: str):
-    """None if `module` imports, else why not and how to get it."""
-    try:
-        importlib.import_module(module)
-        return None
-    except ImportError as e:
-        return f"{module} is not importable ({e}); {hint}"
-
-
 # backend -> (module that defines the ops, op namespace)
 COMPILED = {
     "cpu": ("babygpt_ext._C", "babygpt"),
@@ -52,9 +34,25 @@ COMPILED = {
 }
 
 
+def load(backend: str, hint: str):
+    """Import a compiled backend's module and attach fakes + autograd to its ops.
+
+    Returns None on success, else why the module is missing and how to get it. The registry calls
+    this through the backend's probe, before the backend's first call: the calls themselves only
+    look up torch.ops.<ns>, which torch.compile traces without a graph break.
+    """
+    module, ns = COMPILED[backend]
+    try:
+        importlib.import_module(module)
+    except ImportError as e:
+        return f"{module} is not importable ({e}); {hint}"
+    register_contract(ns)
+    return None
+
+
 def compiled_ops(backend: str):
-    """torch.ops.<ns> of a compiled backend, loading its module on first use."""
-    return load_namespace(*COMPILED[backend])
+    """torch.ops.<ns> of a compiled backend (loaded by its probe)."""
+    return getattr(torch.ops, COMPILED[backend][1])
 
 
 def compiled_attention(backend: str):
@@ -95,7 +93,7 @@ register(Backend(
 
 # ---------------------------------------------------------------------------------- cpu
 def _ext_missing():
-    return _module_missing("babygpt_ext._C", BUILD_HINT)
+    return load("cpu", BUILD_HINT)
 
 
 register(Backend(
@@ -135,7 +133,7 @@ def _triton_missing():
         return "the triton package is not installed (pip install triton; it comes with CUDA builds of torch)"
     if not (torch.cuda.is_available() or _triton_interpreting()):
         return "no CUDA device, and TRITON_INTERPRET=1 (Triton's CPU interpreter) is not set"
-    return _module_missing(COMPILED["triton"][0], "the Triton kernels are not part of this installation")
+    return load("triton", "the Triton kernels are not part of this installation")
 
 
 def _triton_device_check(call: Call):
@@ -160,5 +158,5 @@ register(Backend(
     "cuda_emu", "the csrc/cuda kernels run on the CPU through the csrc/emu harness (tests; slow)",
     devices=("cpu",), dtypes=LOW_AND_FULL, max_head_dim=KERNEL_MAX_HEAD_DIM,
     attention=compiled_attention("cuda_emu"), lora=compiled_lora("cuda_emu"),
-    unavailable=lambda: _module_missing(
-        COMPILED["cuda_emu"][0], "build it with `BABYGPT_EXT_EMU=1 pip install --no-build-isolation -e .`")))
+    unavailable=lambda: load(
+        "cuda_emu", "build it with `BABYGPT_EXT_EMU=1 pip install --no-build-isolation -e .`")))

@@ -122,15 +122,23 @@ def decide(call: Call, backend: Optional[str]) -> tuple:
     raise RuntimeError(f"no backend can run this {call.op} call: " + "; ".join(f"{n}: {w}" for n, w in skipped))
 
 
+@torch.compiler.assume_constant_result
+def _resolve_name(op: str, device: str, dtype: torch.dtype, head_dim: int, backend: Optional[str]) -> str:
+    """The name of the backend for this call. Under torch.compile this runs once at trace time and
+    its result is a constant of the graph (it probes backends, imports modules and warns, none of
+    which belongs in a graph); dynamo's guards on device, dtype and shape re-run it when they change."""
+    call = Call(op, device, dtype, head_dim)
+    env = os.environ.get(ENV_VAR) or None
+    key = (call, backend, env)
+    if key not in _resolved:
+        chosen, skipped, _ = decide(call, backend)
+        for name, why in skipped:
+            _warn_once(f"babygpt_ext: backend {name!r} skipped for {op} ({device}, {dtype}): {why}; "
+                       f"using {chosen.name!r}")
+        _resolved[key] = chosen.name
+    return _resolved[key]
+
+
 def resolve(call: Call, backend: Optional[str]) -> Backend:
     """The backend that runs `call`, warning once about each backend skipped on the way."""
-    key = (call, backend, os.environ.get(ENV_VAR))
-    hit = _resolved.get(key)
-    if hit is not None:
-        return hit
-    chosen, skipped, _ = decide(call, backend)
-    for name, why in skipped:
-        _warn_once(f"babygpt_ext: backend {name!r} skipped for {call.op} ({call.device}, {call.dtype}): "
-                       f"{why}; using {chosen.name!r}")
-    _resolved[key] = chosen
-    return chosen
+    return BACKENDS[_resolve_name(call.op, call.device, call.dtype, call.head_dim, backend)]
