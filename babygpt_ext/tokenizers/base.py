@@ -109,12 +109,16 @@ def registered_kinds() -> list[str]:
 
 
 # ---- chunking text without changing its tokenization --------------------------------------
-# A newline between two non-whitespace characters is a boundary every tokenizer here already
-# splits at (char: trivially; word: whitespace runs are tokens; byte-level BPE: GPT-2's
-# pre-tokenizer never joins "\n" to a neighbour, and "\n" alone is its own whitespace run).
-# Cutting right after such a newline therefore gives the same ids as encoding the whole text,
-# which is what lets BPE encode in parallel chunks and lets tokenize_to_file stream.
-_SAFE_CUT = re.compile(r"(?<=\S\n)(?=\S)")
+# Cutting just *before* a whitespace run that follows a non-space character never changes the
+# ids, for every tokenizer here: char trivially; word because its pieces (\w+, one punctuation
+# mark, a whitespace run) never span that boundary; byte-level BPE because GPT-2's pre-tokenizer
+# never joins a non-space character to the whitespace after it, and a whitespace run at the
+# start of a text splits exactly as it does mid-text. Only ASCII whitespace counts as the run's
+# first character: characters like U+001C are "space" to Python but punctuation to the Rust
+# regex. This lets BPE encode in parallel chunks and tokenize_to_file stream (tested: chunked
+# ids == whole-text ids).
+_SAFE_CUT = re.compile(r"(?<=\S)(?=[ \t\n\r\f\v])")
+_ASCII_SPACE = frozenset(" \t\n\r\f\v")
 
 
 def safe_chunks(text: str, chunk_chars: int = 1 << 16) -> Iterator[str]:
@@ -138,10 +142,7 @@ def safe_chunks(text: str, chunk_chars: int = 1 << 16) -> Iterator[str]:
 def last_safe_cut(text: str) -> int:
     """Index of the last safe boundary in ``text`` (0 if none): ``text[:i]`` can be encoded
     now, ``text[i:]`` must wait for more input."""
-    i = len(text)
-    while True:
-        i = text.rfind("\n", 0, i)
-        if i <= 0:
-            return 0
-        if i + 1 < len(text) and not text[i - 1].isspace() and not text[i + 1].isspace():
-            return i + 1
+    for i in range(len(text) - 1, 0, -1):
+        if text[i] in _ASCII_SPACE and not text[i - 1].isspace():
+            return i
+    return 0
