@@ -108,12 +108,13 @@ def configs(family: str, arch: "int | None" = None) -> list:
     return BY_ARCH[arch or 80][family]
 
 
-def prune_for_head_dim(configs_, named_args, **_):
-    """Drop tiles too large for wide heads: BLOCK_D = 256 with 128-row tiles spills on sm_80.
+def prune_for_head_dim(configs_, named_args, **kwargs):
+    """Drop tiles too large for wide heads (BLOCK_D = 256): keep those of at most 64 x 64.
 
-    Used as triton.autotune's early_config_prune; keeps at least one configuration.
+    Used as triton.autotune's early_config_prune, which passes positional arguments in named_args
+    and keyword ones (our constexprs, BLOCK_D among them) in kwargs. Keeps at least one config.
     """
-    block_d = named_args.get("BLOCK_D", 64)
+    block_d = kwargs.get("BLOCK_D", named_args.get("BLOCK_D", 64))
     if block_d <= 128:
         return configs_
     kept = [c for c in configs_ if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 64 * 64]
