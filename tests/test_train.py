@@ -246,3 +246,60 @@ def test_bad_trainer_inputs(tmp_path):
         Trainer(tiny_gpt(), token_data(), token_data()[:5], quiet_cfg(), tmp_path)
     with pytest.raises(ValueError, match="fp16"):
         Trainer(tiny_gpt(), token_data(), token_data(), quiet_cfg(autocast_dtype="fp16", device="cpu"), tmp_path)
+
+
+# ------------------------------------------------------------------------------------ CLI
+def test_cli_train_resume_and_sample_stream(tmp_path, capsys):
+    from babygpt_ext.cli import main
+    from babygpt_ext.tokenizers import Tokenizer
+
+    out = tmp_path / "run"
+    common = ["train", "--preset", "babygpt", "--tokenizer", "char", "--batch-size", "8", "--eval-interval", "10",
+              "--eval-iters", "2", "--warmup", "2", "--out", str(out), "--no-progress", "--backend", "sdpa"]
+    assert main(common + ["--max-iters", "10"]) == 0
+    printed = capsys.readouterr().out
+    for what in ("ckpt.pt", "tokenizer.json", "metrics.jsonl", "metrics.csv", "loss.png"):
+        assert str(out / what) in printed  # tells the user where everything is
+    ck = load_checkpoint(out / "ckpt.pt")
+    assert ck["step"] == 10 and ck["model_config"]["n_embd"] == 16 and ck["extra"]["tokenizer"] == "tokenizer.json"
+    assert ck["model_config"]["backend"] == "sdpa"
+    assert Tokenizer.load(out / "tokenizer.json").vocab_size == ck["model_config"]["vocab_size"]
+
+    assert main(common + ["--max-iters", "15", "--resume"]) == 0  # extend the run
+    assert "resuming" in capsys.readouterr().out
+    assert load_checkpoint(out / "ckpt.pt")["step"] == 15
+    assert [r["step"] for r in rows(out)] == list(range(16))
+
+    streamed = []
+
+    class Spy:  # stdout that records each write, to see tokens arrive one by one
+        def write(self, s):
+            streamed.append(s)
+
+        def flush(self):
+            pass
+
+    import sys
+    real = sys.stdout
+    sys.stdout = Spy()
+    try:
+        rc = main(["sample", "--ckpt", str(out / "ckpt.pt"), "--prompt", "def ", "--max-new-tokens", "12",
+                   "--num-samples", "2", "--seed", "0", "--top-k", "20", "--top-p", "0.95"])
+    finally:
+        sys.stdout = real
+    assert rc == 0
+    text = "".join(streamed)
+    assert text.count("--- sample") == 2 and text.count("def ") >= 2
+    assert len(streamed) >= 12  # one write per streamed token (plus headers), not one at the end
+
+
+def test_cli_sample_refuses_mismatched_tokenizer(tmp_path, capsys):
+    from babygpt_ext.cli import main
+    from babygpt_ext.tokenizers import get_tokenizer
+
+    out = tmp_path / "run"
+    assert main(["train", "--preset", "babygpt", "--tokenizer", "char", "--max-iters", "2", "--eval-iters", "1",
+                 "--warmup", "1", "--out", str(out), "--no-progress"]) == 0
+    get_tokenizer("char", "abc").save(tmp_path / "small.json")
+    assert main(["sample", "--ckpt", str(out / "ckpt.pt"), "--tokenizer", str(tmp_path / "small.json")]) == 2
+    assert "expects" in capsys.readouterr().err

@@ -67,8 +67,9 @@ class Streamer:
     suffix: a byte-level BPE token can be half a UTF-8 character, which decodes to U+FFFD until
     its other half arrives, so a trailing U+FFFD is held back rather than printed."""
 
-    def __init__(self, tok, out=sys.stdout):
-        self.tok, self.out, self.ids, self.shown = tok, out, [], ""
+    def __init__(self, tok, out=None):
+        # sys.stdout looked up now, not at import: it may have been redirected since
+        self.tok, self.out, self.ids, self.shown = tok, out or sys.stdout, [], ""
 
     def __call__(self, column) -> None:  # column: (B,) the new token of every row
         self.ids.append(int(column[0]))
