@@ -122,7 +122,6 @@ def decide(call: Call, backend: Optional[str]) -> tuple:
     raise RuntimeError(f"no backend can run this {call.op} call: " + "; ".join(f"{n}: {w}" for n, w in skipped))
 
 
-@torch.compiler.assume_constant_result
 def _resolve_name(op: str, device: str, dtype: torch.dtype, head_dim: int, backend: Optional[str]) -> str:
     """The name of the backend for this call. Under torch.compile this runs once at trace time and
     its result is a constant of the graph (it probes backends, imports modules and warns, none of
@@ -137,6 +136,13 @@ def _resolve_name(op: str, device: str, dtype: torch.dtype, head_dim: int, backe
                        f"using {chosen.name!r}")
         _resolved[key] = chosen.name
     return _resolved[key]
+
+
+# torch.compiler.assume_constant_result(_resolve_name), spelled out: the public decorator imports
+# torch._dynamo (about a second, and it pulls in triton) just to set this attribute, and importing
+# babygpt_ext must stay light and Triton-free on a CPU-only path. tests/test_compile.py fails if a
+# torch release stops honouring the attribute (the fullgraph compile would then break the graph).
+_resolve_name._dynamo_marked_constant = True
 
 
 def resolve(call: Call, backend: Optional[str]) -> Backend:
