@@ -79,7 +79,18 @@ def mark_only_lora_trainable(model: nn.Module) -> int:
 
 
 def merge(model: nn.Module) -> None:
-    """Fold every adapter into its base weight (forward then runs plain Linears)."""
+    """Fold every adapter into its base weight (forward then runs plain Linears).
+
+    Refuses a weight shared with another module (a tied lm_head is also the token embedding: merging
+    would change the embedding too, which the unmerged model never did).
+    """
+    owners = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        owners.setdefault(id(p), []).append(name)
+    for name, m in lora_modules(model).items():
+        if len(owners.get(id(m.base.weight), [])) > 1:
+            raise ValueError(f"lora.merge: {name}'s weight is shared with {owners[id(m.base.weight)]} (tied "
+                             "weights); merging would change those modules too. Keep this adapter unmerged.")
     for m in lora_modules(model).values():
         m.merge()
 

@@ -110,6 +110,15 @@ def test_inject_matches_by_suffix_and_explains_misses():
         lora.mark_only_lora_trainable(small_gpt())
 
 
+def test_merge_refuses_a_tied_lm_head():
+    m = small_gpt()  # tie_weights=True: lm_head.weight is transformer.wte.weight
+    lora.inject(m, ("lm_head",), r=2, alpha=2)
+    w = m.transformer.wte.weight.detach().clone()
+    with pytest.raises(ValueError, match="lm_head's weight is shared with.*wte"):
+        lora.merge(m)
+    assert torch.equal(m.transformer.wte.weight, w) and not m.lm_head.merged
+
+
 # ------------------------------------------------------------------------ fine-tuning, end to end
 def corpus(words, n_words, seed) -> str:
     rng = random.Random(seed)
