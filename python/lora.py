@@ -25,8 +25,10 @@ from babygpt_ext.tokenizers import CharTokenizer
 
 def python_source(n_chars: int) -> str:
     """Corpus B: the source of a few standard-library modules (ships with every Python)."""
-    import argparse as a, dataclasses as d, json.decoder as j, textwrap as t  # noqa: E401
-    return "\n".join(inspect.getsource(m) for m in (t, d, a, j))[:n_chars]
+    import dataclasses
+    import json.decoder
+    import textwrap
+    return "\n".join(inspect.getsource(m) for m in (textwrap, dataclasses, argparse, json.decoder))[:n_chars]
 
 
 def train(model, data, steps, lr, block_size, seed):

@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..nn import Block, KVCache, LowRankLinear
+from ..nn import Block, LowRankLinear
 from .presets import PRESETS
 
 
