@@ -92,6 +92,9 @@ def register(subparsers) -> None:
     r.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto = cuda if available")
     r.add_argument("--dtype", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
                    help="autocast dtype: auto = bf16 on CUDA when supported, fp32 on CPU")
+    r.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads per process (default: torch's choice; 1 is often faster for small "
+                        "models on a busy machine, where spinning OpenMP threads fight over cores)")
     r.add_argument("--compile", action="store_true", help="torch.compile the model (slow start, faster steps)")
     r.add_argument("--resume", action="store_true", help="continue from OUT/ckpt.pt or OUT/last.pt, whichever is newer")
     r.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
@@ -144,6 +147,11 @@ def run(args) -> int:
     from ..train import Trainer, distributed
 
     cfg = train_config(args)  # validates the numbers before any slow work
+    if args.threads is not None:
+        if args.threads < 1:
+            print(f"babygpt train: --threads must be >= 1, got {args.threads}", file=sys.stderr)
+            return 2
+        torch.set_num_threads(args.threads)
     out = Path(args.out)
     info = distributed.setup(cfg.device)
     try:
