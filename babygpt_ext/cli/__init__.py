@@ -6,7 +6,7 @@ import importlib
 import sys
 
 # Subcommands in the order `babygpt --help` lists them.
-COMMANDS = ("info", "train", "sample", "bench", "tokenize", "gpu_report")
+COMMANDS = ("demo", "info", "train", "sample", "bench", "tokenize", "gpu_report")
 
 EPILOG = """\
 examples:
