@@ -1,0 +1,34 @@
+"""The benchmark harness itself: rows for every backend, sane numbers, errors against eager."""
+
+import torch
+
+from babygpt_ext.bench.runner import bench_attention, bench_backends, bench_lora
+from babygpt_ext.bench.shapes import AttnShape, LoraShape
+from babygpt_ext.cli.bench import format_table
+
+
+def test_attention_rows_cover_every_backend_with_small_errors():
+    backends = bench_backends("cpu", "attention")
+    assert {"eager", "sdpa"} <= set(backends) and "triton" not in backends  # interpreters are not timed
+    rows = bench_attention(AttnShape("t", B=1, H=2, T=16, D=8), backends, "cpu", torch.float32, backward=True,
+                           rounds=2)
+    assert [r.backend for r in rows] == backends
+    for r in rows:
+        assert r.ms > 0 and r.tflops > 0 and r.max_err < 1e-5 and r.baseline == "sdpa"
+    assert abs(next(r for r in rows if r.backend == "sdpa").speedup - 1.0) < 1e-12
+    assert "attention" in format_table(rows)
+
+
+def test_lora_rows_skip_backends_without_lora():
+    backends = bench_backends("cpu", "lora")
+    assert "sdpa" not in backends and "eager" in backends
+    rows = bench_lora(LoraShape("t", N=8, d_in=16, d_out=12, r=2), backends, "cpu", torch.float32, backward=False,
+                      rounds=2)
+    assert all(r.max_err < 1e-5 and r.baseline == "eager" for r in rows)
+
+
+def test_flop_counts():
+    s = AttnShape("t", B=2, H=3, T=5, D=7)
+    assert s.flops(causal=False) == 4 * 2 * 3 * 5 * 5 * 7
+    assert s.flops(causal=True) == s.flops(causal=False) / 2
+    assert s.flops(causal=True, backward=True) == 3.5 * s.flops(causal=True)
