@@ -93,13 +93,15 @@ def save_checkpoint(path: str | os.PathLike, ckpt: dict) -> Path:
     return path
 
 
-def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
-    """Load a checkpoint with weights_only=True: tensors and plain containers only, no code runs."""
+def load_checkpoint(path: str | os.PathLike, map_location="cpu", mmap: bool = False) -> dict:
+    """Load a checkpoint with weights_only=True: tensors and plain containers only, no code runs.
+
+    mmap=True maps the tensors' storage instead of reading it (cheap when only metadata is needed)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as e:  # pickle.UnpicklingError for disallowed globals, RuntimeError for corrupt zips
         raise CheckpointError(f"refusing to load {path}: it is not a plain-tensor checkpoint "
                               f"(torch.load weights_only=True failed: {e})") from e
@@ -114,7 +116,7 @@ def newest_checkpoint(out_dir: str | os.PathLike, names=("ckpt.pt", "last.pt")) 
     for name in names:
         p = Path(out_dir) / name
         if p.is_file():
-            step = int(load_checkpoint(p)["step"])
+            step = int(load_checkpoint(p, mmap=True)["step"])
             if step > best_step:
                 best, best_step = p, step
     return best
