@@ -40,8 +40,8 @@ def run(args) -> int:
     print(info.report())
     _banner(f"2/4 train a small GPT on the embedded corpus for {args.time_budget:.0f} s")
     _run(train, ["train", "--preset", "shakespeare-cpu", "--data", "pydoc", "--tokenizer", "char",
-                 "--batch-size", "32", "--lr", "2e-3", "--warmup", "50", "--max-iters", str(args.max_iters),
-                 "--eval-interval", "100", "--eval-iters", "20", "--time-budget", str(args.time_budget),
+                 "--batch-size", "16", "--lr", "2e-3", "--min-lr", "2e-4", "--warmup", "100",
+                 "--max-iters", str(args.max_iters), "--eval-interval", "250", "--eval-iters", "20", "--time-budget", str(args.time_budget),
                  "--out", str(out), "--seed", "0"])
     _banner("3/4 sample from it (streamed)")
     _run(sample, ["sample", "--ckpt", str(out / "ckpt.pt"), "--prompt", args.prompt,
