@@ -68,7 +68,9 @@ template <class T>
 __device__ __forceinline__ void warp_mma(float c[4], const T* a, int ars, int acs, const T* b, int bks, int bns) {
   const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   if constexpr (std::is_same_v<T, float>) {
-#pragma unroll
+    // Unrolled by 2 only: fully unrolled (or by 4, 8) ptxas hoists the shared loads of many k-steps
+    // of every n-tile at once and spills some fp32 attention kernels on sm_80 (seen: 8-60 bytes).
+#pragma unroll 2
     for (int k = 0; k < 16; ++k) {
       const float a_top = a[g * ars + k * acs], a_bot = a[(g + 8) * ars + k * acs];
       const float b0 = b[k * bks + (2 * t) * bns], b1 = b[k * bks + (2 * t + 1) * bns];

@@ -1,6 +1,28 @@
-// CUDA side of the extension: build facts now; the kernel launches and
-// TORCH_LIBRARY_IMPL(babygpt, CUDA, m) join this file with the CUDA kernels (csrc/cuda/*.cuh).
+// CUDA side of the extension: the op contract on CUDA tensors (TORCH_LIBRARY_IMPL(babygpt, CUDA))
+// on top of the launchers in kernels.cu, plus build facts for `babygpt info`.
+//
+// Every op runs on the current CUDA stream of the inputs' device (CUDAGuard makes it current),
+// with contiguous inputs, and checks every launch: the launchers return the launch status, which
+// C10_CUDA_CHECK turns into an exception naming the op (C10_CUDA_KERNEL_LAUNCH_CHECK's check,
+// applied to the status the launcher captured right after its launches).
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAStream.h>  // not ATen/cuda/CUDAContext.h: it needs cusparse.h, absent from this toolkit
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
 #include <cuda_runtime_api.h>
+#include <torch/library.h>
+
+#define BABYGPT_GLUE_STREAM() (c10::cuda::getCurrentCUDAStream().stream())  // at::cuda::getCurrentCUDAStream is this function
+#define BABYGPT_GLUE_GUARD(t) const c10::cuda::CUDAGuard device_guard_((t).device())
+#define BABYGPT_GLUE_DEVICE_CHECK(t) \
+  TORCH_CHECK((t).is_cuda(), "babygpt CUDA kernels: expected a CUDA tensor, got one on ", (t).device())
+#define BABYGPT_GLUE_CHECK(call, op)                                                         \
+  do {                                                                                       \
+    const cudaError_t err_ = (call);                                                         \
+    TORCH_CHECK(err_ == cudaSuccess, op, ": CUDA launch failed: ", cudaGetErrorString(err_)); \
+    C10_CUDA_KERNEL_LAUNCH_CHECK();                                                          \
+  } while (0)
+#include "torch_glue.h"
 
 namespace babygpt::cuda {
 
@@ -9,3 +31,11 @@ namespace babygpt::cuda {
 int runtime_version() { return CUDART_VERSION; }
 
 }  // namespace babygpt::cuda
+
+TORCH_LIBRARY_IMPL(babygpt, CUDA, m) {
+  namespace g = babygpt::cuda::glue;
+  m.impl("attn_fwd", &g::attn_fwd);
+  m.impl("attn_bwd", &g::attn_bwd);
+  m.impl("lora_fwd", &g::lora_fwd);
+  m.impl("lora_bwd", &g::lora_bwd);
+}
