@@ -1,21 +1,83 @@
 // Causal attention on the CPU: forward and FlashAttention-2-style backward (recompute from lse).
 //
-// Inputs are converted once to the accumulation type (float; double for float64 inputs) and
-// made contiguous, so the inner loops are plain strided-free arrays the compiler vectorises
-// (`#pragma omp simd`, enabled by -fopenmp-simd). Parallelism is at::parallel_for over query rows
-// (forward, dq) and over key rows (dk, dv): each output element has exactly one writer, so no
-// atomics and no per-thread reduction buffers are needed, and GQA needs no special case beyond
-// summing the query heads of a group inside one task.
+// float32 (and fp16/bf16, which are computed in float32) runs the blocked, vectorised kernels of
+// attention_simd.h, compiled three times (AVX-512, AVX2+FMA, baseline x86-64) and picked at run time
+// from what the CPU supports, so the wheel needs no -march=native. float64 (gradcheck) keeps the
+// plain per-row implementation below: it is the readable version of the same algorithm, and speed
+// does not matter there.
+//
+// Parallelism is at::parallel_for: forward over (batch, head, query block); backward over
+// (batch, kv head), one task computing dq of the group's query heads and dk, dv of the kv head, so
+// each output element has exactly one writer (no atomics, GQA needs no special case).
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
 
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <limits>
+#include <string>
 #include <vector>
 
 namespace babygpt::cpu {
+
+// One copy of the float32 kernels per instruction set (see attention_simd.h for why).
+namespace isa_avx512 {
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512vl,avx512dq,avx2,fma")
+#define BABYGPT_QK_ROWS 4
+#include "attention_simd.h"
+#undef BABYGPT_QK_ROWS
+#pragma GCC pop_options
+}  // namespace isa_avx512
+namespace isa_avx2 {
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+#define BABYGPT_QK_ROWS 1
+#include "attention_simd.h"
+#undef BABYGPT_QK_ROWS
+#pragma GCC pop_options
+}  // namespace isa_avx2
+namespace isa_base {
+// The 64-byte vectors never cross a call boundary (every helper is always_inline), so GCC's note
+// that passing them by value would change the ABI without AVX-512 does not apply.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wpsabi"
+#define BABYGPT_QK_ROWS 1
+#include "attention_simd.h"
+#undef BABYGPT_QK_ROWS
+#pragma GCC diagnostic pop
+}  // namespace isa_base
+
 namespace {
+
+struct F32Kernels {
+  const char* name;
+  decltype(&isa_base::fwd_block) fwd_block;
+  decltype(&isa_base::fwd_workspace) fwd_workspace;
+  decltype(&isa_base::bwd_group) bwd_group;
+  decltype(&isa_base::bwd_workspace) bwd_workspace;
+};
+
+#define BABYGPT_KERNELS(ns) F32Kernels{#ns, &ns::fwd_block, &ns::fwd_workspace, &ns::bwd_group, &ns::bwd_workspace}
+
+// Chosen once: the widest instruction set this CPU has. BABYGPT_CPU_ISA=avx2|base forces a narrower
+// copy (to test those paths on an AVX-512 machine); asking for more than the CPU has is ignored.
+const F32Kernels& f32_kernels() {
+  static const F32Kernels k = [] {
+    const char* env = std::getenv("BABYGPT_CPU_ISA");
+    const std::string want = env ? env : "";
+    __builtin_cpu_init();
+    const bool has512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+                        __builtin_cpu_supports("avx512dq");
+    const bool has2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    if (has512 && (want.empty() || want == "avx512")) return BABYGPT_KERNELS(isa_avx512);
+    if (has2 && want != "base") return BABYGPT_KERNELS(isa_avx2);
+    return BABYGPT_KERNELS(isa_base);
+  }();
+  return k;
+}
 
 struct Shape {
   int64_t B, H, Hkv, Tq, Tk, D;
@@ -130,6 +192,48 @@ void backward(const T* dout, const T* q, const T* k, const T* v, const T* o, con
   });
 }
 
+// float32 forward: tasks are (batch, head, query block of BQ rows). With causal attention a later
+// block has more keys to visit, so the blocks of a head are enumerated 0, n-1, 1, n-2, ...: any
+// contiguous range of tasks (what at::parallel_for hands a thread) then carries a fair share.
+void forward_f32(const float* q, const float* k, const float* v, float* o, float* lse, Shape s, float scale,
+                 bool causal) {
+  const auto& K = f32_kernels();
+  constexpr int64_t bq = isa_base::BQ;
+  const int64_t nqb = (s.Tq + bq - 1) / bq, tasks = s.B * s.H * nqb;
+  const int64_t work = std::min(bq, s.Tq) * s.Tk * std::max<int64_t>(s.D, 16);
+  at::parallel_for(0, tasks, grain(work), [&](int64_t begin, int64_t end) {
+    std::vector<float> ws(K.fwd_workspace(s.D));
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t bh = t / nqb, u = t % nqb, qb = causal ? (u % 2 == 0 ? u / 2 : nqb - 1 - u / 2) : u;
+      const int64_t b = bh / s.H, h = bh % s.H, i0 = qb * bq;
+      const int64_t kv = s.k_row(b, h / s.group(), 0) * s.D;
+      K.fwd_block(q + bh * s.Tq * s.D, k + kv, v + kv, o + bh * s.Tq * s.D, lse + bh * s.Tq, i0,
+                  std::min(bq, s.Tq - i0), s.Tq, s.Tk, s.D, scale, causal, ws.data());
+    }
+  });
+}
+
+// float32 backward: tasks are (batch, kv head); see bwd_group.
+void backward_f32(const float* dout, const float* q, const float* k, const float* v, const float* o,
+                  const float* lse, float* dq, float* dk, float* dv, Shape s, float scale, bool causal) {
+  const auto& K = f32_kernels();
+  const int64_t D = s.D, rows = s.B * s.H * s.Tq, G = s.group();
+  std::vector<float> delta(rows);
+  at::parallel_for(0, rows, grain(D), [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) delta[row] = dot(dout + row * D, o + row * D, D);
+  });
+  const int64_t work = 5 * G * s.Tq * s.Tk * std::max<int64_t>(D, 16);
+  at::parallel_for(0, s.B * s.Hkv, grain(work), [&](int64_t begin, int64_t end) {
+    std::vector<float> ws(K.bwd_workspace(D, G, s.Tq));
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t b = t / s.Hkv, hk = t % s.Hkv;
+      const int64_t qrow = s.q_row(b, hk * G, 0), krow = s.k_row(b, hk, 0);
+      K.bwd_group(q + qrow * D, dout + qrow * D, lse + qrow, delta.data() + qrow, dq + qrow * D, k + krow * D,
+                  v + krow * D, dk + krow * D, dv + krow * D, G, s.Tq, s.Tk, D, scale, causal, ws.data());
+    }
+  });
+}
+
 Shape check_shapes(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, bool causal) {
   TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4, "babygpt::attn: q, k, v must be 4-D");
   Shape s{q.size(0), q.size(1), k.size(1), q.size(2), k.size(2), q.size(3)};
@@ -151,6 +255,11 @@ std::tuple<at::Tensor, at::Tensor> attn_fwd(const at::Tensor& q, const at::Tenso
   auto qa = q.to(acc).contiguous(), ka = k.to(acc).contiguous(), va = v.to(acc).contiguous();
   auto o = at::empty_like(qa);
   auto lse = at::empty({s.B, s.H, s.Tq}, qa.options());
+  if (acc == at::kFloat) {
+    forward_f32(qa.data_ptr<float>(), ka.data_ptr<float>(), va.data_ptr<float>(), o.data_ptr<float>(),
+                lse.data_ptr<float>(), s, static_cast<float>(scale), causal);
+    return {o.to(q.scalar_type()), lse};
+  }
   AT_DISPATCH_FLOATING_TYPES(acc, "babygpt_attn_fwd_cpu", [&] {
     forward<scalar_t>(qa.data_ptr<scalar_t>(), ka.data_ptr<scalar_t>(), va.data_ptr<scalar_t>(),
                       o.data_ptr<scalar_t>(), lse.data_ptr<scalar_t>(), s, static_cast<scalar_t>(scale), causal);
@@ -170,13 +279,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attn_bwd(const at::Tensor& dout, 
   auto qa = q.to(acc).contiguous(), ka = k.to(acc).contiguous(), va = v.to(acc).contiguous();
   auto da = dout.to(acc).contiguous(), oa = o.to(acc).contiguous(), la = lse.to(acc).contiguous();
   auto dq = at::empty_like(qa), dk = at::empty_like(ka), dv = at::empty_like(va);
+  const auto dt = q.scalar_type();
+  if (acc == at::kFloat) {
+    backward_f32(da.data_ptr<float>(), qa.data_ptr<float>(), ka.data_ptr<float>(), va.data_ptr<float>(),
+                 oa.data_ptr<float>(), la.data_ptr<float>(), dq.data_ptr<float>(), dk.data_ptr<float>(),
+                 dv.data_ptr<float>(), s, static_cast<float>(scale), causal);
+    return {dq.to(dt), dk.to(dt), dv.to(dt)};
+  }
   AT_DISPATCH_FLOATING_TYPES(acc, "babygpt_attn_bwd_cpu", [&] {
     backward<scalar_t>(da.data_ptr<scalar_t>(), qa.data_ptr<scalar_t>(), ka.data_ptr<scalar_t>(),
                        va.data_ptr<scalar_t>(), oa.data_ptr<scalar_t>(), la.data_ptr<scalar_t>(),
                        dq.data_ptr<scalar_t>(), dk.data_ptr<scalar_t>(), dv.data_ptr<scalar_t>(), s,
                        static_cast<scalar_t>(scale), causal);
   });
-  const auto dt = q.scalar_type();
   return {dq.to(dt), dk.to(dt), dv.to(dt)};
 }
 
