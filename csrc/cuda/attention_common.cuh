@@ -16,9 +16,11 @@ __device__ __forceinline__ bool visible(const AttnParams& p, int i, int j) {
 // Key tiles are 64 wide for 16-bit types up to D = 128, else 32: that keeps the fp32 score tile
 // (BN/2 registers per thread) next to the O accumulator (DMAX/2 registers per thread) under 255
 // registers, and shared memory within sm_80's 163 KiB for fp32 at D = 256.
+// fp32 at D > 128 takes 2 warps (BM = 32): the dQ kernel's four fp32 tiles of 64 x 264 would need
+// 204 KiB of shared memory, over sm_80's 163 KiB per block.
 template <class T, int DMAX>
 struct AttnTiles {
-  static constexpr int kWarps = 4, kThreads = 32 * kWarps, BM = 16 * kWarps;
+  static constexpr int kWarps = (sizeof(T) == 4 && DMAX > 128) ? 2 : 4, kThreads = 32 * kWarps, BM = 16 * kWarps;
   static constexpr int BN = (sizeof(T) == 4 || DMAX > 128) ? 32 : 64;
   // Row padding of shared tiles (16 bytes) so rows start in different banks.
   static constexpr int kPad = 16 / int(sizeof(T));
