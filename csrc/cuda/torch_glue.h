@@ -151,8 +151,8 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lo
   gemm(dt, dx, mat(dy), mat(w), out, 1.f, mat(dyb), mat(a), r, (float)scale);        // dy W + s·(dy B) A
   gemm(dt, dbm, mat(dy, true), mat(xa), n, (float)scale);                            // s·dyᵀ xa
   gemm(dt, da, mat(dyb, true), mat(x), n, (float)scale);                             // s·(dy B)ᵀ x
-  auto empty = at::empty({0}, x.options());
-  at::Tensor dw = empty, db = empty;
+  // Two distinct empty tensors: outputs of an op must not alias each other (opcheck's schema test).
+  at::Tensor dw = at::empty({0}, x.options()), db = at::empty({0}, x.options());
   if (need_dweight) {
     dw = at::empty_like(w);
     gemm(dt, dw, mat(dy, true), mat(x), n, 1.f);                                     // dyᵀ x
