@@ -97,7 +97,10 @@ def extensions():
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
     from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
 
-    cxx = ["-O3", "-std=c++20", "-fvisibility=hidden", "-fopenmp-simd"]
+    # -fopenmp: at::parallel_for is a header template whose `omp parallel` pragma is compiled into
+    # this extension; without the flag every parallel_for here silently runs on one thread. The
+    # GOMP symbols bind to the libgomp.so.1 torch already loaded (same soname), so one thread pool.
+    cxx = ["-O3", "-std=c++20", "-fvisibility=hidden", "-fopenmp"]
     sources = [str(p.relative_to(ROOT)) for p in [CSRC / "ops.cpp", *sorted((CSRC / "cpu").glob("*.cpp"))]]
     macros = []
     if cuda_home is not None:

@@ -34,15 +34,23 @@ BG_INLINE v16 vmax(v16 a, v16 b) { return a > b ? a : b; }
 BG_INLINE float fmax_nan_ignoring(float a, float b) { return a > b ? a : b; }
 BG_INLINE v16 lanes() { return v16{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15}; }
 
+// Horizontal reductions as a 4-step shuffle tree (a 16-step scalar chain costs ~4x the latency).
+// The max stays NaN-ignoring: its inputs are already NaN-free partial maxima.
+BG_INLINE v16 swap_halves(v16 v, int w) {
+  switch (w) {
+    case 8: return __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7);
+    case 4: return __builtin_shufflevector(v, v, 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11);
+    case 2: return __builtin_shufflevector(v, v, 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13);
+    default: return __builtin_shufflevector(v, v, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14);
+  }
+}
 BG_INLINE float hsum(v16 v) {
-  float s = 0;
-  for (int i = 0; i < 16; ++i) s += v[i];
-  return s;
+  for (int w = 8; w >= 1; w /= 2) v += swap_halves(v, w);
+  return v[0];
 }
 BG_INLINE float hmax(v16 v) {
-  float m = -__builtin_inff();
-  for (int i = 0; i < 16; ++i) m = fmax_nan_ignoring(v[i], m);
-  return m;
+  for (int w = 8; w >= 1; w /= 2) v = vmax(v, swap_halves(v, w));
+  return v[0];
 }
 
 // e^x without a libm call, branch-free so it vectorises: x = n ln2 + r with |r| <= ln2/2, e^r by
@@ -88,24 +96,33 @@ BG_INLINE void qk_rows(const float* rows, long D, const float* Kt, float scale, 
     for (int c = 0; c < 4; ++c) st(S + r * BK + 16 * c, acc[r][c] * scale);
 }
 
-// o[0:NV*16] += Σ_{c<n} w[c] * X[c, 0:NV*16] (X row stride Dp): O row in registers over the keys.
-template <int NV>
-BG_INLINE void axpy_rows_nv(const float* w, long n, const float* X, long Dp, float* o) {
-  v16 acc[NV];
-  for (int v = 0; v < NV; ++v) acc[v] = ld(o + 16 * v);
+// O[r, 0:NV*16] += Σ_{c<n} W[r, c] * X[c, 0:NV*16] for R rows (W row stride BK, X and O row
+// stride Dp): the R x NV accumulators stay in registers over the keys and each X vector load is
+// shared by the R rows.
+template <int R, int NV>
+BG_INLINE void axpy_rows_nv(const float* W, long n, const float* X, long Dp, float* O) {
+  v16 acc[R][NV];
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < NV; ++v) acc[r][v] = ld(O + r * Dp + 16 * v);
   for (long c = 0; c < n; ++c) {
-    const float b = w[c];
-    for (int v = 0; v < NV; ++v) acc[v] += ld(X + c * Dp + 16 * v) * b;
+    v16 x[NV];
+    for (int v = 0; v < NV; ++v) x[v] = ld(X + c * Dp + 16 * v);
+    for (int r = 0; r < R; ++r) {
+      const float b = W[r * BK + c];
+      for (int v = 0; v < NV; ++v) acc[r][v] += x[v] * b;
+    }
   }
-  for (int v = 0; v < NV; ++v) st(o + 16 * v, acc[v]);
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < NV; ++v) st(O + r * Dp + 16 * v, acc[r][v]);
 }
-BG_INLINE void axpy_rows(const float* w, long n, const float* X, long Dp, float* o) {
+template <int R>
+BG_INLINE void axpy_rows(const float* W, long n, const float* X, long Dp, float* O) {
   for (long d0 = 0; d0 < Dp; d0 += 64) {
     switch ((Dp - d0) >= 64 ? 4 : (Dp - d0) / 16) {
-      case 4: axpy_rows_nv<4>(w, n, X + d0, Dp, o + d0); break;
-      case 3: axpy_rows_nv<3>(w, n, X + d0, Dp, o + d0); break;
-      case 2: axpy_rows_nv<2>(w, n, X + d0, Dp, o + d0); break;
-      default: axpy_rows_nv<1>(w, n, X + d0, Dp, o + d0); break;
+      case 4: axpy_rows_nv<R, 4>(W, n, X + d0, Dp, O + d0); break;
+      case 3: axpy_rows_nv<R, 3>(W, n, X + d0, Dp, O + d0); break;
+      case 2: axpy_rows_nv<R, 2>(W, n, X + d0, Dp, O + d0); break;
+      default: axpy_rows_nv<R, 1>(W, n, X + d0, Dp, O + d0); break;
     }
   }
 }
@@ -142,6 +159,7 @@ static void fwd_block(const float* q, const float* k, const float* v, float* o, 
   float* O = S + BQ * BK;
   float* m = O + BQ * Dp;
   float* l = m + BQ;
+  long cnt[BQ];
   for (long r = 0; r < nr; ++r) m[r] = -__builtin_inff(), l[r] = 0;
   __builtin_memset(O, 0, nr * Dp * sizeof(float));
   const long kend = causal ? lmin(Tk, i0 + nr - 1 + off + 1) : Tk;
@@ -153,10 +171,13 @@ static void fwd_block(const float* q, const float* k, const float* v, float* o, 
     long r = 0;
     for (; r + QKR <= nr; r += QKR) qk_rows<QKR>(qb + r * D, D, Kt, scale, S + r * BK);
     for (; r < nr; ++r) qk_rows<1>(qb + r * D, D, Kt, scale, S + r * BK);
+    bool full = true;  // every row sees all nb keys of this block (it is below the diagonal)
     for (r = 0; r < nr; ++r) {
       // Keys of this block that row i sees (bottom-right causal); <= 0 when the block is wholly
       // in this row's future (possible when Tq < Tk shifts the diagonal off the block grid).
       const long n = causal ? lmin(nb, i0 + r + off - j0 + 1) : nb;
+      cnt[r] = n;
+      full = full && n == nb;
       if (n <= 0) continue;
       float* s = S + r * BK;
       for (long c = n; c < BK; ++c) s[c] = -__builtin_inff();
@@ -165,7 +186,7 @@ static void fwd_block(const float* q, const float* k, const float* v, float* o, 
       const float m_new = fmax_nan_ignoring(hmax(mx), m[r]);
       // A row whose scores are all NaN keeps m = -inf; subtracting 0 then keeps the NaN flowing.
       const float msub = m_new == -__builtin_inff() ? 0.0f : m_new;
-      const float alpha = __builtin_expf(m[r] - msub);
+      const float alpha = vexp(splat(m[r] - msub))[0];
       v16 sum{};
       for (int c = 0; c < 4; ++c) {
         const v16 p = vexp(ld(s + 16 * c) - msub);
@@ -177,8 +198,14 @@ static void fwd_block(const float* q, const float* k, const float* v, float* o, 
         for (long d = 0; d < Dp; d += 16) st(orow + d, ld(orow + d) * alpha);
       l[r] = l[r] * alpha + hsum(sum);
       m[r] = m_new;
-      axpy_rows(s, n, Vp, Dp, orow);
     }
+    // O += P V. Blocks crossing the diagonal go row by row over exactly the keys each row sees, so
+    // a NaN/inf in a future value row cannot leak in through 0 * NaN.
+    r = 0;
+    if (full)
+      for (; r + QKR <= nr; r += QKR) axpy_rows<QKR>(S + r * BK, nb, Vp, Dp, O + r * Dp);
+    for (; r < nr; ++r)
+      if (cnt[r] > 0) axpy_rows<1>(S + r * BK, cnt[r], Vp, Dp, O + r * Dp);
   }
   for (long r = 0; r < nr; ++r) {
     const float inv = 1.0f / l[r];
@@ -216,8 +243,8 @@ BG_INLINE void bwd_rows(const float* q, const float* dout, const float* lse, con
       st(P + r * BK + 16 * c, seen < lim ? p : v16{});
       st(dS + r * BK + 16 * c, seen < lim ? ds : v16{});
     }
-    axpy_rows(dS + r * BK, n, Kp, Dp, dQ + (i + r) * Dp);
   }
+  axpy_rows<R>(dS, nmax, Kp, Dp, dQ + i * Dp);
   pack_rows(q + i * D, R, D, Dp, Xq);
   pack_rows(dout + i * D, R, D, Dp, Xdo);
   for (long d = 0; d < Dp; d += 16) {
