@@ -9,6 +9,7 @@ D of each compiled head-dim bucket; tests/test_cuda_emu.py checks those formulas
 """
 
 import importlib.util
+import os
 import re
 import shutil
 import subprocess
@@ -60,6 +61,10 @@ def find_cuobjdump() -> Optional[str]:
 
 
 def extension_path(module: str = "babygpt_ext._C") -> Optional[str]:
+    """The built extension; BABYGPT_CUDA_SO names another build of it to inspect instead (e.g. one
+    built out of tree with `setup.py build_ext --build-lib DIR`)."""
+    if os.environ.get("BABYGPT_CUDA_SO"):
+        return os.environ["BABYGPT_CUDA_SO"]
     spec = importlib.util.find_spec(module)
     return spec.origin if spec and spec.origin else None
 
@@ -134,11 +139,13 @@ def read_kernels(so_path: str, cuobjdump: str) -> list:
 def cuda_missing() -> Optional[str]:
     """Why there are no CUDA rows here, or None."""
     so = extension_path()
-    if so is None:
-        return "babygpt_ext._C is not built"
-    from babygpt_ext._C import build_info
-    if not build_info().get("cuda"):
-        return "babygpt_ext._C was built without CUDA (no torch CUDA build or no nvcc at build time)"
+    if so is None or not os.path.exists(so):
+        return f"babygpt_ext._C is not built ({so or 'not found'})"
+    if not os.environ.get("BABYGPT_CUDA_SO"):
+        from babygpt_ext._C import build_info
+        if not build_info().get("cuda"):
+            return ("babygpt_ext._C was built without CUDA (no torch CUDA build, no nvcc, or BABYGPT_EXT_CUDA=0 "
+                    "at build time)")
     if find_cuobjdump() is None:
         return "cuobjdump not found (CUDA toolkit bin/ or triton's backends/nvidia/bin)"
     return None
