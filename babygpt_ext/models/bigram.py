@@ -74,6 +74,15 @@ def check_idx(idx: torch.Tensor, vocab_size: int, name: str = "idx") -> None:
                          f"[{int(idx.min())}, {int(idx.max())}]")
 
 
+def next_token_loss(logits: torch.Tensor, idx: torch.Tensor, targets: torch.Tensor | None):
+    """Mean cross-entropy of logits (B, T, V) against targets (B, T), or None without targets."""
+    if targets is None:
+        return None
+    if targets.shape != idx.shape:
+        raise ValueError(f"targets shape {tuple(targets.shape)} must equal idx shape {tuple(idx.shape)}")
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+
+
 @torch.no_grad()
 def sequence_perplexity(model: nn.Module, ids, context_size: int, chunk_tokens: int = 4096) -> float:
     """Perplexity of a neural LM over ids[1:], each token predicted from the tokens before it,
@@ -175,12 +184,7 @@ class NeuralBigramLM(nn.Module):
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
         check_idx(idx, self.vocab_size)
         logits = self.logits_table(idx)  # (B, T, V)
-        loss = None
-        if targets is not None:
-            if targets.shape != idx.shape:
-                raise ValueError(f"targets shape {tuple(targets.shape)} must equal idx shape {tuple(idx.shape)}")
-            loss = F.cross_entropy(logits.view(-1, self.vocab_size), targets.reshape(-1))
-        return logits, loss
+        return logits, next_token_loss(logits, idx, targets)
 
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,

@@ -33,7 +33,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .bigram import as_ids, check_idx, make_generator, sample_from_probs, sample_next
+from .bigram import as_ids, check_idx, make_generator, next_token_loss, sample_from_probs, sample_next
 
 
 def _window_codes(ids: np.ndarray, m: int, V: int) -> np.ndarray:
@@ -178,12 +178,7 @@ class NeuralNGramLM(nn.Module):
         ctx = padded.unfold(1, c, 1)[:, 1:]                 # (B, T, c)
         emb = self.wte(ctx).reshape(B, T, -1)               # (B, T, c·n_embd)
         logits = self.head(torch.tanh(self.hidden(emb)))    # (B, T, V)
-        loss = None
-        if targets is not None:
-            if targets.shape != idx.shape:
-                raise ValueError(f"targets shape {tuple(targets.shape)} must equal idx shape {tuple(idx.shape)}")
-            loss = F.cross_entropy(logits.view(-1, self.vocab_size), targets.reshape(-1))
-        return logits, loss
+        return logits, next_token_loss(logits, idx, targets)
 
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
