@@ -127,5 +127,6 @@ def extensions():
     return exts, BuildExtension.with_options(use_ninja=True)
 
 
-ext_modules, build_ext = extensions()
-setup(ext_modules=ext_modules, cmdclass={"build_ext": build_ext})
+if __name__ == "__main__":  # pip's build backend runs this file as __main__; tests import it
+    ext_modules, build_ext = extensions()
+    setup(ext_modules=ext_modules, cmdclass={"build_ext": build_ext})

@@ -60,7 +60,7 @@ def register(sub) -> None:
                                    "attention backends.",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--time-budget", type=float, default=120.0, help="seconds of training (default 120)")
-    p.add_argument("--max-iters", type=int, default=1500, help="length of the LR schedule (default 1500)")
+    p.add_argument("--max-iters", type=int, default=2500, help="length of the LR schedule (default 2500)")
     p.add_argument("--out", default="runs/demo", help="run directory (default runs/demo)")
     p.add_argument("--prompt", default="The ", help="text to continue (default 'The ')")
     p.add_argument("--skip-bench", action="store_true", help="stop after sampling")
