@@ -16,5 +16,6 @@ def test_readme_opens_with_the_two_commands_and_ci_runs_the_second():
 def test_python_examples_run():
     blocks = re.findall(r"```python\n(.*?)```", README, re.S)
     assert blocks, "the README has Python examples"
+    namespace = {}  # one session, as a reader pastes them one after another
     for code in blocks:
-        exec(compile(code, "README.md", "exec"), {})
+        exec(compile(code, "README.md", "exec"), namespace)
