@@ -8,6 +8,7 @@ CPU and nccl on CUDA (each process then owns GPU ``LOCAL_RANK``).
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -59,7 +60,13 @@ def setup(device: str = "auto") -> DistInfo:
 
 
 def teardown() -> None:
+    """Leave the process group together: a rank that tears gloo down while its peer is still
+    finishing (rank 0 writing the last checkpoint) can abort in gloo's connection threads
+    ("terminate called without an active exception", seen once in CI here). No barrier while an
+    exception is unwinding (teardown runs in `finally`): the peer may never arrive."""
     if dist.is_available() and dist.is_initialized():
+        if sys.exc_info()[0] is None:
+            dist.barrier()
         dist.destroy_process_group()
 
 
