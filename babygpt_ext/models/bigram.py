@@ -20,6 +20,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..generate.sampling import check_sampling_args, sample_next
+
 MAX_DENSE_VOCAB = 8192  # a (V, V) float64 matrix of this size is 512 MiB; beyond, use NGramLM(2)
 
 
@@ -50,20 +52,6 @@ def sample_from_probs(probs: torch.Tensor, temperature: float, generator: torch.
         # p^(1/T) renormalised == softmax(log p / T); done in log space for stability
         probs = torch.softmax(torch.log(probs) / temperature, dim=-1)
     return int(torch.multinomial(probs.float(), 1, generator=generator))
-
-
-def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
-                generator: torch.Generator | None = None) -> torch.Tensor:
-    """logits (B, V) -> next ids (B, 1), with temperature and optional top-k truncation."""
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    logits = logits.float() / temperature
-    if top_k is not None:
-        if top_k < 1:
-            raise ValueError(f"top_k must be >= 1, got {top_k}")
-        kth = torch.topk(logits, min(top_k, logits.size(-1)), dim=-1).values[:, -1:]  # (B, 1)
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    return torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator)
 
 
 def check_idx(idx: torch.Tensor, vocab_size: int, name: str = "idx") -> None:
@@ -190,8 +178,9 @@ class NeuralBigramLM(nn.Module):
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
                  top_k: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
         """idx (B, T) -> (B, T + max_new_tokens); only the last token conditions each step."""
+        check_sampling_args(temperature, top_k, None, self.vocab_size)  # temperature 0 = greedy
         for _ in range(max_new_tokens):
             logits, _ = self(idx[:, -1:])                                        # (B, 1, V)
-            nxt = sample_next(logits[:, -1, :], temperature, top_k, generator)  # (B, 1)
+            nxt = sample_next(logits[:, -1, :], temperature, top_k, generator=generator)[:, None]  # (B, 1)
             idx = torch.cat([idx, nxt], dim=1)
         return idx
