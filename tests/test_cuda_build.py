@@ -10,7 +10,8 @@ import pytest
 from babygpt_ext.bench import gpu_report_cuda as gr
 
 MISSING = gr.cuda_missing()
-pytestmark = pytest.mark.skipif(MISSING is not None, reason=f"no CUDA kernels to inspect: {MISSING}")
+pytestmark = pytest.mark.skipif(MISSING is not None,
+                                reason=f"no CUDA kernels to inspect: {MISSING}")
 
 # Instances per arch: attention fwd, dQ and dK/dV for 3 dtypes x 3 head-dim buckets, and the delta,
 # LoRA GEMM and column-sum kernels for 3 dtypes (csrc/cuda/launchers.cuh).
