@@ -72,6 +72,18 @@ def next_token_loss(logits: torch.Tensor, idx: torch.Tensor, targets: torch.Tens
 
 
 @torch.no_grad()
+def generate_from_context(model: nn.Module, idx: torch.Tensor, context: int, max_new_tokens: int,
+                          temperature: float, top_k: int | None, generator: torch.Generator | None) -> torch.Tensor:
+    """Sample max_new_tokens after idx (B, T), feeding the model only the last `context` tokens."""
+    check_sampling_args(temperature, top_k, None, model.vocab_size)  # temperature 0 = greedy
+    for _ in range(max_new_tokens):
+        logits, _ = model(idx[:, -context:])                                                   # (B, <=context, V)
+        nxt = sample_next(logits[:, -1, :], temperature, top_k, generator=generator)[:, None]  # (B, 1)
+        idx = torch.cat([idx, nxt], dim=1)
+    return idx
+
+
+@torch.no_grad()
 def sequence_perplexity(model: nn.Module, ids, context_size: int, chunk_tokens: int = 4096) -> float:
     """Perplexity of a neural LM over ids[1:], each token predicted from the tokens before it,
     exactly like the count models score. Runs in chunks so the (T, V) logits stay small; each
@@ -178,9 +190,4 @@ class NeuralBigramLM(nn.Module):
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
                  top_k: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
         """idx (B, T) -> (B, T + max_new_tokens); only the last token conditions each step."""
-        check_sampling_args(temperature, top_k, None, self.vocab_size)  # temperature 0 = greedy
-        for _ in range(max_new_tokens):
-            logits, _ = self(idx[:, -1:])                                        # (B, 1, V)
-            nxt = sample_next(logits[:, -1, :], temperature, top_k, generator=generator)[:, None]  # (B, 1)
-            idx = torch.cat([idx, nxt], dim=1)
-        return idx
+        return generate_from_context(self, idx, 1, max_new_tokens, temperature, top_k, generator)

@@ -33,8 +33,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..generate.sampling import check_sampling_args, sample_next
-from .bigram import as_ids, check_idx, make_generator, next_token_loss, sample_from_probs
+from .bigram import as_ids, check_idx, generate_from_context, make_generator, next_token_loss, sample_from_probs
 
 
 def _window_codes(ids: np.ndarray, m: int, V: int) -> np.ndarray:
@@ -185,9 +184,4 @@ class NeuralNGramLM(nn.Module):
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
                  top_k: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
         """idx (B, T) -> (B, T + max_new_tokens); each step looks at the last n-1 tokens."""
-        check_sampling_args(temperature, top_k, None, self.vocab_size)  # temperature 0 = greedy
-        for _ in range(max_new_tokens):
-            logits, _ = self(idx[:, -(self.n - 1):])                           # (B, <=n-1, V)
-            nxt = sample_next(logits[:, -1, :], temperature, top_k, generator=generator)[:, None]  # (B, 1)
-            idx = torch.cat([idx, nxt], dim=1)
-        return idx
+        return generate_from_context(self, idx, self.n - 1, max_new_tokens, temperature, top_k, generator)
