@@ -10,8 +10,12 @@ COMMANDS = ("demo", "info", "train", "sample", "bench", "tokenize", "gpu_report"
 
 EPILOG = """\
 examples:
+  babygpt demo                     the tour: info, ~2 min of training, a sample, a benchmark
   babygpt info                     what is built and usable here, and why not
-  babygpt bench --quick            eager vs sdpa vs cpu attention, side by side
+  babygpt train --preset babygpt --tokenizer word --max-iters 500 --out runs/baby
+  babygpt sample --ckpt runs/baby/ckpt.pt --prompt "The " --temperature 0.8
+  babygpt bench --quick            the backends side by side (attention and LoRA)
+  babygpt gpu-report               registers/smem/spills/tensor cores of every GPU kernel, no GPU needed
   babygpt <command> --help         every option of one command, with examples
 """
 
