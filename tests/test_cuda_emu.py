@@ -46,6 +46,20 @@ def test_config_switch_round_trips(emu):
         mod.set_config("sideways", 0, True, 0)
 
 
+def test_module_keeps_its_symbol_table():
+    """cudaemu finds static __shared__ variables through the module's ELF .symtab (to poison them
+    before every block); a build that strips _C_emu would quietly lose that check."""
+    import struct
+
+    import babygpt_ext._C_emu as emu_mod
+    data = open(emu_mod.__file__, "rb").read()
+    assert data[:4] == b"\x7fELF" and data[4] == 2, "expected a 64-bit ELF module"
+    shoff, = struct.unpack_from("<Q", data, 0x28)
+    shentsize, shnum = struct.unpack_from("<HH", data, 0x3A)
+    types = [struct.unpack_from("<I", data, shoff + i * shentsize + 4)[0] for i in range(shnum)]
+    assert 2 in types, f"{emu_mod.__file__} has no .symtab (SHT_SYMTAB): was it stripped?"
+
+
 def _grads(fn, inputs, dout):
     leaves = [t.detach().clone().requires_grad_() for t in inputs]
     out = fn(*leaves)

@@ -26,8 +26,9 @@
 //   deadlocks, shuffle masks (a lane not in the mask does not take part; reading from a lane
 //   outside the mask or an exited lane is an error), mismatched warp collectives, bad launch
 //   configurations (> 1024 threads, empty grid, dynamic smem over the 48 KiB default or the
-//   cudaFuncSetAttribute opt-in up to 227 KiB). Dynamic shared memory and cudaMalloc memory
-//   are poisoned with 0xFF (NaN) bytes; threads resume in forward/reverse/random order.
+//   cudaFuncSetAttribute opt-in up to 227 KiB). Static and dynamic shared memory (before each
+//   block) and cudaMalloc memory are poisoned with 0xFF (NaN) bytes; threads resume in
+//   forward/reverse/random order.
 //
 // Runtime configuration: cudaemu::config() (see cudaemu/config.h), read from CUDAEMU_ORDER,
 // CUDAEMU_SEED, CUDAEMU_POISON, CUDAEMU_WORKERS, CUDAEMU_ABORT, CUDAEMU_STACK_KB.
@@ -85,16 +86,24 @@ constexpr int warpSize = 32;
 
 #include "cudaemu/config.h"
 #include "cudaemu/fiber.h"
+#include "cudaemu/static_smem.h"
 #include "cudaemu/block.h"
+#include "cudaemu/watchdog.h"
 #include "cudaemu/launch.h"
 #include "cudaemu/device.h"
 #include "cudaemu/runtime.h"
 
+// __shared__ also declares a marker beside the variable, so the harness can find it in the
+// symbol table and poison it before each block (cudaemu/static_smem.h). The marker is
+// 'thread_local' without 'static' so that 'static __shared__ T x;' works too.
 #undef __shared__
+#define CUDAEMU_CAT2(a, b) a##b
+#define CUDAEMU_CAT(a, b) CUDAEMU_CAT2(a, b)
+#define CUDAEMU_SHARED_MARK thread_local char CUDAEMU_CAT(cudaemu_shared_mark_, __COUNTER__) [[gnu::used, maybe_unused]];
 #ifdef CUDAEMU_THREADS
-#define __shared__ static  // blocks run one after another: one copy is one per block
+#define __shared__ CUDAEMU_SHARED_MARK static  // blocks run one after another: one copy is one per block
 #else
-#define __shared__ static thread_local  // a worker runs one block at a time: one copy per block
+#define __shared__ CUDAEMU_SHARED_MARK static thread_local  // a worker runs one block at a time
 #endif
 #ifndef __launch_bounds__
 #define __launch_bounds__(...)

@@ -40,8 +40,8 @@ TORCH_LIBRARY_IMPL(babygpt_emu, CPU, m) {
 namespace {
 
 // Emulator settings for the next launches. order: "forward" | "reverse" | "random"; seed seeds
-// the random order; poison fills dynamic shared memory with 0xFF (NaN) bytes per block; workers
-// is the number of OS threads running blocks (0 keeps the current value).
+// the random order; poison fills static and dynamic shared memory with 0xFF (NaN) bytes per
+// block; workers is the number of OS threads running blocks (0 keeps the current value).
 void set_config(const std::string& order, uint64_t seed, bool poison, int workers) {
   auto& c = cudaemu::config();
   if (order == "forward") c.order = cudaemu::Order::forward;

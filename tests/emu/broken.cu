@@ -1,4 +1,5 @@
-// tests/emu/broken.cu -- deliberately broken kernels: the harness (or a sanitizer) must notice.
+// tests/emu/broken.cu -- deliberately broken kernels: the harness (or a sanitizer) must notice;
+// and spin-waits, which must finish when released and be reported when never released.
 // Usage: broken <case>. Prints one verdict line and exits 0 (the pytest driver judges it):
 //   DETECTED <cudaError name>: <harness message>   the launch reported an error
 //   WRONG <detail>                                 no error, but the result check failed
@@ -87,6 +88,28 @@ __global__ void uninit_smem_kernel(float* out) {
   out[threadIdx.x] = v + 1.f;
 }
 
+// Reads static shared memory before writing it: 'which' 0 reads the kernel's own variable,
+// 1 the 'static __shared__' of a template __device__ function. Without poisoning the first
+// block would read zeros and every later block the previous block's values; both look fine.
+template <int N>
+__device__ float read_then_write_cache(int i) {
+  static __shared__ float cache[N];
+  float v = cache[i];
+  __syncthreads();
+  cache[i] = 1.f;
+  return v;
+}
+
+template <int N>
+__global__ void uninit_static_smem_kernel(float* out, int which) {
+  __shared__ float s[N];
+  float own = s[threadIdx.x];
+  __syncthreads();
+  s[threadIdx.x] = (float)threadIdx.x;
+  float dev = read_then_write_cache<N>(threadIdx.x);
+  out[blockIdx.x * N + threadIdx.x] = which == 0 ? own : dev;
+}
+
 // Reads one element past the end of x (global memory): AddressSanitizer must report it.
 __global__ void oob_global_kernel(const float* x, float* y, int n) {
   int i = blockIdx.x * blockDim.x + threadIdx.x;
@@ -99,6 +122,30 @@ __global__ void oob_smem_kernel(float* y) {
   s[threadIdx.x + 1] = 1.f;  // @oob_smem  (thread blockDim.x-1 writes s[blockDim.x])
   __syncthreads();
   y[threadIdx.x] = s[threadIdx.x];
+}
+
+// Thread 0 polls a shared flag with plain volatile loads until the block's last thread sets it
+// (release != 0). Legal since Volta (independent thread scheduling); in fiber mode only the
+// watchdog's preemption lets the setter run. Unreleased, it must be reported as a stall.
+__global__ void spin_volatile_kernel(int* out, int release) {
+  __shared__ int flag;
+  if (threadIdx.x == 0) flag = 0;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    while (*(volatile int*)&flag == 0) {}  // @spin_volatile
+    out[0] = flag;
+  } else if (release && threadIdx.x == blockDim.x - 1) {
+    *(volatile int*)&flag = 7;
+  }
+}
+
+// Every thread increments a counter under a spin lock in global memory (atomicCAS to take it,
+// atomicExch to give it back; release == 0 never gives it back). The atomics are spin points.
+__global__ void spin_lock_kernel(int* lock, int* count, int release) {
+  while (atomicCAS(lock, 0, 1) != 0) {}  // @spin_lock
+  *(volatile int*)count = *(volatile int*)count + 1;
+  __threadfence();
+  if (release) atomicExch(lock, 0);
 }
 
 static std::vector<float*> allocations;  // freed at exit, so LeakSanitizer only sees harness leaks
@@ -178,6 +225,38 @@ int main(int argc, char** argv) {
     bool ok = true;
     for (float v : h) ok &= std::isfinite(v);
     return verdict(ok, "output contains NaN read from unwritten shared memory");
+  }
+  if (!std::strcmp(c, "uninit_static_smem") || !std::strcmp(c, "uninit_static_smem_device")) {
+    const int G = 3, N = 64;
+    float* d = dev_floats(G * N, 0.f);
+    const int which = std::strcmp(c, "uninit_static_smem_device") == 0;
+    CUDAEMU_LAUNCH((uninit_static_smem_kernel<N>), G, N, 0, 0, d, which);
+    auto h = host_floats(d, G * N);
+    bool ok = true;
+    for (float v : h) ok &= std::isfinite(v);
+    return verdict(ok, "output contains NaN read from unwritten static shared memory");
+  }
+  if (!std::strcmp(c, "spin_volatile") || !std::strcmp(c, "spin_volatile_unreleased")) {
+    const int release = !std::strcmp(c, "spin_volatile");
+    int* d = nullptr;
+    cudaMalloc((void**)&d, sizeof(int));
+    cudaMemset(d, 0, sizeof(int));
+    CUDAEMU_LAUNCH(spin_volatile_kernel, 2, 64, 0, 0, d, release);
+    int h = 0;
+    cudaMemcpy(&h, d, sizeof(int), cudaMemcpyDeviceToHost);
+    cudaFree(d);
+    return verdict(h == 7, "thread 0 did not see the flag");
+  }
+  if (!std::strcmp(c, "spin_lock") || !std::strcmp(c, "spin_lock_unreleased")) {
+    const int release = !std::strcmp(c, "spin_lock"), G = 2, B = 64;
+    int* d = nullptr;
+    cudaMalloc((void**)&d, 2 * sizeof(int));
+    cudaMemset(d, 0, 2 * sizeof(int));
+    CUDAEMU_LAUNCH(spin_lock_kernel, G, B, 0, 0, d, d + 1, release);
+    int h[2] = {0, 0};
+    cudaMemcpy(h, d, sizeof(h), cudaMemcpyDeviceToHost);
+    cudaFree(d);
+    return verdict(h[1] == G * B, "the counter missed increments");
   }
   if (!std::strcmp(c, "oob_global")) {
     const int n = 100;

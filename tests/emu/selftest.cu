@@ -240,6 +240,12 @@ static bool test_launch_errors() {
   wrong += cudaGetLastError() != cudaSuccess;
   CUDAEMU_LAUNCH(tiled_matmul_kernel, 1, dim3(TILE, TILE), big + 1, 0, d, d, d, 0, 0, 0);
   wrong += cudaGetLastError() != cudaErrorInvalidConfiguration;
+#ifdef CUDAEMU_EMULATED
+  // Static __shared__ counts toward the block's 48 KiB: warp_sums (128 B) + 48 KiB is too much.
+  wrong += cudaemu::static_smem_bytes((const void*)block_reduce_kernel) != 32 * sizeof(float);
+  CUDAEMU_LAUNCH(block_reduce_kernel, 1, 32, 48 * 1024, 0, d, d, d, 4);
+  wrong += cudaGetLastError() != cudaErrorInvalidConfiguration;
+#endif
   cudaStream_t s;
   wrong += cudaStreamCreate(&s) != cudaSuccess;
   CUDAEMU_LAUNCH(block_scan_kernel, 1, 32, 0, s, d, d, 4);

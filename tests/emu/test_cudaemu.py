@@ -4,7 +4,8 @@ The C++/CUDA programs in this folder are compiled once per session (in parallel,
 dir) and run as subprocesses:
   selftest.cu   correct kernels vs float64 references, in forward/reverse/random order and
                 in every mode (fibers, ucontext fibers, std::thread, AddressSanitizer)
-  broken.cu     deliberately broken kernels; each test FAILS if the harness stays silent
+  broken.cu     deliberately broken kernels; each test FAILS if the harness stays silent;
+                spin-waits that must finish when released and be reported when not
   tsan.cu       ThreadSanitizer (thread mode): clean on the reduction, flags a racy kernel
   torch_include.cpp  cudaemu.h next to <torch/extension.h>; selftest.cu through nvcc
 Subprocess timeouts are only a safety net: the harness itself must report deadlocks.
@@ -192,6 +193,59 @@ def test_broken_kernel_is_reported_in_thread_mode(builds, case):
 @pytest.mark.parametrize("order", ORDERS)
 def test_uninitialised_shared_memory_reads_poison(builds, order):
     assert verdict(run(builds, "broken", "uninit_smem", CUDAEMU_ORDER=order)).startswith("WRONG")
+
+
+@pytest.mark.parametrize("prog", ["broken", "broken_threads", "broken_asan"])
+@pytest.mark.parametrize("case", ["uninit_static_smem", "uninit_static_smem_device"])
+def test_uninitialised_static_shared_memory_reads_poison(builds, prog, case):
+    """Static __shared__ (in the kernel, and 'static __shared__' in a template __device__ function)
+    is poisoned before every block. One worker runs all blocks, so without the poison the later
+    blocks would read the previous block's values and the first one zeros: both finite."""
+    assert verdict(run(builds, prog, case, CUDAEMU_WORKERS=1)).startswith("WRONG")
+    assert verdict(run(builds, prog, case, CUDAEMU_WORKERS=1, CUDAEMU_POISON=0)).startswith("SILENT")
+
+
+def test_stripped_program_says_static_shared_may_not_be_poisoned(builds, tmp_path):
+    """The static __shared__ variables are found in the ELF symbol table; without one, say so."""
+    strip = shutil.which("strip")
+    if strip is None:
+        pytest.skip("no 'strip' on PATH (binutils)")
+    stripped = tmp_path / "broken_stripped"
+    shutil.copy(binary(builds, "broken"), stripped)
+    subprocess.run([strip, str(stripped)], check=True)
+    p = subprocess.run([str(stripped), "uninit_static_smem"], capture_output=True, text=True, timeout=TIMEOUT)
+    assert p.returncode == 0 and "has no symbol table (stripped?)" in p.stderr, p.stdout + p.stderr
+
+
+# ------------------------------------------------------------------ spin-waits
+@pytest.mark.parametrize("prog,case", [("broken", "spin_lock"), ("broken_threads", "spin_lock"),
+                                       ("broken_asan", "spin_lock"), ("broken", "spin_volatile"),
+                                       ("broken_threads", "spin_volatile")])
+def test_released_spin_wait_finishes(builds, prog, case):
+    """Polling memory another thread of the block writes is legal since Volta. Atomics, fences and
+    __nanosleep are spin points where the other threads run; a spin on a plain volatile load is
+    preempted by the watchdog (fiber mode) or by the OS (thread mode)."""
+    assert verdict(run(builds, prog, case)) == "SILENT"
+
+
+@pytest.mark.parametrize("prog", ["broken", "broken_asan"])
+def test_unreleased_spin_lock_is_reported_with_line(builds, prog):
+    v = verdict(run(builds, prog, "spin_lock_unreleased", CUDAEMU_TIMEOUT=1))
+    assert v.startswith("DETECTED cudaErrorLaunchFailure: stall in kernel 'spin_lock_kernel'"), v
+    assert re.search(rf"spin at atomicCAS at \S*broken\.cu:{marker_line('broken.cu', 'spin_lock')}\b", v), v
+
+
+def test_unreleased_volatile_spin_is_preempted_and_reported(builds):
+    v = verdict(run(builds, "broken", "spin_volatile_unreleased", CUDAEMU_TIMEOUT=1))
+    assert v.startswith("DETECTED cudaErrorLaunchFailure: stall in kernel 'spin_volatile_kernel'"), v
+    assert "1 thread(s) were preempted while running" in v, v
+
+
+def test_unpreemptible_volatile_spin_aborts_instead_of_hanging(builds):
+    """ASan builds cannot preempt a fiber: past CUDAEMU_TIMEOUT the watchdog names it and aborts."""
+    p = run(builds, "broken_asan", "spin_volatile_unreleased", CUDAEMU_TIMEOUT=1)
+    assert p.returncode != 0 and "Aborting instead of hanging" in p.stderr, (p.returncode, p.stderr[-2000:])
+    assert "kernel 'spin_volatile_kernel'" in p.stderr and "thread (0,0,0)" in p.stderr, p.stderr[-2000:]
 
 
 def test_abort_mode_aborts_with_message(builds):

@@ -62,6 +62,7 @@ struct LaunchInfo {
   const char* kernel = "?";
   dim3 grid, block;
   size_t dyn_smem = 0;
+  const ModuleSmem* statics = nullptr;  // the static __shared__ variables of the kernel's module
   void (*invoke)(const void*) = nullptr;
   const void* body = nullptr;
 };
@@ -79,6 +80,8 @@ struct Thread {
   uint64_t result = 0;  // filled in by whoever completes the rendezvous
   unsigned group = 0;   // lanes of the rendezvous it took part in
   char tsan_sync = 0;   // thread mode: its address is a ThreadSanitizer sync object
+  Site spin;            // its latest spin point (atomic, fence, __nanosleep), for stall reports
+  volatile bool preempted = false;  // fiber mode: switched out by the watchdog signal (launch.h)
 #ifndef CUDAEMU_THREADS
   Context ctx;
 #endif
@@ -95,6 +98,7 @@ struct Block {
   bool failed = false;
   std::string message;  // first error of this block
   unsigned long long bar_phase = 0;  // completed block-barrier phases
+  unsigned long long progress = 0;   // arrivals at barriers / warp collectives and exits so far
   char bar_tsan[2] = {0, 0};  // ThreadSanitizer sync objects for even / odd barrier phases
 #ifdef CUDAEMU_THREADS
   std::atomic<bool> spin{false};
@@ -113,7 +117,7 @@ struct Block {
       threads[i].tid = uint3{i % b.x, (i / b.x) % b.y, i / (b.x * b.y)};
     }
     blocked = done = bar_arrived = bar_true = 0;
-    bar_phase = 0;
+    bar_phase = progress = 0;
     failed = false;
     message.clear();
   }
@@ -221,12 +225,55 @@ inline std::string deadlock_report(const Block& b) {
   return m;
 }
 
+// The message for "threads run but none reaches a barrier, a warp collective or its end" (a
+// spin-wait nobody will release): what every live thread is doing.
+inline std::string stall_report(const Block& b, double seconds, unsigned limit_s) {
+  struct Group { std::string what; unsigned count; const Thread* first; };
+  std::vector<Group> groups;
+  for (const Thread& t : b.threads) {
+    if (t.done) continue;
+    std::string what = t.wait != Wait::none ? "wait in " + where(t.site)
+                       : t.preempted        ? std::string("were preempted while running (no spin point reached)")
+                       : t.spin.line        ? "spin at " + where(t.spin)
+                                            : std::string("have not started");
+    bool found = false;
+    for (Group& g : groups)
+      if (g.what == what) { ++g.count; found = true; break; }
+    if (!found) groups.push_back({what, 1, &t});
+  }
+  std::string m = format("stall in kernel '%s' block (%u,%u,%u): for %.1f s no thread reached a barrier, a warp "
+                         "collective or its end (a spin-wait that is never released?);",
+                         b.launch->kernel, b.idx.x, b.idx.y, b.idx.z, seconds);
+  for (const Group& g : groups)
+    m += format(" %u thread(s) %s [first: thread (%u,%u,%u)];", g.count, g.what.c_str(), g.first->tid.x,
+                g.first->tid.y, g.first->tid.z);
+  m += format(" the limit is CUDAEMU_TIMEOUT=%u s", limit_s);
+  return m;
+}
+
 [[noreturn]] inline void unwind() { throw Cancelled{}; }
 
 #ifndef CUDAEMU_THREADS
 // Fiber mode: hand control back to the block scheduler; returns when resumed.
 inline void to_scheduler(Block& b, Thread& me) { switch_context(me.ctx, b.scheduler); }
 #endif
+
+// A spin point: an atomic, a memory fence or __nanosleep. Fibers are not preempted at any other
+// point (but see the watchdog in launch.h), so here a thread that polls memory written by
+// another thread of its block steps aside for one scheduling round and lets that thread run.
+// In thread mode the OS schedules; yielding just helps on few cores.
+inline void spin_point(const char* what, const std::source_location& l) {
+  Block* b = tl_block;
+  if (b == nullptr) return;  // called from host code
+  tl_thread->spin = site(what, l);
+#ifdef CUDAEMU_THREADS
+  std::this_thread::yield();
+#else
+  if (b->failed) unwind();
+  to_scheduler(*b, *tl_thread);
+  if (b->failed) unwind();
+#endif
+}
 
 // Parks the calling thread until a rendezvous releases it (me.wait == none) or the block fails.
 inline void park(Block& b, Thread& me, Lock& lk) {
@@ -279,6 +326,7 @@ inline int sync_block(BarOp op, int pred, const Site& s) {
     unwind();
   }
   ++b.bar_arrived;
+  ++b.progress;
   b.bar_true += pred != 0;
   void* sync = &b.bar_tsan[0] + (b.bar_phase & 1);  // CUDA: everything before the barrier
   tsan_release(sync);                                // happens before everything after it
@@ -380,6 +428,7 @@ inline uint64_t warp_collective(WarpOp op, unsigned mask, uint64_t value, int sr
     }
     all_here &= here;
   }
+  ++b.progress;
   me.op = op;
   me.mask = mask;
   me.value = value;
@@ -408,6 +457,7 @@ inline void thread_exit(Block& b, Thread& me) {
   me.done = true;
   me.wait = Wait::none;
   ++b.done;
+  ++b.progress;
   if (!b.failed) {
     if (b.bar_arrived > 0) {
       fail(b, format("divergent barrier: %s exits while %u thread(s) wait in %s; every thread of a block must reach "

@@ -2,6 +2,7 @@
 // Part of csrc/emu/cudaemu.h; not meant to be included on its own.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -24,10 +25,12 @@ inline const char* order_name(Order o) {
 struct Config {
   Order order = Order::forward;  // CUDAEMU_ORDER=forward|reverse|random
   uint64_t seed = 0;             // CUDAEMU_SEED: seeds the random order (per block: seed ^ block id)
-  bool poison = true;            // CUDAEMU_POISON=0|1: fill dynamic smem and cudaMalloc memory with 0xFF
+  bool poison = true;            // CUDAEMU_POISON=0|1: fill static+dynamic smem and cudaMalloc memory with 0xFF
   int workers = 1;               // CUDAEMU_WORKERS: OS threads running blocks (default: hardware threads)
   bool abort_on_error = false;   // CUDAEMU_ABORT=1: print the first error and abort()
   size_t stack_bytes = 256 << 10;  // CUDAEMU_STACK_KB: stack of each emulated CUDA thread
+  unsigned timeout_s = 30;  // CUDAEMU_TIMEOUT: a block whose threads run this long without any
+                            // reaching a barrier, warp collective or its end fails (0: never)
 
   // Reads the CUDAEMU_* variables; unset or malformed ones keep their defaults (a malformed
   // value is reported on stderr once, so a typo does not silently change the test).
@@ -56,6 +59,7 @@ struct Config {
     if (num("CUDAEMU_WORKERS", v) && v > 0) c.workers = (int)v;
     if (num("CUDAEMU_ABORT", v)) c.abort_on_error = v != 0;
     if (num("CUDAEMU_STACK_KB", v) && v >= 16) c.stack_bytes = (size_t)v << 10;
+    if (num("CUDAEMU_TIMEOUT", v)) c.timeout_s = (unsigned)std::min<unsigned long long>(v, 1u << 30);
     return c;
   }
 };

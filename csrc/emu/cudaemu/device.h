@@ -28,8 +28,24 @@ inline int __syncthreads_or(int pred, CUDAEMU_HERE) {
 inline void __syncwarp(unsigned mask = 0xffffffffu, CUDAEMU_HERE) {
   cudaemu::warp_collective(cudaemu::WarpOp::sync, mask, 0, -1, cudaemu::site("__syncwarp", loc));
 }
-inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
-inline void __threadfence_block() { std::atomic_thread_fence(std::memory_order_seq_cst); }
+// Memory fences, __nanosleep and the atomics are spin points (cudaemu::spin_point): a thread
+// polling memory that another thread of its block writes lets that thread run there.
+inline void __threadfence(CUDAEMU_HERE) {
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  cudaemu::spin_point("__threadfence", loc);
+}
+inline void __threadfence_block(CUDAEMU_HERE) {
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  cudaemu::spin_point("__threadfence_block", loc);
+}
+inline void __threadfence_system(CUDAEMU_HERE) {
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  cudaemu::spin_point("__threadfence_system", loc);
+}
+inline void __nanosleep(unsigned ns, CUDAEMU_HERE) {
+  (void)ns;  // the GPU sleeps "approximately" ns, at most ~1 ms; here: let the others run
+  cudaemu::spin_point("__nanosleep", loc);
+}
 
 // --------------------------------------------------------------------------- warp shuffles
 namespace cudaemu {
@@ -47,7 +63,7 @@ inline T shuffle(unsigned mask, T var, int src, int width, const char* what, con
   std::memcpy(&v, &var, sizeof(T));
   uint64_t r = warp_collective(WarpOp::shfl, mask, v, src, site(what, loc));
   T out;
-  std::memcpy(&out, &r, sizeof(T));
+  std::memcpy(static_cast<void*>(&out), &r, sizeof(T));
   return out;
 }
 inline int lane_id() { return (int)(tl_thread->flat % 32); }
@@ -131,35 +147,39 @@ template <class T, class F> inline T atomic_update(T* p, F f) {
   return old;
 }
 }  // namespace cudaemu
-#define CUDAEMU_ATOMIC_ADD(T) \
-  inline T atomicAdd(T* p, T v) { return cudaemu::aref(p).fetch_add(v); }
+// Each atomic is a spin point first (see __threadfence), then one seq_cst operation.
+#define CUDAEMU_ATOMIC(name, T, params, expr)                    \
+  inline T name(T* p, CUDAEMU_UNPAREN params, CUDAEMU_HERE) {     \
+    cudaemu::spin_point(#name, loc);                              \
+    return expr;                                                  \
+  }
+#define CUDAEMU_UNPAREN(...) __VA_ARGS__
+#define CUDAEMU_ATOMIC_ADD(T) CUDAEMU_ATOMIC(atomicAdd, T, (T v), cudaemu::aref(p).fetch_add(v))
 CUDAEMU_ATOMIC_ADD(int) CUDAEMU_ATOMIC_ADD(unsigned) CUDAEMU_ATOMIC_ADD(unsigned long long)
 CUDAEMU_ATOMIC_ADD(float) CUDAEMU_ATOMIC_ADD(double)
 #undef CUDAEMU_ATOMIC_ADD
-inline int atomicSub(int* p, int v) { return cudaemu::aref(p).fetch_sub(v); }
-inline unsigned atomicSub(unsigned* p, unsigned v) { return cudaemu::aref(p).fetch_sub(v); }
-#define CUDAEMU_ATOMIC_MINMAX(T)                                                                  \
-  inline T atomicMax(T* p, T v) { return cudaemu::atomic_update(p, [v](T o) { return o < v ? v : o; }); } \
-  inline T atomicMin(T* p, T v) { return cudaemu::atomic_update(p, [v](T o) { return v < o ? v : o; }); }
+CUDAEMU_ATOMIC(atomicSub, int, (int v), cudaemu::aref(p).fetch_sub(v))
+CUDAEMU_ATOMIC(atomicSub, unsigned, (unsigned v), cudaemu::aref(p).fetch_sub(v))
+#define CUDAEMU_ATOMIC_MINMAX(T)                                                                             \
+  CUDAEMU_ATOMIC(atomicMax, T, (T v), cudaemu::atomic_update(p, [v](T o) { return o < v ? v : o; }))      \
+  CUDAEMU_ATOMIC(atomicMin, T, (T v), cudaemu::atomic_update(p, [v](T o) { return v < o ? v : o; }))
 CUDAEMU_ATOMIC_MINMAX(int) CUDAEMU_ATOMIC_MINMAX(unsigned) CUDAEMU_ATOMIC_MINMAX(long long)
 CUDAEMU_ATOMIC_MINMAX(unsigned long long)
 #undef CUDAEMU_ATOMIC_MINMAX
-#define CUDAEMU_ATOMIC_BITS(T)                                                              \
-  inline T atomicExch(T* p, T v) { return cudaemu::aref(p).exchange(v); }                   \
-  inline T atomicCAS(T* p, T compare, T v) {                                                \
-    cudaemu::aref(p).compare_exchange_strong(compare, v);                                   \
-    return compare; /* the old value, whether or not the swap happened */                  \
-  }                                                                                         \
-  inline T atomicAnd(T* p, T v) { return cudaemu::aref(p).fetch_and(v); }                   \
-  inline T atomicOr(T* p, T v) { return cudaemu::aref(p).fetch_or(v); }                     \
-  inline T atomicXor(T* p, T v) { return cudaemu::aref(p).fetch_xor(v); }
+// atomicCAS returns the old value whether or not the swap happened.
+#define CUDAEMU_ATOMIC_BITS(T)                                                                                 \
+  CUDAEMU_ATOMIC(atomicExch, T, (T v), cudaemu::aref(p).exchange(v))                                         \
+  CUDAEMU_ATOMIC(atomicCAS, T, (T compare, T v), (cudaemu::aref(p).compare_exchange_strong(compare, v), compare)) \
+  CUDAEMU_ATOMIC(atomicAnd, T, (T v), cudaemu::aref(p).fetch_and(v))                                         \
+  CUDAEMU_ATOMIC(atomicOr, T, (T v), cudaemu::aref(p).fetch_or(v))                                           \
+  CUDAEMU_ATOMIC(atomicXor, T, (T v), cudaemu::aref(p).fetch_xor(v))
 CUDAEMU_ATOMIC_BITS(int) CUDAEMU_ATOMIC_BITS(unsigned) CUDAEMU_ATOMIC_BITS(unsigned long long)
 #undef CUDAEMU_ATOMIC_BITS
-inline float atomicExch(float* p, float v) { return cudaemu::aref(p).exchange(v); }
-inline unsigned short atomicCAS(unsigned short* p, unsigned short compare, unsigned short v) {
-  cudaemu::aref(p).compare_exchange_strong(compare, v);
-  return compare;
-}
+CUDAEMU_ATOMIC(atomicExch, float, (float v), cudaemu::aref(p).exchange(v))
+CUDAEMU_ATOMIC(atomicCAS, unsigned short, (unsigned short compare, unsigned short v),
+               (cudaemu::aref(p).compare_exchange_strong(compare, v), compare))
+#undef CUDAEMU_ATOMIC
+#undef CUDAEMU_UNPAREN
 
 // ------------------------------------------------------------------- math intrinsics
 // The fast-math intrinsics are computed exactly here (the GPU's __expf etc. are less precise);

@@ -35,11 +35,15 @@
 #ifndef CUDAEMU_UCONTEXT
 // cudaemu_switch_v1(save, to): push callee-saved state, store rsp in *save, load rsp = to, pop.
 // Weak + hidden: every translation unit may emit it, the linker keeps one per module.
+// cudaemu_switch_v1_end marks its last byte + 1 (the watchdog never preempts inside it).
 extern "C" void cudaemu_switch_v1(void** save_sp, void* to_sp);
+extern "C" char cudaemu_switch_v1_end[];
 asm(R"(
   .text
   .weak cudaemu_switch_v1
   .hidden cudaemu_switch_v1
+  .weak cudaemu_switch_v1_end
+  .hidden cudaemu_switch_v1_end
   .type cudaemu_switch_v1,@function
 cudaemu_switch_v1:
   pushq %rbp
@@ -63,6 +67,7 @@ cudaemu_switch_v1:
   popq %rbx
   popq %rbp
   ret
+cudaemu_switch_v1_end:
   .size cudaemu_switch_v1, .-cudaemu_switch_v1
   .section .note.GNU-stack,"",@progbits
   .text

@@ -4,7 +4,8 @@
 // Fiber mode (default): blocks are handed out to CUDAEMU_WORKERS OS threads (the launching
 // thread is one of them); a worker runs one block at a time, all of that block's CUDA threads
 // as fibers on its own stack pool. Static __shared__ is 'static thread_local', i.e. one copy
-// per worker, which is exactly one copy per running block.
+// per worker, which is exactly one copy per running block; the worker poisons its copy before
+// each block (static_smem.h).
 // Thread mode (-DCUDAEMU_THREADS, for ThreadSanitizer): blocks run one after another, each
 // CUDA thread is a std::thread, static __shared__ is a plain 'static'.
 #pragma once
@@ -12,6 +13,7 @@
 #include <algorithm>
 #include <atomic>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <new>
 #include <source_location>
@@ -58,10 +60,19 @@ inline std::string check_config(const void* fn, dim3 g, dim3 b, size_t smem) {
   if (g.x > 2147483647u || g.y > 65535 || g.z > 65535)
     return format("grid (%u,%u,%u) exceeds the limits (2^31-1, 65535, 65535)", g.x, g.y, g.z);
   size_t limit = dyn_smem_limit(fn);
+  const char* hint = limit == kDefaultDynSmem ? " (raise it with cudaFuncSetAttribute(kernel, "
+                                                "cudaFuncAttributeMaxDynamicSharedMemorySize, n), up to 232448)" : "";
   if (smem > limit)
-    return format("%zu bytes of dynamic shared memory requested; the limit is %zu%s", smem, limit,
-                  limit == kDefaultDynSmem ? " (raise it with cudaFuncSetAttribute(kernel, "
-                                             "cudaFuncAttributeMaxDynamicSharedMemorySize, n), up to 232448)" : "");
+    return format("%zu bytes of dynamic shared memory requested; the limit is %zu%s", smem, limit, hint);
+  // Static shared memory shares the block's budget: 48 KiB in all, or static + the opted-in
+  // dynamic size up to 227 KiB (a kernel's own __shared__ variables; see static_smem.h).
+  size_t stat = static_smem_bytes(fn);
+  if (stat > kDefaultDynSmem)
+    return format("the kernel declares %zu bytes of static __shared__ memory; the limit is %zu", stat, kDefaultDynSmem);
+  size_t total_limit = limit == kDefaultDynSmem ? kDefaultDynSmem : kMaxDynSmemOptIn;
+  if (stat + smem > total_limit)
+    return format("%zu bytes of static plus %zu bytes of dynamic shared memory exceed the limit of %zu%s", stat,
+                  smem, total_limit, hint);
   return "";
 }
 
@@ -107,14 +118,26 @@ inline void resume(Block& b, Thread& t) {
   tl_thread = &t;
   threadIdx = t.tid;
   t.started = true;
+  Watch* w = tl_watch;
+  if (w) {
+    w->block.store(&b, std::memory_order_relaxed);
+    w->thread.store(&t, std::memory_order_relaxed);
+    w->since.store(now_ns(), std::memory_order_relaxed);
+  }
   switch_context(b.scheduler, t.ctx);
+  if (w) w->since.store(0, std::memory_order_relaxed);
 }
 
-// Runs one block to completion: rounds in which every runnable fiber runs until it blocks or
-// exits, in forward / reverse / seeded-random order. On failure the started fibers are
-// resumed once more so they unwind (destructors run), then the block is abandoned.
+// Runs one block to completion: rounds in which every runnable fiber runs until it blocks,
+// reaches a spin point, is preempted or exits, in forward / reverse / seeded-random order.
+// Rounds without any arrival or exit for CUDAEMU_TIMEOUT seconds are a stall. On failure the
+// started fibers are resumed once more so they unwind (destructors run), except preempted
+// ones (they would spin on), then the block is abandoned.
 inline void run_block(Block& b, const StackPool& stacks, unsigned long long block_id) {
   const Config& cfg = config();
+  const int64_t stall_ns = (int64_t)cfg.timeout_s * 1'000'000'000;
+  unsigned long long seen = 0;
+  int64_t last_progress = now_ns();
   for (unsigned i = 0; i < b.n; ++i) make_context(b.threads[i].ctx, stacks.stack(i), stacks.usable(), &fiber_entry);
   Rng rng{cfg.seed ^ (block_id * 0xD1B54A32D192ED03ull)};
   std::vector<unsigned> order;
@@ -131,14 +154,23 @@ inline void run_block(Block& b, const StackPool& stacks, unsigned long long bloc
       if (b.failed) break;
       resume(b, b.threads[i]);
     }
+    const int64_t now = now_ns();
+    if (b.progress != seen) {
+      seen = b.progress;
+      last_progress = now;
+    } else if (stall_ns > 0 && now - last_progress > stall_ns && !b.failed) {
+      fail(b, stall_report(b, (now - last_progress) * 1e-9, cfg.timeout_s));
+    }
   }
   if (b.failed)
     for (Thread& t : b.threads)
-      if (t.started && !t.done) resume(b, t);
+      if (t.started && !t.done && !t.preempted) resume(b, t);
 }
 
 struct GridRun {
   const LaunchInfo* info;
+  Watch* watches;  // one per worker
+  Watchdog* watchdog;
   unsigned long long nblocks;
   std::atomic<unsigned long long> next{0};
   std::atomic<bool> stop{false};
@@ -146,8 +178,19 @@ struct GridRun {
   std::string error;  // first failing block's message
 };
 
-inline void worker(GridRun& run) {
+inline void worker(GridRun& run, unsigned k) {
   const LaunchInfo& li = *run.info;
+  Watch& watch = run.watches[k];
+  run.watchdog->enlist(watch);
+  tl_watch = &watch;
+  struct Retire {  // on every way out
+    GridRun& run;
+    Watch& watch;
+    ~Retire() {
+      tl_watch = nullptr;
+      run.watchdog->retire(watch);
+    }
+  } retire{run, watch};
   StackPool stacks;
   const unsigned n = li.block.x * li.block.y * li.block.z;
   if (!stacks.reserve(n, config().stack_bytes)) {
@@ -166,6 +209,7 @@ inline void worker(GridRun& run) {
     blockIdx = unflatten(i, li.grid);
     b.reset(&li, blockIdx);
     smem.poison();
+    if (config().poison) poison_static_smem(*li.statics);
     run_block(b, stacks, i);
     if (b.failed) {
       std::lock_guard<std::mutex> g(run.mu);
@@ -181,10 +225,14 @@ inline std::string run_grid(const LaunchInfo& li) {
   GridRun run;
   run.info = &li;
   run.nblocks = 1ull * li.grid.x * li.grid.y * li.grid.z;
-  unsigned long long nw = std::min<unsigned long long>((unsigned long long)std::max(1, config().workers), run.nblocks);
+  const unsigned nw = (unsigned)std::min<unsigned long long>((unsigned long long)std::max(1, config().workers), run.nblocks);
+  std::unique_ptr<Watch[]> watches(new Watch[nw]);
+  Watchdog watchdog(watches.get(), nw);
+  run.watches = watches.get();
+  run.watchdog = &watchdog;
   std::vector<std::thread> helpers;
-  for (unsigned long long i = 1; i < nw; ++i) helpers.emplace_back([&run] { worker(run); });
-  worker(run);
+  for (unsigned i = 1; i < nw; ++i) helpers.emplace_back([&run, i] { worker(run, i); });
+  worker(run, 0);
   for (auto& h : helpers) h.join();
   return run.error;
 }
@@ -198,6 +246,7 @@ inline std::string run_grid(const LaunchInfo& li) {
     Block b;
     b.reset(&li, unflatten(i, li.grid));
     smem.poison();
+    if (config().poison) poison_static_smem(*li.statics);
     std::vector<unsigned> order(b.n);
     for (unsigned t = 0; t < b.n; ++t) order[t] = t;
     if (config().order == Order::reverse) std::reverse(order.begin(), order.end());
@@ -242,6 +291,7 @@ inline void launch(const char* kernel, const void* fn, dim3 grid, dim3 block, si
   li.grid = grid;
   li.block = block;
   li.dyn_smem = smem;
+  li.statics = &module_smem(fn);
   li.body = &body;
   li.invoke = [](const void* p) { (*static_cast<const Body*>(p))(); };
   std::string err = run_grid(li);
