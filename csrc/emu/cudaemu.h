@@ -13,25 +13,29 @@
 //
 // Emulated: threadIdx/blockIdx/blockDim/gridDim/warpSize; static and dynamic __shared__;
 // __syncthreads(_count/_and/_or); __syncwarp; __shfl(_up/_down/_xor)_sync; __ballot/__any/
-// __all_sync; __reduce_*_sync; __activemask; atomics (CUDA's overload set); math intrinsics;
-// half/bfloat16 from the toolkit's cuda_fp16.h/cuda_bf16.h plus the device-only intrinsics
-// (__hfma, hexp, hsqrt, ...); cudaMalloc/Free/Memcpy/Memset(+Async), streams,
-// cudaGetLastError/PeekAtLastError/DeviceSynchronize/GetErrorString, cudaFuncSetAttribute.
+// __all_sync; __reduce_*_sync; __activemask; atomics (CUDA's overload set); __threadfence*;
+// __nanosleep; math intrinsics; half/bfloat16 from the toolkit's cuda_fp16.h/cuda_bf16.h plus
+// the device-only intrinsics (__hfma, hexp, hsqrt, ...); cudaMalloc/Free/Memcpy/Memset(+Async),
+// streams, cudaGetLastError/PeekAtLastError/DeviceSynchronize/GetErrorString,
+// cudaFuncSetAttribute.
 // __CUDA_ARCH__ is NOT defined, so '#ifdef __CUDA_ARCH__' (e.g. mma.sync PTX) takes the
 // portable path. The macro CUDAEMU_EMULATED is defined to 1.
 //
 // Checks (each one records cudaErrorLaunchFailure / cudaErrorInvalidConfiguration with a
 // message naming kernel, block, thread and source lines; the launch returns, never hangs):
 //   divergent __syncthreads (threads at different calls, or a thread exits while others wait),
-//   deadlocks, shuffle masks (a lane not in the mask does not take part; reading from a lane
-//   outside the mask or an exited lane is an error), mismatched warp collectives, bad launch
-//   configurations (> 1024 threads, empty grid, dynamic smem over the 48 KiB default or the
+//   deadlocks, stalls (threads run but none reaches a barrier, collective or its end for
+//   CUDAEMU_TIMEOUT s: a spin nobody releases; atomics, fences and __nanosleep are spin points
+//   where the other threads run, and a watchdog preempts a thread spinning on a plain load),
+//   shuffle masks (a lane not in the mask does not take part; reading from a lane outside the
+//   mask or an exited lane is an error), mismatched warp collectives, bad launch
+//   configurations (> 1024 threads, empty grid, shared memory over the 48 KiB default or the
 //   cudaFuncSetAttribute opt-in up to 227 KiB). Static and dynamic shared memory (before each
 //   block) and cudaMalloc memory are poisoned with 0xFF (NaN) bytes; threads resume in
 //   forward/reverse/random order.
 //
 // Runtime configuration: cudaemu::config() (see cudaemu/config.h), read from CUDAEMU_ORDER,
-// CUDAEMU_SEED, CUDAEMU_POISON, CUDAEMU_WORKERS, CUDAEMU_ABORT, CUDAEMU_STACK_KB.
+// CUDAEMU_SEED, CUDAEMU_POISON, CUDAEMU_WORKERS, CUDAEMU_ABORT, CUDAEMU_STACK_KB, CUDAEMU_TIMEOUT.
 // Modes: fibers (default; x86-64 assembly switch, -DCUDAEMU_UCONTEXT for the portable one;
 // ASan-aware) or -DCUDAEMU_THREADS (one std::thread per CUDA thread; for -fsanitize=thread).
 // With <torch/extension.h> in the same file, include torch first, then this header.

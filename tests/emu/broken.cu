@@ -124,6 +124,14 @@ __global__ void oob_smem_kernel(float* y) {
   y[threadIdx.x] = s[threadIdx.x];
 }
 
+// Writes one float past the end of a static __shared__ array.
+__global__ void oob_static_smem_kernel(float* y) {
+  __shared__ float s[64];
+  s[threadIdx.x + 1] = 1.f;  // @oob_static_smem  (thread 63 writes s[64])
+  __syncthreads();
+  y[threadIdx.x] = s[threadIdx.x];
+}
+
 // Thread 0 polls a shared flag with plain volatile loads until the block's last thread sets it
 // (release != 0). Legal since Volta (independent thread scheduling); in fiber mode only the
 // watchdog's preemption lets the setter run. Unreleased, it must be reported as a stall.
@@ -177,7 +185,7 @@ static int verdict(bool ok, const char* detail) {
   return 0;
 }
 
-int main(int argc, char** argv) {
+static int run_case(int argc, char** argv) {
   const char* c = argc > 1 ? argv[1] : "";
   if (!std::strcmp(c, "missing_barrier")) {
     // Per-block data differs, so a stale warp_sums from the previous block is wrong too.
@@ -264,6 +272,11 @@ int main(int argc, char** argv) {
     CUDAEMU_LAUNCH(oob_global_kernel, 1, 128, 0, 0, dx, dy, n);
     return verdict(true, "");
   }
+  if (!std::strcmp(c, "oob_static_smem")) {
+    float* d = dev_floats(64, 0.f);
+    CUDAEMU_LAUNCH(oob_static_smem_kernel, 1, 64, 0, 0, d);
+    return verdict(true, "");
+  }
   if (!std::strcmp(c, "oob_smem")) {
     float* d = dev_floats(64, 0.f);
     CUDAEMU_LAUNCH(oob_smem_kernel, 1, 64, 64 * sizeof(float), 0, d);
@@ -272,3 +285,11 @@ int main(int argc, char** argv) {
   std::printf("unknown case '%s'\n", c);
   return 2;
 }
+
+#ifdef BROKEN_AS_LIBRARY
+// The shared-object build, loaded by dlopen_driver.cpp the way Python loads _C_emu: its static
+// __shared__ variables live in dynamically allocated TLS.
+extern "C" __attribute__((visibility("default"))) int broken_main(int argc, char** argv) { return run_case(argc, argv); }
+#else
+int main(int argc, char** argv) { return run_case(argc, argv); }
+#endif

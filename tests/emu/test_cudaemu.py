@@ -7,6 +7,7 @@ dir) and run as subprocesses:
   broken.cu     deliberately broken kernels; each test FAILS if the harness stays silent;
                 spin-waits that must finish when released and be reported when not
   tsan.cu       ThreadSanitizer (thread mode): clean on the reduction, flags a racy kernel
+  dlopen_driver.cpp  runs a shared-object build of broken.cu through dlopen
   torch_include.cpp  cudaemu.h next to <torch/extension.h>; selftest.cu through nvcc
 Subprocess timeouts are only a safety net: the harness itself must report deadlocks.
 """
@@ -46,7 +47,12 @@ PROGRAMS = {
     "broken": ("broken.cu", ["-O1", "-g"]),
     "broken_threads": ("broken.cu", ["-O1", "-g", "-DCUDAEMU_THREADS"]),
     "broken_asan": ("broken.cu", SAN + ["-fsanitize=address"]),
+    # static __shared__ is a plain 'static' in thread mode, which ASan pads with redzones
+    "broken_threads_asan": ("broken.cu", SAN + ["-fsanitize=address", "-DCUDAEMU_THREADS"]),
     "tsan": ("tsan.cu", SAN + ["-fsanitize=thread", "-DCUDAEMU_THREADS"]),
+    # broken.cu as a dlopen'ed shared object, the way Python loads babygpt_ext._C_emu
+    "libbroken.so": ("broken.cu", ["-O1", "-g", "-fPIC", "-shared", "-DBROKEN_AS_LIBRARY"]),
+    "dlopen_driver": ("dlopen_driver.cpp", ["-O1", "-ldl"]),
 }
 
 
@@ -205,6 +211,15 @@ def test_uninitialised_static_shared_memory_reads_poison(builds, prog, case):
     assert verdict(run(builds, prog, case, CUDAEMU_WORKERS=1, CUDAEMU_POISON=0)).startswith("SILENT")
 
 
+@pytest.mark.parametrize("case,expected", [("uninit_static_smem", "WRONG"), ("uninit_static_smem_device", "WRONG"),
+                                           ("uninit_smem", "WRONG"), ("spin_volatile", "SILENT")])
+def test_dlopened_module_poisons_and_preempts(builds, case, expected):
+    """In a dlopen'ed module (like _C_emu) static __shared__ lives in dynamically allocated TLS,
+    reached through __tls_get_addr, and the watchdog runs inside the host process."""
+    v = verdict(run(builds, "dlopen_driver", binary(builds, "libbroken.so"), case, CUDAEMU_WORKERS=1))
+    assert v.split(" ")[0] == expected, v
+
+
 def test_stripped_program_says_static_shared_may_not_be_poisoned(builds, tmp_path):
     """The static __shared__ variables are found in the ELF symbol table; without one, say so."""
     strip = shutil.which("strip")
@@ -253,12 +268,14 @@ def test_abort_mode_aborts_with_message(builds):
     assert p.returncode != 0 and "divergent barrier" in p.stderr, (p.returncode, p.stderr)
 
 
-@pytest.mark.parametrize("case,marker", [("oob_global", "oob_global"), ("oob_smem", "oob_smem")])
-def test_out_of_bounds_caught_by_asan(builds, case, marker):
-    p = run(builds, "broken_asan", case)
+@pytest.mark.parametrize("prog,case,kind", [("broken_asan", "oob_global", "heap-buffer-overflow"),
+                                            ("broken_asan", "oob_smem", "heap-buffer-overflow"),
+                                            ("broken_threads_asan", "oob_static_smem", "global-buffer-overflow")])
+def test_out_of_bounds_caught_by_asan(builds, prog, case, kind):
+    p = run(builds, prog, case)
     assert p.returncode != 0, f"ASan stayed silent:\n{p.stdout}"
-    assert "heap-buffer-overflow" in p.stderr, p.stderr[-4000:]
-    assert f"broken.cu:{marker_line('broken.cu', marker)}" in p.stderr, p.stderr[-4000:]
+    assert kind in p.stderr, p.stderr[-4000:]
+    assert f"broken.cu:{marker_line('broken.cu', case)}" in p.stderr, p.stderr[-4000:]
 
 
 @pytest.mark.parametrize("case", sorted(REPORTED))
