@@ -10,6 +10,7 @@
 // deadlock and is reported with the source lines every thread is stuck at.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <exception>
 #include <cstring>
@@ -81,7 +82,8 @@ struct Thread {
   unsigned group = 0;   // lanes of the rendezvous it took part in
   char tsan_sync = 0;   // thread mode: its address is a ThreadSanitizer sync object
   Site spin;            // its latest spin point (atomic, fence, __nanosleep), for stall reports
-  volatile bool preempted = false;  // fiber mode: switched out by the watchdog signal (launch.h)
+  volatile bool preempted = false;  // fiber mode: switched out by the watchdog signal (watchdog.h)
+  volatile int in_harness = 0;      // fiber mode: inside harness code, which must not be preempted
 #ifndef CUDAEMU_THREADS
   Context ctx;
 #endif
@@ -179,8 +181,20 @@ inline void tsan_release(void*) {}
 inline void tsan_acquire(void*) {}
 #endif
 #else
-struct Lock {  // fibers of a block share one OS thread: nothing to lock
-  explicit Lock(Block&) {}
+// Fibers of a block share one OS thread: nothing to lock. But the harness's bookkeeping assumes
+// that no other fiber runs in between, so the watchdog must not preempt a fiber inside it.
+struct Lock {
+  Thread* t = tl_thread;
+  explicit Lock(Block&) {
+    if (t) ++t->in_harness;
+    std::atomic_signal_fence(std::memory_order_seq_cst);
+  }
+  ~Lock() {
+    std::atomic_signal_fence(std::memory_order_seq_cst);
+    if (t) --t->in_harness;
+  }
+  Lock(const Lock&) = delete;
+  Lock& operator=(const Lock&) = delete;
 };
 inline void tsan_release(void*) {}
 inline void tsan_acquire(void*) {}

@@ -122,10 +122,10 @@ inline void resume(Block& b, Thread& t) {
   if (w) {
     w->block.store(&b, std::memory_order_relaxed);
     w->thread.store(&t, std::memory_order_relaxed);
-    w->since.store(now_ns(), std::memory_order_relaxed);
+    w->slice.store(++w->slices, std::memory_order_relaxed);
   }
   switch_context(b.scheduler, t.ctx);
-  if (w) w->since.store(0, std::memory_order_relaxed);
+  if (w) w->slice.store(0, std::memory_order_relaxed);
 }
 
 // Runs one block to completion: rounds in which every runnable fiber runs until it blocks,

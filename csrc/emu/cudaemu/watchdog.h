@@ -3,10 +3,12 @@
 //
 // Fibers only switch where the harness is called, so a thread polling a plain (volatile) load
 // for a value another thread of its block will write would spin forever: the writer never
-// runs. Each launch therefore starts a watchdog thread; when a fiber slice has lasted
-// kPreemptAfterNs, it sends the worker a signal whose handler switches from the fiber to the
-// block scheduler, exactly like a yield (the fiber resumes inside the handler later). Whether
-// a spin is ever released is decided by the scheduler's stall check (CUDAEMU_TIMEOUT).
+// runs. Each launch therefore starts a watchdog thread; when a fiber slice has used
+// kPreemptAfterNs of CPU time, it sends the worker a signal whose handler switches from the
+// fiber to the block scheduler, exactly like a yield (the fiber resumes inside the handler
+// later). Whether a spin is ever released is decided by the scheduler's stall check
+// (CUDAEMU_TIMEOUT). Kernel code may be preempted anywhere, including inside a libc call it
+// makes (printf, malloc): keep those out of spin loops.
 // Preemption is off under AddressSanitizer and with ucontext switching (their switch paths are
 // not safe to interrupt), and when the signal already has another handler; there a slice
 // longer than CUDAEMU_TIMEOUT aborts the process with a message. Thread mode has no watchdog
@@ -21,6 +23,7 @@
 #include <cerrno>
 #include <chrono>
 #include <condition_variable>
+#include <ctime>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -37,12 +40,17 @@ inline int64_t now_ns() {
 
 // One per worker OS thread of a launch.
 struct Watch {
-  std::atomic<int64_t> since{0};    // when the running fiber slice began (0: no fiber runs)
-  std::atomic<int64_t> preempt{0};  // the slice the watchdog asked to switch out
+  std::atomic<uint64_t> slice{0};    // number of the running fiber slice (0: no fiber runs)
+  std::atomic<uint64_t> preempt{0};  // the slice the watchdog asked to switch out
   std::atomic<const Block*> block{nullptr};  // what runs in that slice, for messages
   std::atomic<const Thread*> thread{nullptr};
+  uint64_t slices = 0;  // worker only: slices started
+  // Guarded by the watchdog's mutex:
   pthread_t os{};
-  bool live = false;  // os may be signalled (guarded by the watchdog's mutex)
+  clockid_t cpu{};    // the worker's CPU-time clock
+  bool live = false;  // os may be signalled
+  uint64_t seen = 0;  // the slice the watchdog last looked at, and the worker's CPU time then
+  int64_t seen_cpu = 0;
 };
 inline thread_local Watch* tl_watch = nullptr;
 
@@ -51,19 +59,24 @@ inline thread_local Watch* tl_watch = nullptr;
 #define CUDAEMU_PREEMPT 1
 constexpr int64_t kPreemptAfterNs = 100'000'000;
 
-// Runs on the worker, on the stack of the fiber it interrupted. Only switches when that fiber
-// is really the slice the watchdog meant and is not inside the context-switch routine.
+// Runs on the worker, on the stack of the fiber it interrupted. Switches only when that fiber
+// is really the slice the watchdog meant, and is neither in harness code (whose bookkeeping no
+// other fiber may see half done) nor in the context-switch routine; otherwise the watchdog
+// tries again at its next tick.
 inline void on_preempt_signal(int, siginfo_t*, void* uc) {
   Watch* w = tl_watch;
   Thread* t = tl_thread;
   Block* b = tl_block;
   if (!w || !t || !b) return;
-  const int64_t s = w->since.load(std::memory_order_relaxed);
+  const uint64_t s = w->slice.load(std::memory_order_relaxed);
   if (s == 0 || s != w->preempt.load(std::memory_order_relaxed)) return;
   char probe;
-  if (&probe < t->ctx.stack || &probe >= t->ctx.stack + t->ctx.stack_size) return;
   const auto pc = (uintptr_t) static_cast<ucontext_t*>(uc)->uc_mcontext.gregs[REG_RIP];
-  if (pc >= (uintptr_t)&cudaemu_switch_v1 && pc < (uintptr_t)cudaemu_switch_v1_end) return;
+  if (t->in_harness || &probe < t->ctx.stack || &probe >= t->ctx.stack + t->ctx.stack_size ||
+      (pc >= (uintptr_t)&cudaemu_switch_v1 && pc < (uintptr_t)cudaemu_switch_v1_end)) {
+    w->preempt.store(0, std::memory_order_relaxed);
+    return;
+  }
   const int saved_errno = errno;
   t->preempted = true;
   switch_context(t->ctx, b->scheduler);
@@ -118,7 +131,7 @@ class Watchdog {
   void enlist(Watch& w) {
     std::lock_guard<std::mutex> g(mu_);
     w.os = pthread_self();
-    w.live = true;
+    w.live = pthread_getcpuclockid(w.os, &w.cpu) == 0;
   }
   void retire(Watch& w) {
     std::lock_guard<std::mutex> g(mu_);
@@ -126,22 +139,32 @@ class Watchdog {
   }
 
  private:
+  // Slices are timed in the worker's CPU time, so a loaded machine (a descheduled worker) does
+  // not preempt anything: normal kernels keep their deterministic schedules.
   void loop() {
     const int64_t limit = (int64_t)config().timeout_s * 1'000'000'000;
     std::unique_lock<std::mutex> lk(mu_);
     while (!cv_.wait_for(lk, std::chrono::milliseconds(20), [this] { return stop_; })) {
-      const int64_t now = now_ns();
       for (size_t i = 0; i < n_; ++i) {
         Watch& w = w_[i];
-        const int64_t s = w.since.load(std::memory_order_relaxed);
+        const uint64_t s = w.slice.load(std::memory_order_relaxed);
         if (!w.live || s == 0) continue;
+        timespec ts{};
+        clock_gettime(w.cpu, &ts);
+        const int64_t cpu = (int64_t)ts.tv_sec * 1'000'000'000 + ts.tv_nsec;
+        if (s != w.seen) {
+          w.seen = s;
+          w.seen_cpu = cpu;
+          continue;
+        }
+        const int64_t ran = cpu - w.seen_cpu;
 #ifdef CUDAEMU_PREEMPT
-        if (preempt_ && now - s > kPreemptAfterNs && w.preempt.load(std::memory_order_relaxed) != s) {
+        if (preempt_ && ran > kPreemptAfterNs && w.preempt.load(std::memory_order_relaxed) != s) {
           w.preempt.store(s, std::memory_order_relaxed);
           pthread_kill(w.os, preempt_signal());
         }
 #endif
-        if (now - s > limit + (preempt_ ? limit : 0)) give_up(w, (now - s) * 1e-9);
+        if (ran > limit + (preempt_ ? limit : 0)) give_up(w, ran * 1e-9);
       }
     }
   }
@@ -149,7 +172,7 @@ class Watchdog {
     const Block* b = w.block.load();
     const Thread* t = w.thread.load();
     std::fprintf(stderr,
-                 "cudaemu: kernel '%s' block (%u,%u,%u) thread (%u,%u,%u) has run for %.1f s without reaching a "
+                 "cudaemu: kernel '%s' block (%u,%u,%u) thread (%u,%u,%u) has run for %.1f s (CPU) without reaching a "
                  "barrier, a warp collective, a spin point (atomic, __threadfence, __nanosleep) or its end, and "
                  "this build cannot preempt it (%s); a spin-wait on a plain load? Aborting instead of hanging "
                  "(CUDAEMU_TIMEOUT=%u s).\n",
