@@ -35,7 +35,8 @@
 //   forward/reverse/random order.
 //
 // Runtime configuration: cudaemu::config() (see cudaemu/config.h), read from CUDAEMU_ORDER,
-// CUDAEMU_SEED, CUDAEMU_POISON, CUDAEMU_WORKERS, CUDAEMU_ABORT, CUDAEMU_STACK_KB, CUDAEMU_TIMEOUT.
+// CUDAEMU_SEED, CUDAEMU_POISON, CUDAEMU_WORKERS, CUDAEMU_ABORT, CUDAEMU_STACK_KB, CUDAEMU_TIMEOUT,
+// CUDAEMU_PREEMPT_MS.
 // Modes: fibers (default; x86-64 assembly switch, -DCUDAEMU_UCONTEXT for the portable one;
 // ASan-aware) or -DCUDAEMU_THREADS (one std::thread per CUDA thread; for -fsanitize=thread).
 // With <torch/extension.h> in the same file, include torch first, then this header.

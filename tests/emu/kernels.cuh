@@ -148,3 +148,23 @@ __global__ void axpb_kernel(const T* x, T* y, T b, int n) {
   int i = blockIdx.x * blockDim.x + threadIdx.x;
   if (i < n) y[i] = (T)K * x[i] + b;
 }
+
+// Long stretches of plain arithmetic (an LCG walk) between warp shuffles and barriers. With a
+// short CUDAEMU_PREEMPT_MS the watchdog preempts threads in the middle of them, which must not
+// change the result: out[block] = sum over rounds and threads of (x >> 8), exact in unsigned.
+__global__ void busy_kernel(const unsigned* seeds, unsigned* out, int iters, int rounds) {
+  __shared__ unsigned warp_tot[32];
+  const int t = threadIdx.x, lane = t & 31, warp = t >> 5;
+  unsigned x = seeds[blockIdx.x * blockDim.x + t], total = 0;
+  for (int r = 0; r < rounds; ++r) {
+    for (int i = 0; i < iters; ++i) x = x * 1664525u + 1013904223u;
+    unsigned v = x >> 8;
+    for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+    if (lane == 0) warp_tot[warp] = v;
+    __syncthreads();
+    if (t == 0)
+      for (int w = 0; w < (int)(blockDim.x / 32); ++w) total += warp_tot[w];
+    __syncthreads();
+  }
+  if (t == 0) out[blockIdx.x] = total;
+}

@@ -221,6 +221,38 @@ static bool test_template() {
   return report("template", ok && err < 1e-5, ms, err);
 }
 
+// Only run when asked for ("selftest preempt", with a small CUDAEMU_PREEMPT_MS): threads are
+// preempted mid-computation and the exact result must not change.
+static bool test_preempt() {
+  const int G = 1, B = 32, iters = 1 << 22, rounds = 2;  // ~5 ms of CPU per slice
+  std::vector<unsigned> seeds(G * B);
+  for (auto& s : seeds) s = (unsigned)rng();
+  unsigned* ds = to_device(seeds);
+  unsigned* dout = nullptr;
+  cudaMalloc((void**)&dout, G * sizeof(unsigned));
+  double t0 = now_ms();
+  CUDAEMU_LAUNCH(busy_kernel, G, B, 0, 0, ds, dout, iters, rounds);
+  bool ok = launched_ok("preempt");
+  double ms = now_ms() - t0;
+  auto out = to_host(dout, G);
+  int bad = 0;
+  for (int b = 0; b < G; ++b) {
+    std::vector<unsigned> x(seeds.begin() + b * B, seeds.begin() + (b + 1) * B);
+    unsigned total = 0;
+    for (int r = 0; r < rounds; ++r)
+      for (unsigned& v : x) {
+        for (int i = 0; i < iters; ++i) v = v * 1664525u + 1013904223u;
+        total += v >> 8;
+      }
+    bad += out[b] != total;
+  }
+  cudaFree(ds); cudaFree(dout);
+#ifdef CUDAEMU_EMULATED
+  std::printf("preemptions=%llu\n", cudaemu::preemptions().load());
+#endif
+  return report("preempt", ok && bad == 0, ms, bad);
+}
+
 // Launch-configuration errors must come back from cudaGetLastError, and a valid launch after
 // them must work (the errors are not sticky).
 static bool test_launch_errors() {
@@ -257,12 +289,14 @@ static bool test_launch_errors() {
 }
 
 int main(int argc, char** argv) {
-  struct Test { const char* name; bool (*fn)(); };
-  const Test tests[] = {{"reduce", test_reduce}, {"matmul", test_matmul}, {"scan", test_scan}, {"half", test_half},
-                        {"atomics", test_atomics}, {"votes", test_votes}, {"template", test_template}, {"launch_errors", test_launch_errors}};
+  struct Test { const char* name; bool (*fn)(); bool by_default; };
+  const Test tests[] = {{"reduce", test_reduce, true}, {"matmul", test_matmul, true}, {"scan", test_scan, true},
+                        {"half", test_half, true}, {"atomics", test_atomics, true}, {"votes", test_votes, true},
+                        {"template", test_template, true}, {"launch_errors", test_launch_errors, true},
+                        {"preempt", test_preempt, false}};
   int failed = 0, ran = 0;
   for (const Test& t : tests) {
-    bool wanted = argc == 1;
+    bool wanted = argc == 1 && t.by_default;
     for (int i = 1; i < argc; ++i) wanted |= std::strcmp(argv[i], t.name) == 0;
     if (!wanted) continue;
     ++ran;

@@ -143,6 +143,16 @@ def test_selftest_random_order_seeds(builds, seed):
     check_selftest(run(builds, "selftest", CUDAEMU_ORDER="random", CUDAEMU_SEED=seed))
 
 
+@pytest.mark.parametrize("order", ORDERS)
+def test_preempted_threads_compute_exactly(builds, order):
+    """With a 1 ms quantum the watchdog preempts threads in the middle of their arithmetic; the
+    (exact, integer) result must not change, and preemptions must really have happened."""
+    p = run(builds, "selftest", "preempt", CUDAEMU_PREEMPT_MS=1, CUDAEMU_ORDER=order, CUDAEMU_SEED=3)
+    assert p.returncode == 0 and "preempt PASS" in p.stdout, p.stdout + p.stderr[-4000:]
+    count = re.search(r"preemptions=(\d+)", p.stdout)
+    assert count and int(count.group(1)) > 0, f"the watchdog never preempted, so this proved nothing:\n{p.stdout}"
+
+
 def test_selftest_one_worker_no_poison(builds):
     check_selftest(run(builds, "selftest", CUDAEMU_WORKERS=1, CUDAEMU_POISON=0))
 

@@ -186,12 +186,12 @@ inline void tsan_acquire(void*) {}
 struct Lock {
   Thread* t = tl_thread;
   explicit Lock(Block&) {
-    if (t) ++t->in_harness;
+    if (t) t->in_harness = t->in_harness + 1;
     std::atomic_signal_fence(std::memory_order_seq_cst);
   }
   ~Lock() {
     std::atomic_signal_fence(std::memory_order_seq_cst);
-    if (t) --t->in_harness;
+    if (t) t->in_harness = t->in_harness - 1;
   }
   Lock(const Lock&) = delete;
   Lock& operator=(const Lock&) = delete;

@@ -31,6 +31,8 @@ struct Config {
   size_t stack_bytes = 256 << 10;  // CUDAEMU_STACK_KB: stack of each emulated CUDA thread
   unsigned timeout_s = 30;  // CUDAEMU_TIMEOUT: a block whose threads run this long without any
                             // reaching a barrier, warp collective or its end fails (0: never)
+  unsigned preempt_ms = 100;  // CUDAEMU_PREEMPT_MS: CPU time after which the watchdog preempts a
+                              // fiber that reached no spin point (fiber mode, see watchdog.h)
 
   // Reads the CUDAEMU_* variables; unset or malformed ones keep their defaults (a malformed
   // value is reported on stderr once, so a typo does not silently change the test).
@@ -60,6 +62,7 @@ struct Config {
     if (num("CUDAEMU_ABORT", v)) c.abort_on_error = v != 0;
     if (num("CUDAEMU_STACK_KB", v) && v >= 16) c.stack_bytes = (size_t)v << 10;
     if (num("CUDAEMU_TIMEOUT", v)) c.timeout_s = (unsigned)std::min<unsigned long long>(v, 1u << 30);
+    if (num("CUDAEMU_PREEMPT_MS", v) && v > 0) c.preempt_ms = (unsigned)std::min<unsigned long long>(v, 1u << 30);
     return c;
   }
 };

@@ -4,7 +4,7 @@
 // Fibers only switch where the harness is called, so a thread polling a plain (volatile) load
 // for a value another thread of its block will write would spin forever: the writer never
 // runs. Each launch therefore starts a watchdog thread; when a fiber slice has used
-// kPreemptAfterNs of CPU time, it sends the worker a signal whose handler switches from the
+// CUDAEMU_PREEMPT_MS of CPU time (100 ms), it sends the worker a signal whose handler switches from the
 // fiber to the block scheduler, exactly like a yield (the fiber resumes inside the handler
 // later). Whether a spin is ever released is decided by the scheduler's stall check
 // (CUDAEMU_TIMEOUT). Kernel code may be preempted anywhere, including inside a libc call it
@@ -19,6 +19,7 @@
 #include <signal.h>
 #include <ucontext.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <chrono>
@@ -54,11 +55,15 @@ struct Watch {
 };
 inline thread_local Watch* tl_watch = nullptr;
 
+// Counts preemptions (for tests that check the watchdog really interrupts kernels).
+inline std::atomic<unsigned long long>& preemptions() {
+  static std::atomic<unsigned long long> n{0};
+  return n;
+}
+
 #ifndef CUDAEMU_THREADS
 #if !defined(CUDAEMU_UCONTEXT) && !defined(CUDAEMU_ASAN)
 #define CUDAEMU_PREEMPT 1
-constexpr int64_t kPreemptAfterNs = 100'000'000;
-
 // Runs on the worker, on the stack of the fiber it interrupted. Switches only when that fiber
 // is really the slice the watchdog meant, and is neither in harness code (whose bookkeeping no
 // other fiber may see half done) nor in the context-switch routine; otherwise the watchdog
@@ -78,6 +83,7 @@ inline void on_preempt_signal(int, siginfo_t*, void* uc) {
     return;
   }
   const int saved_errno = errno;
+  preemptions().fetch_add(1, std::memory_order_relaxed);
   t->preempted = true;
   switch_context(t->ctx, b->scheduler);
   t->preempted = false;
@@ -103,7 +109,7 @@ inline bool preempt_handler_installed() {
 #endif
 
 // Watches the workers of one launch from its own thread while the launch runs (only when
-// CUDAEMU_TIMEOUT is not 0). A slice longer than kPreemptAfterNs is preempted; one longer
+// CUDAEMU_TIMEOUT is not 0). A slice longer than CUDAEMU_PREEMPT_MS is preempted; one longer
 // than CUDAEMU_TIMEOUT (only possible where preemption is unavailable) cannot be ended any
 // other way, so the process prints which CUDA thread spins and aborts instead of hanging.
 class Watchdog {
@@ -143,8 +149,10 @@ class Watchdog {
   // not preempt anything: normal kernels keep their deterministic schedules.
   void loop() {
     const int64_t limit = (int64_t)config().timeout_s * 1'000'000'000;
+    [[maybe_unused]] const int64_t quantum = (int64_t)config().preempt_ms * 1'000'000;
+    const auto tick = std::chrono::milliseconds(std::clamp<unsigned>(config().preempt_ms / 4, 1, 20));
     std::unique_lock<std::mutex> lk(mu_);
-    while (!cv_.wait_for(lk, std::chrono::milliseconds(20), [this] { return stop_; })) {
+    while (!cv_.wait_for(lk, tick, [this] { return stop_; })) {
       for (size_t i = 0; i < n_; ++i) {
         Watch& w = w_[i];
         const uint64_t s = w.slice.load(std::memory_order_relaxed);
@@ -159,7 +167,7 @@ class Watchdog {
         }
         const int64_t ran = cpu - w.seen_cpu;
 #ifdef CUDAEMU_PREEMPT
-        if (preempt_ && ran > kPreemptAfterNs && w.preempt.load(std::memory_order_relaxed) != s) {
+        if (preempt_ && ran > quantum && w.preempt.load(std::memory_order_relaxed) != s) {
           w.preempt.store(s, std::memory_order_relaxed);
           pthread_kill(w.os, preempt_signal());
         }
