@@ -10,8 +10,8 @@ c_proj(softmax(q kᵀ/√D + causal mask) v) with the heads split as nanoGPT spl
 replaced by babygpt_ext.nn.CausalSelfAttention holding the *same* c_attn and c_proj modules, so
 weights are shared (an optimizer built before patching still owns them) and nothing is copied.
 
-Hugging Face GPT-2 (GPT2Attention: Conv1D weights, `num_heads`) is not handled here: the
-`transformers` package is not installed in this project, so that path could not be tested.
+Hugging Face transformers models (GPT-2 and other decoders) are patched differently, through
+their attention registry, without replacing any module: see patch_hf.py.
 """
 
 from typing import Optional
@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 
 from .nn.attention import CausalSelfAttention
+from .patch_hf import is_hf_model, patch_hf
 
 
 def _is_nanogpt_attention(m: nn.Module) -> bool:
@@ -52,14 +53,20 @@ def _replacement(name: str, old: nn.Module, backend: Optional[str]) -> CausalSel
 
 
 def patch(model: nn.Module, backend: Optional[str] = None) -> list:
-    """Replace every nanoGPT-style attention submodule of `model` by ours (in place); return their names."""
+    """Put our fused attention into `model` (in place); return the names of the attention modules.
+
+    nanoGPT-style attention submodules are replaced by ours; a Hugging Face transformers model is
+    switched to our attention function (patch_hf). backend pins a backend (default: the policy).
+    """
+    if is_hf_model(model):
+        return patch_hf(model, backend)
     if _is_nanogpt_attention(model):
         raise ValueError("patch: model is itself an attention module; patch the model that contains it "
                          "(a module cannot replace itself in place)")
     targets = [(n, m) for n, m in model.named_modules() if n and _is_nanogpt_attention(m)]
     if not targets:
         raise ValueError("patch: found no nanoGPT-style attention (a submodule with nn.Linear c_attn and c_proj "
-                         "and an int n_head) in this model; Hugging Face GPT-2 is not supported")
+                         "and an int n_head) in this model, and it is not a Hugging Face transformers model")
     for name, old in targets:
         new = _replacement(name, old, backend)
         parent_name, _, child = name.rpartition(".")

@@ -108,12 +108,3 @@ def test_patch_explains_what_it_could_not_patch():
     odd.h[0].attn.c_attn = nn.Linear(32, 64)  # not C -> 3C
     with pytest.raises(ValueError, match=r"h.0.attn.*32->64"):
         babygpt_ext.patch(odd)
-
-
-def test_hugging_face_gpt2_is_not_patched():
-    # DESIGN.md §3 also names Hugging Face GPT-2; that needs `transformers`, which this project does not
-    # install, so patch() only handles nanoGPT-style modules. Check the HF path is refused, not mangled.
-    transformers = pytest.importorskip("transformers", reason="the transformers package is not installed")
-    cfg = transformers.GPT2Config(n_embd=32, n_layer=1, n_head=4, vocab_size=50, n_positions=16)
-    with pytest.raises(ValueError, match="Hugging Face GPT-2 is not supported"):
-        babygpt_ext.patch(transformers.GPT2LMHeadModel(cfg))
