@@ -266,11 +266,17 @@ def test_unreleased_volatile_spin_is_preempted_and_reported(builds):
     assert "1 thread(s) were preempted while running" in v, v
 
 
-def test_unpreemptible_volatile_spin_aborts_instead_of_hanging(builds):
-    """ASan builds cannot preempt a fiber: past CUDAEMU_TIMEOUT the watchdog names it and aborts."""
-    p = run(builds, "broken_asan", "spin_volatile_unreleased", CUDAEMU_TIMEOUT=1)
-    assert p.returncode != 0 and "Aborting instead of hanging" in p.stderr, (p.returncode, p.stderr[-2000:])
-    assert "kernel 'spin_volatile_kernel'" in p.stderr and "thread (0,0,0)" in p.stderr, p.stderr[-2000:]
+@pytest.mark.parametrize("prog,case,says", [
+    # ASan builds cannot preempt a fiber: past CUDAEMU_TIMEOUT the watchdog names it and aborts
+    ("broken_asan", "spin_volatile_unreleased", "Aborting instead of hanging"),
+    # thread mode cannot cancel std::threads: it reports the stall, then aborts
+    ("broken_threads", "spin_lock_unreleased", "Thread mode cannot stop the spinning threads"),
+])
+def test_unstoppable_spin_aborts_instead_of_hanging(builds, prog, case, says):
+    p = run(builds, prog, case, CUDAEMU_TIMEOUT=1)
+    assert p.returncode != 0 and says in p.stderr, (p.returncode, p.stderr[-2000:])
+    kernel = case.replace("_unreleased", "_kernel")
+    assert f"kernel '{kernel}'" in p.stderr and re.search(r"thread \(\d+,0,0\)", p.stderr), p.stderr[-2000:]
 
 
 def test_abort_mode_aborts_with_message(builds):

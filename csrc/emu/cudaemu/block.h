@@ -279,10 +279,14 @@ inline void to_scheduler(Block& b, Thread& me) { switch_context(me.ctx, b.schedu
 inline void spin_point(const char* what, const std::source_location& l) {
   Block* b = tl_block;
   if (b == nullptr) return;  // called from host code
-  tl_thread->spin = site(what, l);
 #ifdef CUDAEMU_THREADS
+  {
+    Lock lk(*b);  // a stalled launch reads it from another thread
+    tl_thread->spin = site(what, l);
+  }
   std::this_thread::yield();
 #else
+  tl_thread->spin = site(what, l);
   if (b->failed) unwind();
   to_scheduler(*b, *tl_thread);
   if (b->failed) unwind();

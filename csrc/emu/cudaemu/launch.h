@@ -12,6 +12,8 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
+#include <condition_variable>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -238,6 +240,31 @@ inline std::string run_grid(const LaunchInfo& li) {
 }
 #else
 // ------------------------------------------------------------------------ thread mode
+// Waits until all 'total' threads of block b have finished. Threads cannot be cancelled, so a
+// block that makes no progress (no arrival at a barrier or collective, no exit) for
+// CUDAEMU_TIMEOUT seconds is reported on stderr and the process aborts instead of hanging.
+inline void await_block(Block& b, std::mutex& m, std::condition_variable& cv, const unsigned& finished) {
+  const int64_t limit = (int64_t)config().timeout_s * 1'000'000'000;
+  unsigned long long seen = 0;
+  int64_t last = now_ns();
+  std::unique_lock<std::mutex> lk(m);
+  while (finished < b.n) {
+    cv.wait_for(lk, std::chrono::milliseconds(100));
+    if (limit == 0 || finished == b.n) continue;
+    Lock blk(b);
+    const int64_t now = now_ns();
+    if (b.progress != seen) {
+      seen = b.progress;
+      last = now;
+    } else if (now - last > limit) {
+      std::fprintf(stderr, "cudaemu: %s. Thread mode cannot stop the spinning threads: aborting.\n",
+                   stall_report(b, (now - last) * 1e-9, config().timeout_s).c_str());
+      std::fflush(stderr);
+      std::abort();
+    }
+  }
+}
+
 inline std::string run_grid(const LaunchInfo& li) {
   const unsigned long long nblocks = 1ull * li.grid.x * li.grid.y * li.grid.z;
   DynSmem smem(li.dyn_smem);
@@ -252,10 +279,13 @@ inline std::string run_grid(const LaunchInfo& li) {
     if (config().order == Order::reverse) std::reverse(order.begin(), order.end());
     if (config().order == Order::random)
       for (size_t k = order.size(); k > 1; --k) std::swap(order[k - 1], order[rng.next() % k]);
+    std::mutex m;
+    std::condition_variable cv;
+    unsigned finished = 0;
     std::vector<std::thread> ts;
     ts.reserve(b.n);
     for (unsigned t : order)
-      ts.emplace_back([&b, &li, &smem, t] {
+      ts.emplace_back([&b, &li, &smem, &m, &cv, &finished, t] {
         Thread& me = b.threads[t];
         tl_block = &b;
         tl_thread = &me;
@@ -266,7 +296,11 @@ inline std::string run_grid(const LaunchInfo& li) {
         gridDim = li.grid;
         me.started = true;
         run_thread(b, me);
+        std::lock_guard<std::mutex> g(m);
+        ++finished;
+        cv.notify_one();
       });
+    await_block(b, m, cv, finished);
     for (auto& t : ts) t.join();
     if (b.failed) return b.message;
   }

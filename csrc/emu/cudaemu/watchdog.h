@@ -11,8 +11,8 @@
 // makes (printf, malloc): keep those out of spin loops.
 // Preemption is off under AddressSanitizer and with ucontext switching (their switch paths are
 // not safe to interrupt), and when the signal already has another handler; there a slice
-// longer than CUDAEMU_TIMEOUT aborts the process with a message. Thread mode has no watchdog
-// (the OS preempts; a spin that is never released hangs there).
+// longer than CUDAEMU_TIMEOUT aborts the process with a message. Thread mode needs no
+// preemption (the OS schedules); its stall check is in launch.h (await_block).
 #pragma once
 
 #include <pthread.h>
