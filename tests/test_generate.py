@@ -103,6 +103,24 @@ def test_stop_ids_end_rows_and_generation():
     assert every.shape == (2, 4)
 
 
+def test_callable_stop_ends_each_row_where_it_says():
+    m = model()
+    idx = torch.randint(0, 29, (2, 3), generator=torch.Generator().manual_seed(4))
+    free = run(m, idx, True, max_new_tokens=8, temperature=0)
+    seen = []
+
+    def after_two_new(rows):  # (B, T) -> row 0 stops after 2 new tokens, row 1 after 4
+        seen.append(rows.shape[1])
+        return [rows.shape[1] >= 5, rows.shape[1] >= 7]
+
+    out = run(m, idx, True, max_new_tokens=8, temperature=0, stop=after_two_new)
+    assert seen == [4, 5, 6, 7] and out.shape == (2, 7)  # called after every token; ends when all rows are done
+    assert torch.equal(out[1], free[1, :7])
+    assert torch.equal(out[0, :5], free[0, :5]) and (out[0, 5:] == free[0, 4]).all()  # repeats its last token
+    with pytest.raises(ValueError, match=r"one bool per row, shape \(2,\)"):
+        run(m, idx, True, max_new_tokens=2, stop=lambda rows: [True])
+
+
 def test_stream_receives_each_new_column():
     m = model()
     idx = torch.randint(0, 29, (2, 3))

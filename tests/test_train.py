@@ -293,6 +293,60 @@ def test_cli_train_resume_and_sample_stream(tmp_path, capsys):
     assert len(streamed) >= 12  # one write per streamed token (plus headers), not one at the end
 
 
+def test_sample_streamer_holds_back_a_possible_stop_string():
+    from babygpt_ext.cli.sample import Streamer
+    from babygpt_ext.tokenizers import CharTokenizer
+
+    tok = CharTokenizer.from_text("ab\ncd")
+    writes = []
+
+    class Out:
+        def write(self, s):
+            writes.append(s)
+
+        def flush(self):
+            pass
+
+    s = Streamer(tok, stops=["\n\n", "cd"], out=Out())
+    for ch in "ab\n":
+        s(torch.tensor(tok.encode(ch)))
+    assert "".join(writes) == "ab"  # "\n" could start the stop string "\n\n": held back
+    s(torch.tensor(tok.encode("c")))
+    assert "".join(writes) == "ab\n"  # it did not; now "c" could start "cd"
+    s(torch.tensor(tok.encode("a")))
+    assert "".join(writes) == "ab\nca" and not s.stopped  # they did not
+    for ch in "\n\nb":
+        s(torch.tensor(tok.encode(ch)))
+    s.finish()
+    assert "".join(writes) == "ab\nca" and s.stopped  # the stop string and what follows stay unprinted
+    rest = Streamer(tok, stops=["cd"], out=Out())
+    writes.clear()
+    for ch in "abc":
+        rest(torch.tensor(tok.encode(ch)))
+    rest.finish()  # ended without completing the stop string: the held-back "c" is printed
+    assert "".join(writes) == "abc"
+
+
+def test_cli_sample_stop_cuts_every_sample(tmp_path, capsys):
+    from babygpt_ext.cli import main
+
+    out = tmp_path / "run"
+    assert main(["train", "--preset", "babygpt", "--tokenizer", "char", "--batch-size", "8", "--max-iters", "5",
+                 "--eval-interval", "5", "--eval-iters", "1", "--out", str(out), "--no-progress"]) == 0
+    capsys.readouterr()
+    sample = ["sample", "--ckpt", str(out / "ckpt.pt"), "--prompt", "a", "--max-new-tokens", "40", "--seed", "3",
+              "--num-samples", "2", "--temperature", "1.0"]
+    assert main(sample) == 0
+    free = capsys.readouterr().out.split("--- sample 2 ---\n")[0].removeprefix("--- sample 1 ---\na")
+    stop = free[10:12]  # two characters the first sample generates
+    assert main(sample + ["--stop", stop.encode("unicode_escape").decode()]) == 0
+    cut = capsys.readouterr().out
+    first, second = cut.split("--- sample 2 ---\n")
+    assert first == "--- sample 1 ---\na" + free[:free.index(stop)] + "\n"
+    assert stop not in second.removeprefix("a")
+    assert main(["sample", "--ckpt", str(out / "ckpt.pt"), "--stop", ""]) == 2
+
+
 def test_cli_sample_refuses_mismatched_tokenizer(tmp_path, capsys):
     from babygpt_ext.cli import main
     from babygpt_ext.tokenizers import get_tokenizer

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import codecs
 import sys
 from pathlib import Path
 
@@ -20,6 +21,8 @@ sampling:
   --top-p        keep the smallest set of tokens whose probabilities sum to p (nucleus sampling)
   the KV cache keeps every layer's keys/values so each new token costs one position, not the
   whole context; --no-kv-cache recomputes the context every step (same tokens, slower)
+  --stop TEXT    end a sample where its text first contains TEXT (repeatable; TEXT is not
+                 printed); escapes like \\n are understood, so --stop '\\n\\n' ends at a blank line
 """
 
 EPILOG = """\
@@ -28,6 +31,7 @@ examples:
   babygpt sample --ckpt runs/demo/ckpt.pt --prompt "The " --temperature 0.8 --top-k 50 --top-p 0.95 \\
                  --num-samples 2 --seed 0
   babygpt sample --ckpt runs/demo/best.pt --temperature 0 --no-kv-cache     greedy, recompute
+  babygpt sample --prompt "ROMEO:" --stop '\\n\\n' --max-new-tokens 500       one speech
 """
 
 
@@ -44,6 +48,8 @@ def register(subparsers) -> None:
     p.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass in (0, 1]")
     p.add_argument("--num-samples", type=int, default=1, help="continuations generated as one batch (1)")
     p.add_argument("--seed", type=int, default=None, help="seed for reproducible samples")
+    p.add_argument("--stop", action="append", default=[], metavar="TEXT",
+                   help="end a sample at the first occurrence of TEXT (repeatable; \\n etc. understood)")
     p.add_argument("--no-kv-cache", action="store_true", help="recompute the whole context every step")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--backend", default=None, help="attention backend (default: automatic policy)")
@@ -62,23 +68,44 @@ def load_model(ckpt_path, device: str = "cpu", backend: str | None = None):
     return model.to(device).eval(), ckpt
 
 
+def cut_at_stop(text: str, stops) -> tuple:
+    """(text before the first stop string, whether one occurred)."""
+    hits = [i for i in (text.find(st) for st in stops) if i >= 0]
+    return (text[:min(hits)], True) if hits else (text, False)
+
+
 class Streamer:
     """Prints row 0's text as tokens arrive. Decodes the whole row each time and prints the new
     suffix: a byte-level BPE token can be half a UTF-8 character, which decodes to U+FFFD until
-    its other half arrives, so a trailing U+FFFD is held back rather than printed."""
+    its other half arrives, so a trailing U+FFFD is held back rather than printed. Likewise a
+    tail that could be the start of a stop string is held back until it is known not to be."""
 
-    def __init__(self, tok, out=None):
+    def __init__(self, tok, stops=(), out=None):
         # sys.stdout looked up now, not at import: it may have been redirected since
-        self.tok, self.out, self.ids, self.shown = tok, out or sys.stdout, [], ""
+        self.tok, self.stops, self.out = tok, list(stops), out or sys.stdout
+        self.ids, self.shown, self.stopped = [], "", False
 
     def __call__(self, column) -> None:  # column: (B,) the new token of every row
-        self.ids.append(int(column[0]))
-        text = self.tok.decode(self.ids)
-        if text.endswith("\ufffd"):
+        if self.stopped:
             return
-        self.out.write(text[len(self.shown):] if text.startswith(self.shown) else text)
+        self.ids.append(int(column[0]))
+        text, self.stopped = cut_at_stop(self.tok.decode(self.ids), self.stops)
+        if not self.stopped:
+            text = text.rstrip("\ufffd") if text.endswith("\ufffd") else text
+            hold = max((n for st in self.stops for n in range(len(st) - 1, 0, -1) if text.endswith(st[:n])),
+                       default=0)
+            text = text[:len(text) - hold]
+        if len(text) > len(self.shown) and text.startswith(self.shown):
+            self.out.write(text[len(self.shown):])
+            self.out.flush()
+            self.shown = text
+
+    def finish(self) -> None:
+        """Prints what was held back (the row ended without completing a stop string)."""
+        if not self.stopped:
+            text, _ = cut_at_stop(self.tok.decode(self.ids), self.stops)
+            self.out.write(text[len(self.shown):] if text.startswith(self.shown) else "")
         self.out.flush()
-        self.shown = text
 
 
 def run(args) -> int:
@@ -104,6 +131,10 @@ def run(args) -> int:
         print(f"babygpt sample: tokenizer {tok_path} has {tok.vocab_size} tokens but the model expects "
               f"{model.config.vocab_size}", file=sys.stderr)
         return 2
+    stops = [codecs.decode(st, "unicode_escape") for st in args.stop]
+    if any(not st for st in stops):
+        print("babygpt sample: --stop needs a non-empty TEXT", file=sys.stderr)
+        return 2
     prompt_ids = tok.encode(args.prompt)
     if not prompt_ids:
         print("babygpt sample: --prompt encodes to no tokens; give it some text", file=sys.stderr)
@@ -116,10 +147,19 @@ def run(args) -> int:
           f"{'KV cache' if not args.no_kv_cache else 'recompute'}", file=sys.stderr)
     header = "--- sample 1 ---\n" if args.num_samples > 1 else ""
     sys.stdout.write(header + args.prompt)
+    P = len(prompt_ids)
+
+    def stopped(rows):  # (N, T) -> (N,) bool: the continuation contains a stop string
+        return [cut_at_stop(tok.decode(r[P:].tolist()), stops)[1] for r in rows]
+
+    streamer = Streamer(tok, stops)
     out = model.generate(idx, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                         kv_cache=not args.no_kv_cache, generator=gen, stream=Streamer(tok))
+                         stop=stopped if stops else None, kv_cache=not args.no_kv_cache, generator=gen,
+                         stream=streamer)
+    streamer.finish()
     sys.stdout.write("\n")
     for i in range(1, args.num_samples):
-        sys.stdout.write(f"--- sample {i + 1} ---\n{args.prompt}{tok.decode(out[i, len(prompt_ids):].tolist())}\n")
+        text, _ = cut_at_stop(tok.decode(out[i, P:].tolist()), stops)
+        sys.stdout.write(f"--- sample {i + 1} ---\n{args.prompt}{text}\n")
     sys.stdout.flush()
     return 0

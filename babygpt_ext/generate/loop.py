@@ -21,18 +21,29 @@ import torch
 from .sampling import check_sampling_args, sample_next
 
 
-def _stop_ids(stop, device) -> Optional[torch.Tensor]:
+def _stop_rule(stop, device) -> Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]:
+    """stop (ids or a callable) as one function (idx (B, T), newest column (B,)) -> (B,) bool."""
     if stop is None:
         return None
+    if callable(stop):
+        def rows_done(idx, tok):
+            done = torch.as_tensor(stop(idx), dtype=torch.bool, device=idx.device)
+            if done.shape != tok.shape:
+                raise ValueError(f"generate: stop(idx) must return one bool per row, shape {tuple(tok.shape)}, "
+                                 f"got shape {tuple(done.shape)}")
+            return done
+        return rows_done
     ids = [stop] if isinstance(stop, int) else list(stop)
     if not ids or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
-        raise ValueError(f"stop must be a token id or a non-empty list of token ids, got {stop!r}")
-    return torch.tensor(ids, dtype=torch.long, device=device)
+        raise ValueError(f"stop must be a token id, a non-empty list of token ids or a callable, got {stop!r}")
+    ids = torch.tensor(ids, dtype=torch.long, device=device)
+    return lambda idx, tok: torch.isin(tok, ids)
 
 
 @torch.no_grad()
 def generate(model, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: Optional[int] = None,
-             top_p: Optional[float] = None, stop: Union[int, Sequence[int], None] = None, kv_cache: bool = True,
+             top_p: Optional[float] = None,
+             stop: Union[int, Sequence[int], Callable[[torch.Tensor], object], None] = None, kv_cache: bool = True,
              generator: Optional[torch.Generator] = None,
              stream: Optional[Callable[[torch.Tensor], None]] = None) -> torch.Tensor:
     """Continue every row of idx (B, T) by up to max_new_tokens tokens; returns (B, T + n), n <= max_new_tokens.
@@ -40,9 +51,11 @@ def generate(model, idx: torch.Tensor, max_new_tokens: int, temperature: float =
     temperature 0 is greedy (argmax); otherwise logits / temperature are filtered by top_k and
     top_p and sampled (with `generator` for reproducibility). All rows share one length, so batched
     prompts must have the same length.
-    stop: a token id or a list of ids. A row that samples one has finished: it keeps repeating the
-    stop id it produced (so the output stays rectangular; cut each row at its first stop id), and
-    generation ends early once every row has finished.
+    stop: a token id or a list of ids; a row that samples one has finished. Or a callable
+    stop(idx) -> (B,) bools, called with the whole (B, T) sequence after each new token, for rules
+    ids cannot express (e.g. "the decoded text contains a stop string"). A finished row keeps
+    repeating its last token (so the output stays rectangular: cut each row where it stopped),
+    and generation ends early once every row has finished.
     stream: called with each new column of tokens (B,) as soon as it is chosen (for printing).
     The model runs in eval mode (no dropout) and is put back in its previous mode afterwards.
     """
@@ -53,7 +66,7 @@ def generate(model, idx: torch.Tensor, max_new_tokens: int, temperature: float =
         raise ValueError(f"generate: max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
     block_size, vocab_size = model.config.block_size, model.config.vocab_size
     check_sampling_args(temperature, top_k, top_p, vocab_size)
-    stop_ids = _stop_ids(stop, idx.device)
+    rows_done = _stop_rule(stop, idx.device)
     B = idx.shape[0]
     was_training = model.training
     model.eval()
@@ -67,14 +80,15 @@ def generate(model, idx: torch.Tensor, max_new_tokens: int, temperature: float =
             if cache is None:
                 logits, _ = model(idx[:, -block_size:])  # recompute over the (cropped) context
             tok = sample_next(logits[:, -1, :], temperature, top_k, top_p, generator)  # (B,)
-            if stop_ids is not None:
-                tok = torch.where(done, last, tok)  # finished rows repeat their stop id
-                done = done | torch.isin(tok, stop_ids)
+            if rows_done is not None:
+                tok = torch.where(done, last, tok)  # finished rows repeat their last token
             last = tok
             idx = torch.cat([idx, tok[:, None]], dim=1)  # (B, T + 1)
+            if rows_done is not None:
+                done = done | rows_done(idx, tok)
             if stream is not None:
                 stream(tok)
-            if stop_ids is not None and bool(done.all()):
+            if rows_done is not None and bool(done.all()):
                 break
             if cache is not None:
                 if cache[0].length < block_size:
