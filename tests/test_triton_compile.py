@@ -1,13 +1,16 @@
 """The Triton kernels compile for real GPUs here, without one (DESIGN.md §6.2).
 
-Every kernel — fp16 and bf16, D in {64, 128} for attention, the first configuration of its autotune
-list — is compiled for sm_80 and sm_90 with triton.compile(ASTSource(...), target=GPUTarget(...))
-(babygpt_ext/kernels/triton/aot.py). The cubin is read back with the cuobjdump shipped in the
-triton wheel. A test fails on any spill (LOCAL or STACK bytes, or STL/LDL in the SASS) and when a
-matmul kernel's SASS has no tensor-core instruction (HMMA; HGMMA, wgmma, on sm_90).
+Every kernel — fp16 and bf16, D in {64, 128} for attention, every configuration of its autotune
+list at the head dims the list keeps it for (configs.head_dims) — is compiled for sm_80 and sm_90
+with triton.compile(ASTSource(...), target=GPUTarget(...)) (babygpt_ext/kernels/triton/aot.py),
+so whatever the autotuner picks on a GPU has been compiled here. The cubin is read back with the
+cuobjdump shipped in the triton wheel. A test fails on any spill (LOCAL or STACK bytes, or STL/LDL
+in the SASS) and when a matmul kernel's SASS has no tensor-core instruction (HMMA; HGMMA, wgmma,
+on sm_90).
 
-Cost: 40 compiles of ~5 s, run by 2 worker subprocesses (the interpreter mode set by conftest makes
-@triton.jit kernels uncompilable in this process); Triton's on-disk cache makes reruns take seconds.
+Cost: 92 compiles of ~2-5 s, run by 2 worker subprocesses (the interpreter mode set by conftest
+makes @triton.jit kernels uncompilable in this process); Triton's on-disk cache makes reruns take
+seconds.
 """
 
 import importlib.util
@@ -20,13 +23,13 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None,
 
 if importlib.util.find_spec("triton") is not None:
     from babygpt_ext.kernels.triton import aot
-    SPECS = aot.default_specs()
+    SPECS = aot.default_specs(all_configs=True)
 else:  # collected but skipped
     aot, SPECS = None, []
 
 
 def _id(s):
-    return f"{s.kernel}-sm{s.arch}-{s.dtype}" + (f"-D{s.head_dim}" if s.head_dim else "")
+    return f"{s.kernel}-sm{s.arch}-{s.dtype}" + (f"-D{s.head_dim}" if s.head_dim else "") + f"-cfg{s.config_index}"
 
 
 @pytest.fixture(scope="module")

@@ -160,11 +160,16 @@ def test_cpu_only_program_does_not_import_triton():
     assert r.returncode == 0, r.stderr[-3000:]
 
 
-def test_wide_heads_prune_to_small_tiles():
+def test_prune_keeps_configs_at_the_head_dims_they_were_measured_at():
     from babygpt_ext.kernels.triton import configs as C
     for family in ("attn_fwd", "attn_bwd_dkdv", "attn_bwd_dq"):
         for arch in (80, 90):
             full = C.configs(family, arch)
-            assert C.prune_for_head_dim(full, {}, BLOCK_D=128) == full
+            assert full[0].head_dims is None, "the first config is gpu-report's: it must suit every head dim"
+            for d in (16, 32, 64, 128):
+                kept = C.prune_for_head_dim(full, {}, BLOCK_D=d)
+                bucket = 64 if d <= 64 else 128
+                assert kept[0] is full[0] and kept == [c for c in full if c.head_dims in (None, (bucket,))]
             kept = C.prune_for_head_dim(full, {}, BLOCK_D=256)
             assert kept and all(c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 64 * 64 for c in kept)
+            assert all(c.head_dims is None for c in kept)

@@ -11,7 +11,9 @@ what it does:
   tensor-core instructions in the SASS (HMMA, or HGMMA = wgmma on sm_90), and the roofline time
   max(FLOPs / peak, bytes / bandwidth) for the benchmark shapes of DESIGN.md section 8.
   CUDA C++ kernels join the table when babygpt_ext.bench.gpu_report_cuda is importable.
-  The first run compiles ~40 kernels in 2 processes (~2 min here); Triton's cache makes reruns fast.
+  The first run compiles ~40 kernels (92 with --all-configs) in 2 processes (~1-2 min here);
+  Triton's cache makes reruns fast. --all-configs shows each configuration at the head dims its
+  autotune list offers it at (configs that spill elsewhere are restricted, see configs.py).
 
 examples:
   babygpt gpu-report                   first autotune configuration of each kernel

@@ -122,16 +122,19 @@ USES_TENSOR_CORES = ("attn_fwd", "attn_bwd_dkdv", "attn_bwd_dq", "lora_matmul")
 
 
 def default_specs(all_configs: bool = False) -> list:
-    """fp16 + bf16 x sm_80 + sm_90 x (D in {64, 128} for attention) x (first config | all configs)."""
-    from . import configs as C
+    """fp16 + bf16 x sm_80 + sm_90 x (D in {64, 128} for attention) x (first config | all configs),
+    each configuration only at the head dims its autotune list keeps it for (configs.head_dims)."""
+    from . import attention, configs as C
     table = kernel_table()
     specs = []
     for arch in ARCHS:
         for name, (_, family, _, _) in table.items():
-            n_cfg = len(C.configs(family, arch)) if (family and all_configs) else 1
-            for dtype in DTYPES:
-                for d in (HEAD_DIMS if name in ATTENTION_KERNELS else (0,)):
-                    specs += [Spec(name, dtype, arch, d, i) for i in range(n_cfg)]
+            cfgs = C.configs(family, arch) if family else [None]
+            for i, cfg in enumerate(cfgs if all_configs else cfgs[:1]):
+                for dtype in DTYPES:
+                    for d in (HEAD_DIMS if name in ATTENTION_KERNELS else (0,)):
+                        if cfg is None or not d or C.kept_for_head_dim(cfg, attention.block_d(d)):
+                            specs.append(Spec(name, dtype, arch, d, i))
     return specs
 
 
