@@ -7,6 +7,9 @@
 
 #include "schemas.h"
 
+namespace babygpt::cpu {
+const char* attention_isa();  // csrc/cpu/attention.cpp
+}
 #ifdef BABYGPT_WITH_CUDA
 namespace babygpt::cuda {
 int runtime_version();  // csrc/cuda/ops_cuda.cu
@@ -25,6 +28,7 @@ py::dict build_info() {
   d["cplusplus"] = static_cast<long>(__cplusplus);
   d["parallel_threads"] = at::get_num_threads();
   d["parallel_backend"] = at::get_parallel_info();
+  d["cpu_attention_isa"] = std::string(babygpt::cpu::attention_isa());
 #ifdef BABYGPT_WITH_CUDA
   d["cuda"] = true;
   d["cuda_archs"] = std::string(BABYGPT_CUDA_ARCHS);

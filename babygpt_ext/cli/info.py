@@ -51,7 +51,8 @@ def report() -> str:
         cuda = (f"CUDA {info['nvcc_version']} for archs {info['cuda_archs']}, runtime {info['cuda_runtime_version']}"
                 if info["cuda"] else "CPU only")
         lines.append(f"extension    babygpt_ext._C built with {info['compiler']}, torch {info['torch_version']}; {cuda}")
-        lines.append(f"threads      {info['parallel_threads']} (at::parallel_for)")
+        lines.append(f"threads      {info['parallel_threads']} (at::parallel_for); CPU attention kernels: "
+                     f"{info['cpu_attention_isa']} (BABYGPT_CPU_ISA=avx2|base forces a narrower copy)")
     lines += ["", "backends:"]
     width = max(map(len, ops.BACKENDS))
     for name, b in ops.BACKENDS.items():

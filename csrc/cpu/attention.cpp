@@ -26,28 +26,29 @@ namespace babygpt::cpu {
 namespace isa_avx512 {
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512vl,avx512dq,avx2,fma")
+#define BABYGPT_VEC_FLOATS 16
 #define BABYGPT_QK_ROWS 4
 #include "attention_simd.h"
 #undef BABYGPT_QK_ROWS
+#undef BABYGPT_VEC_FLOATS
 #pragma GCC pop_options
 }  // namespace isa_avx512
 namespace isa_avx2 {
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
+#define BABYGPT_VEC_FLOATS 8
 #define BABYGPT_QK_ROWS 1
 #include "attention_simd.h"
 #undef BABYGPT_QK_ROWS
+#undef BABYGPT_VEC_FLOATS
 #pragma GCC pop_options
 }  // namespace isa_avx2
-namespace isa_base {
-// The 64-byte vectors never cross a call boundary (every helper is always_inline), so GCC's note
-// that passing them by value would change the ABI without AVX-512 does not apply.
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wpsabi"
+namespace isa_base {  // x86-64's SSE2: 4-float xmm vectors
+#define BABYGPT_VEC_FLOATS 4
 #define BABYGPT_QK_ROWS 1
 #include "attention_simd.h"
 #undef BABYGPT_QK_ROWS
-#pragma GCC diagnostic pop
+#undef BABYGPT_VEC_FLOATS
 }  // namespace isa_base
 
 namespace {
@@ -63,7 +64,7 @@ struct F32Kernels {
 #define BABYGPT_KERNELS(ns) F32Kernels{#ns, &ns::fwd_block, &ns::fwd_workspace, &ns::bwd_group, &ns::bwd_workspace}
 
 // Chosen once: the widest instruction set this CPU has. BABYGPT_CPU_ISA=avx2|base forces a narrower
-// copy (to test those paths on an AVX-512 machine); asking for more than the CPU has is ignored.
+// copy (tests/test_cpu_isa.py runs each one this CPU has); asking for more than it has is ignored.
 const F32Kernels& f32_kernels() {
   static const F32Kernels k = [] {
     const char* env = std::getenv("BABYGPT_CPU_ISA");
@@ -296,6 +297,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attn_bwd(const at::Tensor& dout, 
 }
 
 }  // namespace
+
+// The instruction set of the float32 kernels in use ("avx512", "avx2" or "base"), for `babygpt info`.
+const char* attention_isa() { return f32_kernels().name + 4; }  // past "isa_"
 
 TORCH_LIBRARY_IMPL(babygpt, CPU, m) {
   m.impl("attn_fwd", &attn_fwd);

@@ -7,122 +7,144 @@
 // wide registers where they exist. Consequently it includes nothing (std headers must not be
 // compiled under the pragma) and uses only GCC builtins.
 //
-// The vectors are GCC vector extensions of 16 floats: AVX-512 maps one to a zmm register, AVX2 to
-// two ymm, the baseline to four xmm; the code is written once for all three. Memory is accessed
-// through memcpy so no buffer needs 64-byte alignment.
+// The vectors are GCC vector extensions of W floats, W the register width of the instruction set
+// (16: zmm, 8: ymm, 4: xmm). A vector wider than the target's registers has no machine mode, and
+// GCC then keeps every such value in memory (each add a load, an add and a store): an AVX2 build
+// of 16-float vectors ran 10x slower than one of 8-float vectors. Memory is accessed through
+// memcpy so no buffer needs vector alignment.
 //
-// Needs, defined by the includer: BABYGPT_QK_ROWS (query rows per S micro-kernel: the register
-// budget — 4 rows x 4 vectors of accumulators fit the 32 zmm registers, not the 16 ymm ones).
+// Needs, defined by the includer: BABYGPT_VEC_FLOATS (W: 16, 8 or 4) and BABYGPT_QK_ROWS (query
+// rows per S micro-kernel: the register budget — 4 rows x 4 zmm accumulators fit the 32 zmm
+// registers; with 16 ymm or xmm registers one row's BK / W accumulators already take half).
 
-typedef float v16 __attribute__((vector_size(64)));
-typedef int v16i __attribute__((vector_size(64)));
+constexpr int W = BABYGPT_VEC_FLOATS;
+typedef float vf __attribute__((vector_size(W * 4)));
+typedef int vi __attribute__((vector_size(W * 4)));
 
-constexpr long BK = 64;  // keys per block: 4 vectors, so one S row lives in 4 registers
+constexpr long BK = 64;  // keys per block: one S row is BK / W vectors, kept in registers
+constexpr int NB = BK / W;
 constexpr long BQ = 64;  // query rows per forward task: amortises packing K/V over 64 rows
 constexpr int QKR = BABYGPT_QK_ROWS;
 
 #define BG_INLINE static inline __attribute__((always_inline))
 
-BG_INLINE v16 ld(const float* p) { v16 v; __builtin_memcpy(&v, p, sizeof v); return v; }
-BG_INLINE void st(float* p, v16 v) { __builtin_memcpy(p, &v, sizeof v); }
-BG_INLINE v16 splat(float x) { return v16{} + x; }
+BG_INLINE vf ld(const float* p) { vf v; __builtin_memcpy(&v, p, sizeof v); return v; }
+BG_INLINE void st(float* p, vf v) { __builtin_memcpy(p, &v, sizeof v); }
+BG_INLINE vf splat(float x) { return vf{} + x; }
 BG_INLINE long lmin(long a, long b) { return a < b ? a : b; }
 BG_INLINE long lmax(long a, long b) { return a > b ? a : b; }
 // Max that ignores NaN in `a` (the comparison is false), like the reference's running max: NaN
 // scores never win the max, they reach the output through the exp-sum instead.
-BG_INLINE v16 vmax(v16 a, v16 b) { return a > b ? a : b; }
+BG_INLINE vf vmax(vf a, vf b) { return a > b ? a : b; }
 BG_INLINE float fmax_nan_ignoring(float a, float b) { return a > b ? a : b; }
-BG_INLINE v16 lanes() { return v16{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15}; }
+#if BABYGPT_VEC_FLOATS == 16
+BG_INLINE vf lanes() { return vf{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15}; }
+#elif BABYGPT_VEC_FLOATS == 8
+BG_INLINE vf lanes() { return vf{0, 1, 2, 3, 4, 5, 6, 7}; }
+#else
+BG_INLINE vf lanes() { return vf{0, 1, 2, 3}; }
+#endif
 
-// Horizontal reductions as a 4-step shuffle tree (a 16-step scalar chain costs ~4x the latency).
-// The max stays NaN-ignoring: its inputs are already NaN-free partial maxima.
-BG_INLINE v16 swap_halves(v16 v, int w) {
+// Horizontal reductions as a log2(W)-step shuffle tree (a W-step scalar chain costs ~W/log2(W)
+// times the latency). Step w swaps neighbouring groups of w lanes. The max stays NaN-ignoring:
+// its inputs are already NaN-free partial maxima.
+BG_INLINE vf swap_groups(vf v, int w) {
+#if BABYGPT_VEC_FLOATS == 16
   switch (w) {
     case 8: return __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7);
     case 4: return __builtin_shufflevector(v, v, 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11);
     case 2: return __builtin_shufflevector(v, v, 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13);
     default: return __builtin_shufflevector(v, v, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14);
   }
+#elif BABYGPT_VEC_FLOATS == 8
+  switch (w) {
+    case 4: return __builtin_shufflevector(v, v, 4, 5, 6, 7, 0, 1, 2, 3);
+    case 2: return __builtin_shufflevector(v, v, 2, 3, 0, 1, 6, 7, 4, 5);
+    default: return __builtin_shufflevector(v, v, 1, 0, 3, 2, 5, 4, 7, 6);
+  }
+#else
+  return w == 2 ? __builtin_shufflevector(v, v, 2, 3, 0, 1) : __builtin_shufflevector(v, v, 1, 0, 3, 2);
+#endif
 }
-BG_INLINE float hsum(v16 v) {
-  for (int w = 8; w >= 1; w /= 2) v += swap_halves(v, w);
+BG_INLINE float hsum(vf v) {
+  for (int w = W / 2; w >= 1; w /= 2) v += swap_groups(v, w);
   return v[0];
 }
-BG_INLINE float hmax(v16 v) {
-  for (int w = 8; w >= 1; w /= 2) v = vmax(v, swap_halves(v, w));
+BG_INLINE float hmax(vf v) {
+  for (int w = W / 2; w >= 1; w /= 2) v = vmax(v, swap_groups(v, w));
   return v[0];
 }
 
 // e^x without a libm call, branch-free so it vectorises: x = n ln2 + r with |r| <= ln2/2, e^r by
 // its degree-6 Taylor polynomial (truncation error r^7/7! < 1.3e-7 relative), 2^n built in the
 // exponent bits. Inputs below -87.3 (incl. -inf: masked scores) give exactly 0; NaN stays NaN.
-BG_INLINE v16 vexp(v16 x) {
-  const v16 lo = splat(-87.3365447f), hi = splat(88.0f);
-  v16 xc = x < lo ? lo : x;
+BG_INLINE vf vexp(vf x) {
+  const vf lo = splat(-87.3365447f), hi = splat(88.0f);
+  vf xc = x < lo ? lo : x;
   xc = xc > hi ? hi : xc;
-  const v16 magic = splat(12582912.0f);  // 1.5 * 2^23: adding it rounds to the nearest integer
-  const v16 t = xc * 1.44269504f + magic;
-  const v16 n = t - magic;
-  v16 r = xc - n * 0.693359375f;  // ln2 split in two so n*ln2_hi is exact
+  const vf magic = splat(12582912.0f);  // 1.5 * 2^23: adding it rounds to the nearest integer
+  const vf t = xc * 1.44269504f + magic;
+  const vf n = t - magic;
+  vf r = xc - n * 0.693359375f;  // ln2 split in two so n*ln2_hi is exact
   r = r - n * -2.12194440e-4f;
-  v16 p = splat(1.0f / 720);
+  vf p = splat(1.0f / 720);
   p = p * r + 1.0f / 120;
   p = p * r + 1.0f / 24;
   p = p * r + 1.0f / 6;
   p = p * r + 0.5f;
   p = p * r + 1.0f;
   p = p * r + 1.0f;
-  const v16i bits = (__builtin_convertvector(n, v16i) + 127) << 23;
-  const v16 y = p * (v16)bits;
-  return x < lo ? v16{} : y;
+  const vi bits = (__builtin_convertvector(n, vi) + 127) << 23;
+  const vf y = p * (vf)bits;
+  return x < lo ? vf{} : y;
 }
 
 // S[r, 0:BK] = scale * Σ_d rows[r, d] * Kt[d, 0:BK] for R rows (row stride D): broadcast-FMA over
 // keys with the accumulators in registers; each Kt vector load is reused by R rows.
 template <int R>
 BG_INLINE void qk_rows(const float* rows, long D, const float* Kt, float scale, float* S) {
-  v16 acc[R][4];
+  vf acc[R][NB];
   for (int r = 0; r < R; ++r)
-    for (int c = 0; c < 4; ++c) acc[r][c] = v16{};
+    for (int c = 0; c < NB; ++c) acc[r][c] = vf{};
   for (long d = 0; d < D; ++d) {
     const float* kt = Kt + d * BK;
-    const v16 k0 = ld(kt), k1 = ld(kt + 16), k2 = ld(kt + 32), k3 = ld(kt + 48);
-    for (int r = 0; r < R; ++r) {
-      const float b = rows[r * D + d];
-      acc[r][0] += k0 * b; acc[r][1] += k1 * b; acc[r][2] += k2 * b; acc[r][3] += k3 * b;
+    for (int c = 0; c < NB; ++c) {
+      const vf kc = ld(kt + W * c);
+      for (int r = 0; r < R; ++r) acc[r][c] += kc * rows[r * D + d];
     }
   }
   for (int r = 0; r < R; ++r)
-    for (int c = 0; c < 4; ++c) st(S + r * BK + 16 * c, acc[r][c] * scale);
+    for (int c = 0; c < NB; ++c) st(S + r * BK + W * c, acc[r][c] * scale);
 }
 
-// O[r, 0:NV*16] += Σ_{c<n} W[r, c] * X[c, 0:NV*16] for R rows (W row stride BK, X and O row
+// O[r, 0:NV*W] += Σ_{c<n} P[r, c] * X[c, 0:NV*W] for R rows (P row stride BK, X and O row
 // stride Dp): the R x NV accumulators stay in registers over the keys and each X vector load is
 // shared by the R rows.
 template <int R, int NV>
-BG_INLINE void axpy_rows_nv(const float* W, long n, const float* X, long Dp, float* O) {
-  v16 acc[R][NV];
+BG_INLINE void axpy_rows_nv(const float* P, long n, const float* X, long Dp, float* O) {
+  vf acc[R][NV];
   for (int r = 0; r < R; ++r)
-    for (int v = 0; v < NV; ++v) acc[r][v] = ld(O + r * Dp + 16 * v);
+    for (int v = 0; v < NV; ++v) acc[r][v] = ld(O + r * Dp + W * v);
   for (long c = 0; c < n; ++c) {
-    v16 x[NV];
-    for (int v = 0; v < NV; ++v) x[v] = ld(X + c * Dp + 16 * v);
+    vf x[NV];
+    for (int v = 0; v < NV; ++v) x[v] = ld(X + c * Dp + W * v);
     for (int r = 0; r < R; ++r) {
-      const float b = W[r * BK + c];
+      const float b = P[r * BK + c];
       for (int v = 0; v < NV; ++v) acc[r][v] += x[v] * b;
     }
   }
   for (int r = 0; r < R; ++r)
-    for (int v = 0; v < NV; ++v) st(O + r * Dp + 16 * v, acc[r][v]);
+    for (int v = 0; v < NV; ++v) st(O + r * Dp + W * v, acc[r][v]);
 }
+// The same over all of Dp (a multiple of 16) in chunks of 64 floats, the last one 16, 32 or 48.
 template <int R>
-BG_INLINE void axpy_rows(const float* W, long n, const float* X, long Dp, float* O) {
+BG_INLINE void axpy_rows(const float* P, long n, const float* X, long Dp, float* O) {
   for (long d0 = 0; d0 < Dp; d0 += 64) {
     switch ((Dp - d0) >= 64 ? 4 : (Dp - d0) / 16) {
-      case 4: axpy_rows_nv<R, 4>(W, n, X + d0, Dp, O + d0); break;
-      case 3: axpy_rows_nv<R, 3>(W, n, X + d0, Dp, O + d0); break;
-      case 2: axpy_rows_nv<R, 2>(W, n, X + d0, Dp, O + d0); break;
-      default: axpy_rows_nv<R, 1>(W, n, X + d0, Dp, O + d0); break;
+      case 4: axpy_rows_nv<R, 64 / W>(P, n, X + d0, Dp, O + d0); break;
+      case 3: axpy_rows_nv<R, 48 / W>(P, n, X + d0, Dp, O + d0); break;
+      case 2: axpy_rows_nv<R, 32 / W>(P, n, X + d0, Dp, O + d0); break;
+      default: axpy_rows_nv<R, 16 / W>(P, n, X + d0, Dp, O + d0); break;
     }
   }
 }
@@ -181,21 +203,21 @@ static void fwd_block(const float* q, const float* k, const float* v, float* o, 
       if (n <= 0) continue;
       float* s = S + r * BK;
       for (long c = n; c < BK; ++c) s[c] = -__builtin_inff();
-      v16 mx = splat(-__builtin_inff());
-      for (int c = 0; c < 4; ++c) mx = vmax(ld(s + 16 * c), mx);
+      vf mx = splat(-__builtin_inff());
+      for (int c = 0; c < NB; ++c) mx = vmax(ld(s + W * c), mx);
       const float m_new = fmax_nan_ignoring(hmax(mx), m[r]);
       // A row whose scores are all NaN keeps m = -inf; subtracting 0 then keeps the NaN flowing.
       const float msub = m_new == -__builtin_inff() ? 0.0f : m_new;
       const float alpha = vexp(splat(m[r] - msub))[0];
-      v16 sum{};
-      for (int c = 0; c < 4; ++c) {
-        const v16 p = vexp(ld(s + 16 * c) - msub);
-        st(s + 16 * c, p);
+      vf sum{};
+      for (int c = 0; c < NB; ++c) {
+        const vf p = vexp(ld(s + W * c) - msub);
+        st(s + W * c, p);
         sum += p;
       }
       float* orow = O + r * Dp;
       if (alpha != 1.0f)
-        for (long d = 0; d < Dp; d += 16) st(orow + d, ld(orow + d) * alpha);
+        for (long d = 0; d < Dp; d += W) st(orow + d, ld(orow + d) * alpha);
       l[r] = l[r] * alpha + hsum(sum);
       m[r] = m_new;
     }
@@ -234,24 +256,24 @@ BG_INLINE void bwd_rows(const float* q, const float* dout, const float* lse, con
   for (int r = 0; r < R; ++r) {
     const long n = causal ? lmin(nb, i + r + off - j0 + 1) : nb;  // >= 1: rows start at first_query
     nmax = lmax(nmax, n);
-    const v16 lim = splat((float)n), L = splat(lse[i + r]), dl = splat(delta[i + r]);
-    for (int c = 0; c < 4; ++c) {
-      const v16 seen = lanes() + (float)(16 * c);
-      const v16 p = vexp(ld(P + r * BK + 16 * c) - L);
-      const v16 ds = p * (ld(dS + r * BK + 16 * c) - dl);
+    const vf lim = splat((float)n), L = splat(lse[i + r]), dl = splat(delta[i + r]);
+    for (int c = 0; c < NB; ++c) {
+      const vf seen = lanes() + (float)(W * c);
+      const vf p = vexp(ld(P + r * BK + W * c) - L);
+      const vf ds = p * (ld(dS + r * BK + W * c) - dl);
       // Select, not multiply by a 0/1 mask: a masked key's score may be NaN or inf.
-      st(P + r * BK + 16 * c, seen < lim ? p : v16{});
-      st(dS + r * BK + 16 * c, seen < lim ? ds : v16{});
+      st(P + r * BK + W * c, seen < lim ? p : vf{});
+      st(dS + r * BK + W * c, seen < lim ? ds : vf{});
     }
   }
   axpy_rows<R>(dS, nmax, Kp, Dp, dQ + i * Dp);
   pack_rows(q + i * D, R, D, Dp, Xq);
   pack_rows(dout + i * D, R, D, Dp, Xdo);
-  for (long d = 0; d < Dp; d += 16) {
-    v16 xq[R], xdo[R];
+  for (long d = 0; d < Dp; d += W) {
+    vf xq[R], xdo[R];
     for (int r = 0; r < R; ++r) xq[r] = ld(Xq + r * Dp + d), xdo[r] = ld(Xdo + r * Dp + d);
     for (long c = 0; c < nmax; ++c) {
-      v16 ak = ld(dK + c * Dp + d), av = ld(dV + c * Dp + d);
+      vf ak = ld(dK + c * Dp + d), av = ld(dV + c * Dp + d);
       for (int r = 0; r < R; ++r) ak += xq[r] * dS[r * BK + c], av += xdo[r] * P[r * BK + c];
       st(dK + c * Dp + d, ak);
       st(dV + c * Dp + d, av);

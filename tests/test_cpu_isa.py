@@ -1,0 +1,40 @@
+"""The CPU attention kernels exist in one copy per instruction set (AVX-512, AVX2+FMA, baseline
+x86-64), and each process uses the widest its CPU has (csrc/cpu/attention.cpp). The shared suite
+therefore only sees one copy; this file re-runs the CPU attention tests in a subprocess for every
+copy this CPU can execute, forced with BABYGPT_CPU_ISA."""
+
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+NEEDS = {"avx512": ("avx512f", "avx512vl", "avx512dq"), "avx2": ("avx2", "fma"), "base": ()}
+
+
+def cpu_flags() -> set:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
+    return set(line.partition(":")[2].split())
+
+
+@pytest.mark.parametrize("isa", list(NEEDS))
+def test_attention_suite_on_each_instruction_set(isa):
+    if platform.machine() != "x86_64":
+        pytest.skip(f"the per-instruction-set copies are x86-64 only (this is {platform.machine()})")
+    missing = [f for f in NEEDS[isa] if f not in cpu_flags()]
+    if missing:
+        pytest.skip(f"this CPU lacks {', '.join(missing)} (from /proc/cpuinfo), so the {isa} copy cannot run here")
+    env = {**os.environ, "BABYGPT_CPU_ISA": isa}
+    used = subprocess.run([sys.executable, "-c", "import babygpt_ext._C as C; print(C.build_info()['cpu_attention_isa'])"],
+                          capture_output=True, text=True, env=env, cwd=ROOT)
+    assert used.returncode == 0 and used.stdout.strip() == isa, (used.stdout, used.stderr[-2000:])
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "tests/test_attention.py",
+                        "tests/test_properties.py", "-k", "cpu"], capture_output=True, text=True, env=env, cwd=ROOT)
+    assert r.returncode == 0, f"the {isa} copy failed:\n{r.stdout[-4000:]}\n{r.stderr[-2000:]}"
