@@ -28,6 +28,7 @@
 #include <cstring>
 #include <map>
 #include <mutex>
+#include <set>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -102,10 +103,10 @@ inline bool read_smem_symbols(const std::string& path, ModuleSmem& out) {
     auto name_of = [&](const Elf64_Sym& s) {
       return s.st_name < strs.sh_size ? std::string_view(names + s.st_name) : std::string_view();
     };
-    std::map<std::string_view, bool> marked;  // "_ZZ<F>E" of functions with __shared__ variables
+    std::set<std::string_view> marked;  // "_ZZ<F>E" of functions with __shared__ variables
     for (size_t i = 0; i < nsyms; ++i) {
       std::string_view p = marker_prefix(name_of(syms[i]));
-      if (!p.empty()) marked[p] = true;
+      if (!p.empty()) marked.insert(p);
     }
 #ifdef CUDAEMU_THREADS
     const unsigned char want = STT_OBJECT;  // __shared__ is a plain 'static' in thread mode
@@ -122,7 +123,7 @@ inline bool read_smem_symbols(const std::string& path, ModuleSmem& out) {
         if (n[e] != 'E') continue;
         auto it = marked.find(n.substr(0, e + 1));
         if (it != marked.end()) {
-          out.vars.push_back({(uintptr_t)s.st_value, (size_t)s.st_size, std::string(it->first)});
+          out.vars.push_back({(uintptr_t)s.st_value, (size_t)s.st_size, std::string(*it)});
           break;
         }
       }
