@@ -38,3 +38,23 @@ def test_attention_suite_on_each_instruction_set(isa):
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "tests/test_attention.py",
                         "tests/test_properties.py", "-k", "cpu"], capture_output=True, text=True, env=env, cwd=ROOT)
     assert r.returncode == 0, f"the {isa} copy failed:\n{r.stdout[-4000:]}\n{r.stderr[-2000:]}"
+
+
+@pytest.mark.parametrize("isa,chosen", [("base", "sdpa"), ("avx2", "cpu")])
+def test_policy_prefers_sdpa_over_the_baseline_copy(isa, chosen):
+    """The baseline copy is slower than torch's SDPA, so the automatic policy passes it over (with
+    a warning naming why); backend='cpu' still runs it."""
+    missing = [f for f in NEEDS[isa] if f not in cpu_flags()]
+    if platform.machine() != "x86_64" or missing:
+        pytest.skip(f"this CPU cannot run the {isa} copy (lacks {', '.join(missing) or 'x86-64'})")
+    code = ("import warnings, torch\n"
+            "from babygpt_ext import ops\n"
+            "from babygpt_ext.ops.registry import Call, decide\n"
+            "b, skipped, _ = decide(Call('attention', 'cpu', torch.float32, 64), None)\n"
+            "print(b.name, [n for n, _ in skipped])\n"
+            "q = torch.randn(1, 1, 5, 8)\n"
+            "ops.causal_attention(q, q, q, backend='cpu')\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env={**os.environ, "BABYGPT_CPU_ISA": isa}, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split()[0] == chosen, r.stdout

@@ -96,10 +96,23 @@ def _ext_missing():
     return load("cpu", BUILD_HINT)
 
 
+def _cpu_slower_than_sdpa(call: Call):
+    """Without AVX2+FMA the attention kernels run their baseline SSE2 copy, which measured 0.67-0.73x
+    SDPA (whose own kernels are vectorised for the CPU at hand): let the policy take SDPA instead."""
+    if call.op != "attention" or call.dtype == torch.float64:  # float64 has no SIMD copy anyway
+        return None
+    import babygpt_ext._C as ext
+    if ext.build_info()["cpu_attention_isa"] != "base":
+        return None
+    return ("its attention kernels run their baseline x86-64 copy on this CPU (no AVX2+FMA, or "
+            "BABYGPT_CPU_ISA=base), slower than SDPA; backend='cpu' still uses them")
+
+
 register(Backend(
     "cpu", "C++ kernels of csrc/cpu (torch.ops.babygpt on CPU tensors)",
     devices=("cpu",), dtypes=WITH_F64, max_head_dim=KERNEL_MAX_HEAD_DIM,
-    attention=compiled_attention("cpu"), lora=compiled_lora("cpu"), unavailable=_ext_missing))
+    attention=compiled_attention("cpu"), lora=compiled_lora("cpu"), unavailable=_ext_missing,
+    policy_skip=_cpu_slower_than_sdpa))
 
 
 # --------------------------------------------------------------------------------- cuda

@@ -5,8 +5,9 @@ Order of decision (DESIGN.md §2):
   2. env BABYGPT_BACKEND: preferred when it can take the call, otherwise the policy below runs
      and a one-time warning says why;
   3. the policy, by device: CUDA tensors try cuda → triton → sdpa → eager, CPU tensors
-     cpu → sdpa → eager. A backend that cannot take the call (dtype, head dim, not built) is
-     skipped with a one-time warning naming the reason.
+     cpu → sdpa → eager. A backend that cannot take the call (dtype, head dim, not built), or
+     that says it would be the slower choice here (policy_skip), is skipped with a one-time
+     warning naming the reason.
 
 The chain for CPU tensors differs from DESIGN.md (which fell back straight to eager): torch's SDPA
 is 2.4–13× faster than the eager composition on this project's CPU shapes and is always present,
@@ -48,6 +49,9 @@ class Backend:
     max_head_dim: Optional[int] = None
     unavailable: Callable[[], Optional[str]] = lambda: None  # None when usable, else why + how to fix
     extra_check: Optional[Callable[[Call], Optional[str]]] = None
+    # Why the automatic policy should pass over a call this backend can run (e.g. a slower
+    # fallback build); an explicit backend= or BABYGPT_BACKEND still uses it.
+    policy_skip: Optional[Callable[[Call], Optional[str]]] = None
     _why_not: Optional[str] = field(default=None, init=False, repr=False)
     _probed: bool = field(default=False, init=False, repr=False)
 
@@ -116,7 +120,7 @@ def decide(call: Call, backend: Optional[str]) -> tuple:
             continue
         if call.op == "lora" and b.lora is None:
             continue  # not a skip worth a warning: that backend never does LoRA
-        if (why := b.refuses(call)) is None:
+        if (why := b.refuses(call) or (b.policy_skip and b.policy_skip(call))) is None:
             return b, skipped, f"automatic policy for {call.device} tensors"
         skipped.append((name, why))
     raise RuntimeError(f"no backend can run this {call.op} call: " + "; ".join(f"{n}: {w}" for n, w in skipped))
