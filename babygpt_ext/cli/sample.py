@@ -91,7 +91,7 @@ class Streamer:
         self.ids.append(int(column[0]))
         text, self.stopped = cut_at_stop(self.tok.decode(self.ids), self.stops)
         if not self.stopped:
-            text = text.rstrip("\ufffd") if text.endswith("\ufffd") else text
+            text = text.rstrip("\ufffd")
             hold = max((n for st in self.stops for n in range(len(st) - 1, 0, -1) if text.endswith(st[:n])),
                        default=0)
             text = text[:len(text) - hold]

@@ -274,7 +274,8 @@ static bool test_launch_errors() {
   wrong += cudaGetLastError() != cudaErrorInvalidConfiguration;
 #ifdef CUDAEMU_EMULATED
   // Static __shared__ counts toward the block's 48 KiB: warp_sums (128 B) + 48 KiB is too much.
-  wrong += cudaemu::static_smem_bytes((const void*)block_reduce_kernel) != 32 * sizeof(float);
+  const void* reduce = (const void*)block_reduce_kernel;
+  wrong += cudaemu::static_smem_bytes(cudaemu::module_smem(reduce), reduce) != 32 * sizeof(float);
   CUDAEMU_LAUNCH(block_reduce_kernel, 1, 32, 48 * 1024, 0, d, d, d, 4);
   wrong += cudaGetLastError() != cudaErrorInvalidConfiguration;
 #endif

@@ -11,6 +11,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <exception>
 #include <cstring>
@@ -214,26 +215,35 @@ inline void fail(Block& b, std::string msg) {
   }
 }
 
-// The message for "no thread of the block can run": every distinct wait site with a count.
-inline std::string deadlock_report(const Block& b) {
-  struct Group { Site s; unsigned mask; bool warp; unsigned count; const Thread* first; };
+// " N thread(s) <what> [first: thread (x,y,z)];" for every distinct description, in thread
+// order; threads whose describe() is "" are left out. Shared by the deadlock and stall reports.
+template <class Describe>
+inline std::string thread_groups(const Block& b, Describe describe) {
+  struct Group { std::string what; unsigned count; const Thread* first; };
   std::vector<Group> groups;
   for (const Thread& t : b.threads) {
-    if (t.done || t.wait == Wait::none) continue;
-    bool warp = t.wait == Wait::warp;
-    unsigned mask = warp ? t.mask : 0;
+    std::string what = describe(t);
+    if (what.empty()) continue;
     bool found = false;
     for (Group& g : groups)
-      if (g.warp == warp && g.mask == mask && same_site(g.s, t.site)) { ++g.count; found = true; break; }
-    if (!found) groups.push_back({t.site, mask, warp, 1, &t});
+      if (g.what == what) { ++g.count; found = true; break; }
+    if (!found) groups.push_back({std::move(what), 1, &t});
   }
+  std::string m;
+  for (const Group& g : groups)
+    m += format(" %u thread(s) %s [first: thread (%u,%u,%u)];", g.count, g.what.c_str(), g.first->tid.x,
+                g.first->tid.y, g.first->tid.z);
+  return m;
+}
+
+// The message for "no thread of the block can run": every distinct wait site with a count.
+inline std::string deadlock_report(const Block& b) {
   std::string m = format("deadlock in kernel '%s' block (%u,%u,%u): no thread can make progress;",
                          b.launch->kernel, b.idx.x, b.idx.y, b.idx.z);
-  for (const Group& g : groups) {
-    m += format(" %u thread(s) wait in %s", g.count, where(g.s).c_str());
-    if (g.warp) m += format(" (mask 0x%08x)", g.mask);
-    m += format(" [first: thread (%u,%u,%u)];", g.first->tid.x, g.first->tid.y, g.first->tid.z);
-  }
+  m += thread_groups(b, [](const Thread& t) {
+    if (t.done || t.wait == Wait::none) return std::string();
+    return "wait in " + where(t.site) + (t.wait == Wait::warp ? format(" (mask 0x%08x)", t.mask) : "");
+  });
   if (b.done) m += format(" %u thread(s) have exited;", b.done);
   m.pop_back();
   return m;
@@ -242,28 +252,41 @@ inline std::string deadlock_report(const Block& b) {
 // The message for "threads run but none reaches a barrier, a warp collective or its end" (a
 // spin-wait nobody will release): what every live thread is doing.
 inline std::string stall_report(const Block& b, double seconds, unsigned limit_s) {
-  struct Group { std::string what; unsigned count; const Thread* first; };
-  std::vector<Group> groups;
-  for (const Thread& t : b.threads) {
-    if (t.done) continue;
-    std::string what = t.wait != Wait::none ? "wait in " + where(t.site)
-                       : t.preempted        ? std::string("were preempted while running (no spin point reached)")
-                       : t.spin.line        ? "spin at " + where(t.spin)
-                                            : std::string("have not started");
-    bool found = false;
-    for (Group& g : groups)
-      if (g.what == what) { ++g.count; found = true; break; }
-    if (!found) groups.push_back({what, 1, &t});
-  }
   std::string m = format("stall in kernel '%s' block (%u,%u,%u): for %.1f s no thread reached a barrier, a warp "
                          "collective or its end (a spin-wait that is never released?);",
                          b.launch->kernel, b.idx.x, b.idx.y, b.idx.z, seconds);
-  for (const Group& g : groups)
-    m += format(" %u thread(s) %s [first: thread (%u,%u,%u)];", g.count, g.what.c_str(), g.first->tid.x,
-                g.first->tid.y, g.first->tid.z);
+  m += thread_groups(b, [](const Thread& t) {
+    return t.done                ? std::string()
+           : t.wait != Wait::none ? "wait in " + where(t.site)
+           : t.preempted          ? std::string("were preempted while running (no spin point reached)")
+           : t.spin.line          ? "spin at " + where(t.spin)
+                                  : std::string("have not started");
+  });
   m += format(" the limit is CUDAEMU_TIMEOUT=%u s", limit_s);
   return m;
 }
+
+inline int64_t now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+// Tells a stalled block from a progressing one: fed the block's progress counter now and then,
+// it returns the seconds without progress once they exceed CUDAEMU_TIMEOUT (0: never), else 0.
+struct StallClock {
+  const int64_t limit_ns = (int64_t)config().timeout_s * 1'000'000'000;
+  unsigned long long seen = 0;
+  int64_t since = now_ns();
+  double stalled_for(unsigned long long progress) {
+    const int64_t now = now_ns();
+    if (progress != seen) {
+      seen = progress;
+      since = now;
+      return 0;
+    }
+    return limit_ns > 0 && now - since > limit_ns ? (now - since) * 1e-9 : 0;
+  }
+};
 
 [[noreturn]] inline void unwind() { throw Cancelled{}; }
 

@@ -52,7 +52,7 @@ inline size_t dyn_smem_limit(const void* fn) {
 }
 
 // The checks a real launch does; returns "" when the configuration is valid.
-inline std::string check_config(const void* fn, dim3 g, dim3 b, size_t smem) {
+inline std::string check_config(const void* fn, const ModuleSmem& statics, dim3 g, dim3 b, size_t smem) {
   unsigned long long threads = 1ull * b.x * b.y * b.z;
   if (g.x == 0 || g.y == 0 || g.z == 0) return format("grid (%u,%u,%u) is empty", g.x, g.y, g.z);
   if (b.x == 0 || b.y == 0 || b.z == 0) return format("block (%u,%u,%u) is empty", b.x, b.y, b.z);
@@ -68,7 +68,7 @@ inline std::string check_config(const void* fn, dim3 g, dim3 b, size_t smem) {
     return format("%zu bytes of dynamic shared memory requested; the limit is %zu%s", smem, limit, hint);
   // Static shared memory shares the block's budget: 48 KiB in all, or static + the opted-in
   // dynamic size up to 227 KiB (a kernel's own __shared__ variables; see static_smem.h).
-  size_t stat = static_smem_bytes(fn);
+  size_t stat = static_smem_bytes(statics, fn);
   if (stat > kDefaultDynSmem)
     return format("the kernel declares %zu bytes of static __shared__ memory; the limit is %zu", stat, kDefaultDynSmem);
   size_t total_limit = limit == kDefaultDynSmem ? kDefaultDynSmem : kMaxDynSmemOptIn;
@@ -137,9 +137,7 @@ inline void resume(Block& b, Thread& t) {
 // ones (they would spin on), then the block is abandoned.
 inline void run_block(Block& b, const StackPool& stacks, unsigned long long block_id) {
   const Config& cfg = config();
-  const int64_t stall_ns = (int64_t)cfg.timeout_s * 1'000'000'000;
-  unsigned long long seen = 0;
-  int64_t last_progress = now_ns();
+  StallClock stall;
   for (unsigned i = 0; i < b.n; ++i) make_context(b.threads[i].ctx, stacks.stack(i), stacks.usable(), &fiber_entry);
   Rng rng{cfg.seed ^ (block_id * 0xD1B54A32D192ED03ull)};
   std::vector<unsigned> order;
@@ -156,13 +154,8 @@ inline void run_block(Block& b, const StackPool& stacks, unsigned long long bloc
       if (b.failed) break;
       resume(b, b.threads[i]);
     }
-    const int64_t now = now_ns();
-    if (b.progress != seen) {
-      seen = b.progress;
-      last_progress = now;
-    } else if (stall_ns > 0 && now - last_progress > stall_ns && !b.failed) {
-      fail(b, stall_report(b, (now - last_progress) * 1e-9, cfg.timeout_s));
-    }
+    if (const double secs = stall.stalled_for(b.progress); secs > 0 && !b.failed)
+      fail(b, stall_report(b, secs, cfg.timeout_s));
   }
   if (b.failed)
     for (Thread& t : b.threads)
@@ -211,7 +204,7 @@ inline void worker(GridRun& run, unsigned k) {
     blockIdx = unflatten(i, li.grid);
     b.reset(&li, blockIdx);
     smem.poison();
-    if (config().poison) poison_static_smem(*li.statics);
+    poison_static_smem(*li.statics);
     run_block(b, stacks, i);
     if (b.failed) {
       std::lock_guard<std::mutex> g(run.mu);
@@ -244,21 +237,15 @@ inline std::string run_grid(const LaunchInfo& li) {
 // block that makes no progress (no arrival at a barrier or collective, no exit) for
 // CUDAEMU_TIMEOUT seconds is reported on stderr and the process aborts instead of hanging.
 inline void await_block(Block& b, std::mutex& m, std::condition_variable& cv, const unsigned& finished) {
-  const int64_t limit = (int64_t)config().timeout_s * 1'000'000'000;
-  unsigned long long seen = 0;
-  int64_t last = now_ns();
+  StallClock stall;
   std::unique_lock<std::mutex> lk(m);
   while (finished < b.n) {
     cv.wait_for(lk, std::chrono::milliseconds(100));
-    if (limit == 0 || finished == b.n) continue;
+    if (finished == b.n) continue;
     Lock blk(b);
-    const int64_t now = now_ns();
-    if (b.progress != seen) {
-      seen = b.progress;
-      last = now;
-    } else if (now - last > limit) {
+    if (const double secs = stall.stalled_for(b.progress); secs > 0) {
       std::fprintf(stderr, "cudaemu: %s. Thread mode cannot stop the spinning threads: aborting.\n",
-                   stall_report(b, (now - last) * 1e-9, config().timeout_s).c_str());
+                   stall_report(b, secs, config().timeout_s).c_str());
       std::fflush(stderr);
       std::abort();
     }
@@ -273,7 +260,7 @@ inline std::string run_grid(const LaunchInfo& li) {
     Block b;
     b.reset(&li, unflatten(i, li.grid));
     smem.poison();
-    if (config().poison) poison_static_smem(*li.statics);
+    poison_static_smem(*li.statics);
     std::vector<unsigned> order(b.n);
     for (unsigned t = 0; t < b.n; ++t) order[t] = t;
     if (config().order == Order::reverse) std::reverse(order.begin(), order.end());
@@ -314,7 +301,8 @@ template <class Body>
 inline void launch(const char* kernel, const void* fn, dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
                    const Body& body, std::source_location loc = std::source_location::current()) {
   (void)stream;
-  std::string bad = check_config(fn, grid, block, smem);
+  const ModuleSmem& statics = module_smem(fn);
+  std::string bad = check_config(fn, statics, grid, block, smem);
   if (!bad.empty()) {
     record_error(cudaErrorInvalidConfiguration,
                  format("launch of kernel '%s' at %s:%u: %s", kernel, loc.file_name(), (unsigned)loc.line(), bad.c_str()));
@@ -325,7 +313,7 @@ inline void launch(const char* kernel, const void* fn, dim3 grid, dim3 block, si
   li.grid = grid;
   li.block = block;
   li.dyn_smem = smem;
-  li.statics = &module_smem(fn);
+  li.statics = &statics;
   li.body = &body;
   li.invoke = [](const void* p) { (*static_cast<const Body*>(p))(); };
   std::string err = run_grid(li);

@@ -184,10 +184,9 @@ inline const ModuleSmem& module_smem(const void* code) {
   return m;
 }
 
-// Bytes of static __shared__ declared directly in the kernel 'fn' (not in the __device__
-// functions it calls; 0 when unknown). Counted toward the shared-memory limit of a launch.
-inline size_t static_smem_bytes(const void* fn) {
-  const ModuleSmem& m = module_smem(fn);
+// Bytes of static __shared__ declared directly in the kernel 'fn' of module m (not in the
+// __device__ functions it calls; 0 when unknown). Counted toward the shared-memory limit.
+inline size_t static_smem_bytes(const ModuleSmem& m, const void* fn) {
   auto it = m.func_bytes.find((uintptr_t)fn - m.load_base);
   return it == m.func_bytes.end() ? 0 : it->second;
 }
@@ -195,7 +194,7 @@ inline size_t static_smem_bytes(const void* fn) {
 // Fills every static __shared__ variable of the kernel's module with 0xFF bytes, in the calling
 // OS thread's copy (fiber mode: the worker about to run a block; thread mode: the one copy).
 inline void poison_static_smem(const ModuleSmem& m) {
-  if (m.vars.empty()) return;
+  if (!config().poison || m.vars.empty()) return;
 #ifdef CUDAEMU_THREADS
   for (const SmemVar& v : m.vars) std::memset(reinterpret_cast<void*>(m.load_base + v.offset), 0xFF, v.size);
 #elif defined(CUDAEMU_STATIC_SMEM_TLS)

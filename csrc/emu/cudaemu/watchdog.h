@@ -34,11 +34,6 @@
 
 namespace cudaemu {
 
-inline int64_t now_ns() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
-      .count();
-}
-
 // One per worker OS thread of a launch.
 struct Watch {
   std::atomic<uint64_t> slice{0};    // number of the running fiber slice (0: no fiber runs)
