@@ -6,8 +6,8 @@ pretrained weights stay frozen (checked bit for bit at the end), only lora_A / l
 adapter is saved on its own (kilobytes), reloaded into a fresh copy of the base model, and merged
 into the weights for plain-Linear inference.
 
-    python python/lora.py                      # ~a minute: 200 pretraining steps, 150 LoRA steps
-    python python/lora.py --rank 4 --targets c_attn c_proj c_fc --lora-iters 400
+    python examples/lora.py                      # ~a minute: 200 pretraining steps, 150 LoRA steps
+    python examples/lora.py --rank 4 --targets c_attn c_proj c_fc --lora-iters 400
 """
 
 import argparse

@@ -4,8 +4,8 @@ For each module: the input and output shapes, the backend that ran, and, for the
 a check that changing the future does not change the past (the seed's softmax over the wrong
 axis failed it). The seed's buggy softmax is shown failing the same check.
 
-    python python/attention_demo.py
-    python python/attention_demo.py --backend eager --seed 3
+    python examples/attention_demo.py
+    python examples/attention_demo.py --backend eager --seed 3
 """
 
 import argparse

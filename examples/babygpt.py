@@ -4,9 +4,9 @@ With the seed's 478-word vocabulary it has 28,990 parameters (13,216 + 33·V). -
 seed's other model, with q/k/v projected through rank 4 (26,942 parameters at V=478) -- a trained
 factorisation, not the never-trained "LoRA" the seed called it.
 
-    python python/babygpt.py                         # ~seconds: train 300 steps, print a sample
-    python python/babygpt.py --lowrank --iters 500 --prompt "the"
-    python python/babygpt.py --text my.txt --vocab 478
+    python examples/babygpt.py                         # ~seconds: train 300 steps, print a sample
+    python examples/babygpt.py --lowrank --iters 500 --prompt "the"
+    python examples/babygpt.py --text my.txt --vocab 478
 """
 
 import argparse

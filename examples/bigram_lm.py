@@ -1,8 +1,8 @@
 """Bigram language models on the embedded corpus: count it, then learn it.
 
-    python python/bigram_lm.py                      # char-level, runs in a few seconds
-    python python/bigram_lm.py --tokenizer word     # word-level (lossless words + whitespace)
-    python python/bigram_lm.py --data input.txt --steps 1000
+    python examples/bigram_lm.py                      # char-level, runs in a few seconds
+    python examples/bigram_lm.py --tokenizer word     # word-level (lossless words + whitespace)
+    python examples/bigram_lm.py --data input.txt --steps 1000
 
 1. tokenize the text and keep the last 10% as validation;
 2. count next-token frequencies into a (V, V) matrix with add-k smoothing: that *is* the model;

@@ -1,8 +1,8 @@
 """N-gram language models on the embedded corpus: more context, lower perplexity.
 
-    python python/ngram_lm.py                     # char-level, orders 1..4, a few seconds
-    python python/ngram_lm.py --n 6 --k 0.01      # longer contexts need less smoothing
-    python python/ngram_lm.py --tokenizer word    # word-level
+    python examples/ngram_lm.py                     # char-level, orders 1..4, a few seconds
+    python examples/ngram_lm.py --n 6 --k 0.01      # longer contexts need less smoothing
+    python examples/ngram_lm.py --tokenizer word    # word-level
 
 1. tokenize the text and keep the last 10% as validation;
 2. count 1..n-grams (add-k smoothing, backoff to shorter contexts that were seen) and print the

@@ -3,9 +3,9 @@
 The model goes GPT.forward -> nn.CausalSelfAttention -> ops.causal_attention -> a backend kernel;
 sampling uses the KV cache (prefill the prompt once, then one token at a time).
 
-    python python/gpt.py                                  # shakespeare-cpu preset, char tokens, ~a minute
-    python python/gpt.py --preset gpt-mini --iters 500 --tokenizer bpe
-    python python/gpt.py --iters 50 --prompt "def " --temperature 0.8 --top-k 20
+    python examples/gpt.py                                  # shakespeare-cpu preset, char tokens, ~a minute
+    python examples/gpt.py --preset gpt-mini --iters 500 --tokenizer bpe
+    python examples/gpt.py --iters 50 --prompt "def " --temperature 0.8 --top-k 20
 """
 
 import argparse
