@@ -10,7 +10,7 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-# Compile jobs: all cores by default (the machine this was written on has 2).
+# Compile jobs: all cores by default.
 export MAX_JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 # The test build adds babygpt_ext._C_emu (csrc/cuda kernels run on the CPU).
 export BABYGPT_EXT_EMU ?= 1

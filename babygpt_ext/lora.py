@@ -7,9 +7,9 @@
     lora.load_adapter(fresh_model, "adapter.pt")  # injects (if needed) and loads, checking shapes
     lora.merge(model)                           # fold B A into the weights for plain-Linear inference
 
-The seed's "LoRA" model was a low-rank *attention* that replaced the weights and was never
-trained. LoRA proper keeps the pretrained weight W frozen and learns a low-rank update
-W + (alpha/r)·B A, with B starting at zero so training starts from the pretrained model exactly.
+LoRA keeps the pretrained weight W frozen and learns a low-rank update W + (alpha/r)·B A, with B
+starting at zero so training starts from the pretrained model exactly. A low-rank attention that
+replaces the weights is a different model (nn.LowRankLinear, the babygpt-lowrank preset).
 """
 
 import os

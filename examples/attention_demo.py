@@ -1,8 +1,8 @@
 """The attention zoo of the seed repo, run for real on babygpt_ext's fused op.
 
 For each module: the input and output shapes, the backend that ran, and, for the causal ones,
-a check that changing the future does not change the past (the seed's softmax over the wrong
-axis failed it). The seed's buggy softmax is shown failing the same check.
+a check that changing the future does not change the past (a softmax over the wrong axis, the
+seed's bug, fails it). The seed's buggy softmax is shown failing the same check.
 
     python examples/attention_demo.py
     python examples/attention_demo.py --backend eager --seed 3
@@ -26,7 +26,7 @@ def max_change_before(fn, x: torch.Tensor, t: int) -> float:
 
 
 def seed_softmax_bug(x: torch.Tensor) -> torch.Tensor:
-    """What the seed did: mask the scores, then normalise over the queries (dim=-2), not the keys."""
+    """The seed's softmax: mask the scores, then normalise over the queries (dim=-2), not the keys."""
     T = x.shape[1]
     att = (x @ x.transpose(-2, -1)) / math.sqrt(x.shape[-1])
     att = att.masked_fill(~torch.ones(T, T, dtype=torch.bool).tril(), float("-inf"))

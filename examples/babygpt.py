@@ -2,7 +2,7 @@
 
 With the seed's 478-word vocabulary it has 28,990 parameters (13,216 + 33·V). --lowrank uses the
 seed's other model, with q/k/v projected through rank 4 (26,942 parameters at V=478) -- a trained
-factorisation, not the never-trained "LoRA" the seed called it.
+factorisation, not LoRA (see examples/lora.py).
 
     python examples/babygpt.py                         # ~seconds: train 300 steps, print a sample
     python examples/babygpt.py --lowrank --iters 500 --prompt "the"

@@ -1,7 +1,7 @@
 """LoRA for real: pretrain a small GPT on English prose, then adapt it to Python source code by
 training only low-rank updates of its attention weights.
 
-The seed's "LoRA" replaced the attention with a low-rank one and never trained it. Here the
+LoRA is not a low-rank attention that replaces the weights (the seed's "LoRA"): the
 pretrained weights stay frozen (checked bit for bit at the end), only lora_A / lora_B learn, the
 adapter is saved on its own (kilobytes), reloaded into a fresh copy of the base model, and merged
 into the weights for plain-Linear inference.

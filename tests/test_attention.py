@@ -97,7 +97,7 @@ def test_nan_in_a_key_reaches_exactly_the_queries_that_see_it(backend):
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("tq", [8, 3])
 def test_future_keys_do_not_change_the_past(backend, tq):
-    """The seed's bug: softmax over the wrong axis let position i see keys after i."""
+    """The seed's bug: softmax over the wrong axis lets position i see keys after i."""
     q = torch.randn(1, 2, tq, 16)
     k, v = torch.randn(1, 2, 8, 16), torch.randn(1, 2, 8, 16)
     o = ops.causal_attention(q, k, v, backend=backend)

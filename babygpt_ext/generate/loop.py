@@ -3,7 +3,7 @@
 Two ways to get the logits of the next position, which produce the same tokens (a test checks it):
 
   recompute (kv_cache=False)  run the model on the last block_size tokens at every step: O(T²) work
-                              per token, simple, and what the seed repos did.
+                              per token, and simple.
   KV cache  (kv_cache=True)   run the prompt once ("prefill", Tq = Tk = T), keeping every layer's
                               keys and values; then feed only the newest token (Tq = 1 query
                               against Tk cached keys: the op's bottom-right causal mask).

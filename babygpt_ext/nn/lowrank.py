@@ -1,7 +1,7 @@
 """A Linear factored through a rank-r bottleneck: y = up(down(x)).
 
-The BabyGPT seed projected q, k and v "through rank 4" to save parameters; done right it is just
-this factorisation of c_attn (in·r + r·out + out parameters instead of in·out + out). It is a
+Projecting q, k and v "through rank 4" to save parameters (the BabyGPT seed's idea) is this
+factorisation of c_attn (in·r + r·out + out parameters instead of in·out + out). It is a
 *trained* factorisation, unlike LoRA, which adds a low-rank update to a frozen full-rank weight.
 """
 

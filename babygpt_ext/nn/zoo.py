@@ -6,9 +6,9 @@
                                                        queries from x, keys/values from a context with
                                                        its own width and length:  (B, Tq, Cq), (B, Tk, Cc) -> (B, Tq, Cq)
 
-The seed computed softmax over the wrong axis (the queries), so probabilities of different queries
-summed to one and the future leaked into the past. Here the op normalises over the keys, and a test
-checks that changing future tokens never changes earlier outputs.
+The op normalises over the keys: a softmax over the queries (the wrong axis) makes probabilities
+of different queries sum to one and leaks the future into the past, so a test checks that changing
+future tokens never changes earlier outputs.
 """
 
 from typing import Optional

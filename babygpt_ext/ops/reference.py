@@ -25,7 +25,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, c
     att = (q @ k.transpose(-2, -1)) * scale  # (B, H, Tq, Tk)
     if causal:
         att = att.masked_fill(~causal_mask(q.shape[2], k.shape[2], q.device), float("-inf"))
-    # Normalise over the keys (the last axis). The seed repo normalised over the queries, which let
+    # Normalise over the keys (the last axis): normalising over the queries (dim=-2) would let
     # every position attend to the future.
     att = torch.softmax(att, dim=-1)
     return att @ v  # (B, H, Tq, D)

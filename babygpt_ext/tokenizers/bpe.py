@@ -2,9 +2,9 @@
 
 Why byte-level: the base vocabulary is all 256 bytes, so *any* Unicode string (emoji, CJK,
 combining marks, control characters, ``\\r\\n``, leading spaces) encodes without ``<unk>`` and
-decodes back exactly. Why the Rust library: the seed's pure-Python BPE learned merges from random
-500-character windows and needed 37 minutes for 38.7 M characters; here merges are learned from
-the word counts of the *whole* corpus, and encoding runs in parallel over chunks.
+decodes back exactly. Why the Rust library: it learns merges from the word counts of the *whole*
+corpus and encodes in parallel over chunks, where a pure-Python BPE learning from random
+500-character windows needs 37 minutes for 38.7 M characters.
 
 Settings that make the round trip exact: no normalizer; the ByteLevel pre-tokenizer with
 ``add_prefix_space=False`` (GPT-2's split regex, nothing prepended); the ByteLevel decoder; no

@@ -85,7 +85,7 @@ HOPPER = {
         _C({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=2),
         _C({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=2, head_dims=(64,)),  # 48 B at 128
     ],
-    # (128 x 256, 8 warps) spilled 776 B/thread: dropped.
+    # (128 x 256, 8 warps) is left out: it spills 776 B/thread.
     LORA: [
         _C({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=8, num_stages=3),
         _C({"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=4, num_stages=4),
