@@ -1,4 +1,4 @@
-"""Benchmark parameters: every backend usable for a device, on the shapes of DESIGN.md §8.
+"""Benchmark parameters: every backend usable for a device, on the shapes of docs/design.md §14.2.
 
     .venv/bin/python -m pytest benchmarks/ --benchmark-group-by=group --benchmark-columns=median,ops
 """

@@ -1,4 +1,4 @@
-// The op contract (DESIGN.md §2, schemas in schemas.h) in namespace `babygpt`, implemented per
+// The op contract (docs/design.md §2, schemas in schemas.h) in namespace `babygpt`, implemented per
 // device in csrc/cpu (CPU) and csrc/cuda (CUDA). Fake kernels and autograd are registered from
 // Python (babygpt_ext/ops/library.py), which is also where inputs are validated before any kernel runs.
 #include <torch/extension.h>

@@ -1,4 +1,4 @@
-// The op contract's schemas (DESIGN.md §2), shared by every namespace that implements it:
+// The op contract's schemas (docs/design.md §2.2), shared by every namespace that implements it:
 // `babygpt` (csrc/ops.cpp: CPU and CUDA kernels) and `babygpt_emu` (csrc/emu/ops_emu.cpp: the CUDA
 // kernels run on the CPU). One definition, so the namespaces cannot drift apart.
 //

@@ -1,6 +1,6 @@
 """The csrc/cuda kernels under the CPU emulator in hostile schedules: every kernel re-run with the
 threads of each block resumed in reverse and in random order, dynamic shared memory poisoned with
-NaN bytes, against the float64 reference with the tolerance rule of DESIGN.md §7.
+NaN bytes, against the float64 reference with the tolerance rule of docs/design.md §13.2.
 
 The shared suite (test_attention.py, test_lora.py, ...) already runs backend cuda_emu in the
 default (forward-order, poisoned) schedule; this file adds the schedules a missing __syncthreads /

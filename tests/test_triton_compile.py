@@ -1,4 +1,4 @@
-"""The Triton kernels compile for real GPUs here, without one (DESIGN.md §6.2).
+"""The Triton kernels compile for real GPUs here, without one (docs/design.md §9.2).
 
 Every kernel — fp16 and bf16, D in {64, 128} for attention, every configuration of its autotune
 list at the head dims the list keeps it for (configs.head_dims) — is compiled for sm_80 and sm_90

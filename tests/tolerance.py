@@ -1,4 +1,4 @@
-"""The tolerance rule of DESIGN.md §7 (FlashAttention's): compare to a float64 reference, and in
+"""The tolerance rule of docs/design.md §13.2 (FlashAttention's): compare to a float64 reference, and in
 low precision allow a multiple of the error that eager PyTorch itself makes in that precision."""
 
 import torch

@@ -3,7 +3,7 @@
 No GPU is needed. Each row is one kernel × arch × dtype (× autotune config with all_configs) ×
 benchmark shape: registers, shared memory, spill bytes and tensor-core instructions read from the
 cubin (Triton: babygpt_ext.kernels.triton.aot), plus the roofline time on a reference GPU,
-max(FLOPs / peak FLOP/s, bytes / peak bandwidth), for the shapes of DESIGN.md §8.
+max(FLOPs / peak FLOP/s, bytes / peak bandwidth), for the shapes of docs/design.md §14.2.
 
 Other backends add rows by providing a module `babygpt_ext.bench.gpu_report_cuda` with
 `cuda_rows(all_configs: bool) -> list[Row]` (backend "cuda", read from the extension's cubins with
@@ -60,7 +60,7 @@ def kernel_work(kernel: str, shape, element_size: int) -> tuple:
 
     FLOPs are what the kernel executes: forward 2 matmuls (4·B·H·T²·D, halved by causality); the
     dK/dV kernel recomputes S and does 4 matmuls (2× forward), the dQ kernel 3 (1.5× forward) — 3.5×
-    in total against the nominal 2.5× of DESIGN.md §6, the price of the atomics-free split.
+    in total against the nominal 2.5× of docs/design.md §14.3, the price of the atomics-free split.
     Bytes: every input read once and every output written once."""
     if isinstance(shape, AttnShape):
         fwd = shape.flops(causal=True)
@@ -94,7 +94,7 @@ def predict(kernel: str, shape, dtype: str, arch: int, tensor_cores: bool = True
 
 
 def shapes_for(kernel: str, head_dim: int, compiled_head_dims) -> list:
-    """The §8 shapes a compiled variant predicts: each attention shape goes to the smallest compiled
+    """The benchmark shapes a compiled variant predicts: each attention shape goes to the smallest compiled
     head dim that holds it; LoRA kernels take every LoRA shape."""
     if kernel.startswith("attn"):
         def owner(d):

@@ -1,4 +1,4 @@
-"""The benchmark shapes of DESIGN.md §8 and their FLOP counts."""
+"""The benchmark shapes of docs/design.md §14.2 and their FLOP counts (§14.3)."""
 
 from dataclasses import dataclass
 

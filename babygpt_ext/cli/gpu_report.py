@@ -9,7 +9,7 @@ what it does:
   and sm_90 (H100) with triton.compile, reads the cubin back with cuobjdump, and prints per
   kernel x arch x dtype: registers per thread, shared memory per block, spilled bytes (must be 0),
   tensor-core instructions in the SASS (HMMA, or HGMMA = wgmma on sm_90), and the roofline time
-  max(FLOPs / peak, bytes / bandwidth) for the benchmark shapes of DESIGN.md section 8.
+  max(FLOPs / peak, bytes / bandwidth) for the benchmark shapes of docs/design.md §14.2.
   CUDA C++ kernels join the table when babygpt_ext.bench.gpu_report_cuda is importable.
   The first run compiles ~40 kernels (92 with --all-configs) in 2 processes (~1-2 min here);
   Triton's cache makes reruns fast. --all-configs shows each configuration at the head dims its

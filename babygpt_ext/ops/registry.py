@@ -1,6 +1,6 @@
 """The attention engine: which backend runs a call, and why.
 
-Order of decision (DESIGN.md §2):
+Order of decision (docs/design.md §3.3):
   1. `backend=` passed to the op: that backend or an error (never a silent substitute);
   2. env BABYGPT_BACKEND: preferred when it can take the call, otherwise the policy below runs
      and a one-time warning says why;
@@ -9,7 +9,7 @@ Order of decision (DESIGN.md §2):
      that says it would be the slower choice here (policy_skip), is skipped with a one-time
      warning naming the reason.
 
-The chain for CPU tensors differs from DESIGN.md (which fell back straight to eager): torch's SDPA
+The chain for CPU tensors puts SDPA second, before eager: torch's SDPA
 is 2.4–13× faster than the eager composition on this project's CPU shapes and is always present,
 so it is the better second choice. LoRA has no SDPA, so its chains skip it.
 """

@@ -6,7 +6,7 @@
 namespace babygpt::cuda {
 
 
-// Query i sees key j iff j <= i + (Tk - Tq) (bottom-right causal, DESIGN.md §2). Rows and columns
+// Query i sees key j iff j <= i + (Tk - Tq) (bottom-right causal, docs/design.md §2.3). Rows and columns
 // past the ends are never visible, which is how ragged edge tiles are masked.
 __device__ __forceinline__ bool visible(const AttnParams& p, int i, int j) {
   return i < p.Tq && j < p.Tk && (!p.causal || j <= i + (p.Tk - p.Tq));

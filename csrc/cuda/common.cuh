@@ -1,7 +1,7 @@
 // Small device helpers shared by the attention and LoRA kernels: element conversions, 16-bit
 // packing for tensor-core fragments, and cooperative global->shared tile loads with zero padding.
 //
-// No torch headers here (DESIGN.md §5): raw pointers only, so nvcc compiles this quickly and
+// No torch headers here (docs/design.md §6.1): raw pointers only, so nvcc compiles this quickly and
 // csrc/emu/cudaemu.h can run the very same code on the CPU.
 #pragma once
 

@@ -20,7 +20,7 @@ cudaError_t launch_gemm(DType dt, const GemmParams& p, cudaStream_t stream);
 // out[j] = sum_i x[i, j] for x (rows, cols) contiguous, written as T (the bias gradient).
 cudaError_t launch_colsum(DType dt, const void* x, void* out, int rows, int cols, cudaStream_t stream);
 
-// The largest head dimension the kernels take (DESIGN.md §2: D <= 256).
+// The largest head dimension the kernels take (docs/design.md §2.3: D <= 256).
 constexpr int kMaxHeadDim = 256;
 
 }  // namespace babygpt::cuda

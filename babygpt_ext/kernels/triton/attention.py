@@ -1,6 +1,6 @@
 """Fused causal attention in Triton: a FlashAttention-2 forward and backward.
 
-Layout (DESIGN.md §2): q (B, H, Tq, D), k/v (B, Hkv, Tk, D), o like q, lse (B, H, Tq) float32
+Layout (docs/design.md §2.1): q (B, H, Tq, D), k/v (B, Hkv, Tk, D), o like q, lse (B, H, Tq) float32
 natural-log sum-exp of each score row. Strides are passed for every (B, H, T, D) tensor, so
 non-contiguous inputs (e.g. q/k/v sliced from one fused projection) are read in place.
 
