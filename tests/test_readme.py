@@ -19,3 +19,19 @@ def test_python_examples_run():
     namespace = {}  # one session, as a reader pastes them one after another
     for code in blocks:
         exec(compile(code, "README.md", "exec"), namespace)
+
+
+def test_layout_section_names_the_tree():
+    """Every path the Layout block starts a line with exists, and every directory of csrc/ and
+    babygpt_ext/ is named in it (a new one must be placed there)."""
+    block = re.search(r"^## Layout\n+```\n(.*?)```", README, re.S | re.M).group(1)
+    root = Path(__file__).resolve().parents[1]
+    for line in block.splitlines():
+        head = line.split()[0] if line and not line[0].isspace() else None
+        if head:
+            assert (root / head).exists(), f"README Layout names {head}, which does not exist"
+    names = set(re.findall(r"[\w.]+(?=/)", block))
+    dirs = [p for base in ("csrc", "babygpt_ext") for p in (root / base).iterdir()
+            if p.is_dir() and not p.name.startswith(("_", "."))]
+    missing = [str(p.relative_to(root)) for p in dirs if p.name not in names]
+    assert not missing, f"README Layout does not mention {missing}"
