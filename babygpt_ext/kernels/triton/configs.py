@@ -44,7 +44,7 @@ AMPERE = {
         _C({"BLOCK_M": 64, "BLOCK_N": 32}, num_warps=4, num_stages=2),
     ],
     # dK/dV holds K, V and two fp32 accumulators per key row: measured with the compile test,
-    # (32, 64, 4 warps) spilled 24 B/thread at D = 64; (32, 32, 4 warps) is spill-free up to D = 128.
+    # (32, 64, 4 warps) spills 24 B/thread at D = 64; (32, 32, 4 warps) is spill-free up to D = 128.
     ATTN_BWD_DKDV: [
         _C({"BLOCK_M": 32, "BLOCK_N": 32}, num_warps=4, num_stages=2),
         _C({"BLOCK_M": 32, "BLOCK_N": 64}, num_warps=8, num_stages=2, head_dims=(128,)),  # 8 B at 64
@@ -74,7 +74,7 @@ HOPPER = {
         _C({"BLOCK_M": 128, "BLOCK_N": 128}, num_warps=8, num_stages=2),
         _C({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=3),
     ],
-    # (32, 64, 4 warps) spilled 48 B/thread at D = 128; 8 warps split the accumulators spill-free.
+    # (32, 64, 4 warps) spills 48 B/thread at D = 128; 8 warps split the accumulators spill-free.
     ATTN_BWD_DKDV: [
         _C({"BLOCK_M": 32, "BLOCK_N": 64}, num_warps=8, num_stages=2),
         _C({"BLOCK_M": 32, "BLOCK_N": 32}, num_warps=4, num_stages=2, head_dims=(64,)),  # 16 B at 128
