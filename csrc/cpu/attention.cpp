@@ -6,9 +6,10 @@
 // plain per-row implementation below: it is the readable version of the same algorithm, and speed
 // does not matter there.
 //
-// Parallelism is at::parallel_for: forward over (batch, head, query block); backward over
-// (batch, kv head), one task computing dq of the group's query heads and dk, dv of the kv head, so
-// each output element has exactly one writer (no atomics, GQA needs no special case).
+// Parallelism is at::parallel_for: forward over (batch, head, query block), or (batch, head) when
+// decoding; backward over (batch, kv head), one task computing dq of the group's query heads and
+// dk, dv of the kv head, so each output element has exactly one writer (no atomics, GQA needs no
+// special case), with the key blocks split further when there are fewer pairs than threads.
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
@@ -27,9 +28,11 @@ namespace isa_avx512 {
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512vl,avx512dq,avx2,fma")
 #define BABYGPT_VEC_FLOATS 16
-#define BABYGPT_QK_ROWS 4
+#define BABYGPT_TILE_ROWS 4
+#define BABYGPT_TILE_VECS 4
 #include "attention_simd.h"
-#undef BABYGPT_QK_ROWS
+#undef BABYGPT_TILE_VECS
+#undef BABYGPT_TILE_ROWS
 #undef BABYGPT_VEC_FLOATS
 #pragma GCC pop_options
 }  // namespace isa_avx512
@@ -37,17 +40,21 @@ namespace isa_avx2 {
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
 #define BABYGPT_VEC_FLOATS 8
-#define BABYGPT_QK_ROWS 1
+#define BABYGPT_TILE_ROWS 6
+#define BABYGPT_TILE_VECS 2
 #include "attention_simd.h"
-#undef BABYGPT_QK_ROWS
+#undef BABYGPT_TILE_VECS
+#undef BABYGPT_TILE_ROWS
 #undef BABYGPT_VEC_FLOATS
 #pragma GCC pop_options
 }  // namespace isa_avx2
 namespace isa_base {  // x86-64's SSE2: 4-float xmm vectors
 #define BABYGPT_VEC_FLOATS 4
-#define BABYGPT_QK_ROWS 1
+#define BABYGPT_TILE_ROWS 2
+#define BABYGPT_TILE_VECS 4
 #include "attention_simd.h"
-#undef BABYGPT_QK_ROWS
+#undef BABYGPT_TILE_VECS
+#undef BABYGPT_TILE_ROWS
 #undef BABYGPT_VEC_FLOATS
 }  // namespace isa_base
 
@@ -56,12 +63,13 @@ namespace {
 struct F32Kernels {
   const char* name;
   decltype(&isa_base::fwd_block) fwd_block;
+  decltype(&isa_base::fwd_row) fwd_row;
   decltype(&isa_base::fwd_workspace) fwd_workspace;
   decltype(&isa_base::bwd_group) bwd_group;
   decltype(&isa_base::bwd_workspace) bwd_workspace;
 };
 
-#define BABYGPT_KERNELS(ns) F32Kernels{#ns, &ns::fwd_block, &ns::fwd_workspace, &ns::bwd_group, &ns::bwd_workspace}
+#define BABYGPT_KERNELS(ns) F32Kernels{#ns, &ns::fwd_block, &ns::fwd_row, &ns::fwd_workspace, &ns::bwd_group, &ns::bwd_workspace}
 
 // Chosen once: the widest instruction set this CPU has. BABYGPT_CPU_ISA=avx2|base forces a narrower
 // copy (tests/test_cpu_isa.py runs each one this CPU has); asking for more than it has is ignored.
@@ -193,12 +201,32 @@ void backward(const T* dout, const T* q, const T* k, const T* v, const T* o, con
   });
 }
 
-// float32 forward: tasks are (batch, head, query block of BQ rows). With causal attention a later
-// block has more keys to visit, so the blocks of a head are enumerated 0, n-1, 1, n-2, ...: any
-// contiguous range of tasks (what at::parallel_for hands a thread) then carries a fair share.
-void forward_f32(const float* q, const float* k, const float* v, float* o, float* lse, Shape s, float scale,
-                 bool causal) {
+// A float32 (B, H, T, D) tensor read in place: element (b, h, t, d) at p[b*sb + h*sh + t*st + d].
+struct View {
+  const float* p;
+  int64_t sb, sh, st;
+  const float* at(int64_t b, int64_t h) const { return p + b * sb + h * sh; }
+};
+View view_of(const at::Tensor& t) { return {t.data_ptr<float>(), t.stride(0), t.stride(1), t.stride(2)}; }
+
+// float32 forward. Tq = 1 (decoding) runs fwd_row per (batch, head): one row has nothing to
+// amortise packing over. Otherwise tasks are (batch, head, query block of BQ rows); with causal
+// attention a later block has more keys to visit, so the blocks of a head are enumerated 0, n-1,
+// 1, n-2, ...: any contiguous range of tasks (what at::parallel_for hands a thread) then carries a
+// fair share.
+void forward_f32(View q, View k, View v, float* o, float* lse, Shape s, float scale, bool causal) {
   const auto& K = f32_kernels();
+  if (s.Tq == 1) {
+    at::parallel_for(0, s.B * s.H, grain(2 * s.Tk * s.D), [&](int64_t begin, int64_t end) {
+      std::vector<float> scores(s.Tk);
+      for (int64_t bh = begin; bh < end; ++bh) {
+        const int64_t b = bh / s.H, h = bh % s.H, hk = h / s.group();
+        lse[bh] = K.fwd_row(q.at(b, h), k.at(b, hk), k.st, v.at(b, hk), v.st, s.Tk, s.D, scale, o + bh * s.D,
+                            scores.data());
+      }
+    });
+    return;
+  }
   constexpr int64_t bq = isa_base::BQ;
   const int64_t nqb = (s.Tq + bq - 1) / bq, tasks = s.B * s.H * nqb;
   const int64_t work = std::min(bq, s.Tq) * s.Tk * std::max<int64_t>(s.D, 16);
@@ -206,33 +234,61 @@ void forward_f32(const float* q, const float* k, const float* v, float* o, float
     std::vector<float> ws(K.fwd_workspace(s.D));
     for (int64_t t = begin; t < end; ++t) {
       const int64_t bh = t / nqb, u = t % nqb, qb = causal ? (u % 2 == 0 ? u / 2 : nqb - 1 - u / 2) : u;
-      const int64_t b = bh / s.H, h = bh % s.H, i0 = qb * bq;
-      const int64_t kv = s.k_row(b, h / s.group(), 0) * s.D;
-      K.fwd_block(q + bh * s.Tq * s.D, k + kv, v + kv, o + bh * s.Tq * s.D, lse + bh * s.Tq, i0,
+      const int64_t b = bh / s.H, h = bh % s.H, hk = h / s.group(), i0 = qb * bq;
+      K.fwd_block(q.at(b, h), q.st, k.at(b, hk), k.st, v.at(b, hk), v.st, o + bh * s.Tq * s.D, lse + bh * s.Tq, i0,
                   std::min(bq, s.Tq - i0), s.Tq, s.Tk, s.D, scale, causal, ws.data());
     }
   });
 }
 
-// float32 backward: tasks are (batch, kv head); see bwd_group.
-void backward_f32(const float* dout, const float* q, const float* k, const float* v, const float* o,
-                  const float* lse, float* dq, float* dk, float* dv, Shape s, float scale, bool causal) {
+// float32 backward. A task is one (batch, kv head) — its G query heads' dq and its dk, dv, so
+// every output has one writer — over a share of that head's key blocks. With at least as many
+// (batch, kv head) pairs as threads a task takes all of them and writes dq directly. With fewer
+// (long sequences at batch 1, MQA) the key blocks of a pair are dealt round-robin to several tasks
+// (round-robin balances the causal triangle, where early keys are seen by more queries), each
+// thread accumulates its dq contributions in a buffer of its own, and one pass sums the buffers.
+void backward_f32(View dout, View q, View k, View v, View o, const float* lse, float* dq, float* dk, float* dv,
+                  Shape s, float scale, bool causal) {
   const auto& K = f32_kernels();
-  const int64_t D = s.D, rows = s.B * s.H * s.Tq, G = s.group();
+  const int64_t D = s.D, Dp = isa_base::padded(D), rows = s.B * s.H * s.Tq, G = s.group();
   std::vector<float> delta(rows);
   at::parallel_for(0, rows, grain(D), [&](int64_t begin, int64_t end) {
-    for (int64_t row = begin; row < end; ++row) delta[row] = dot(dout + row * D, o + row * D, D);
-  });
-  const int64_t work = 5 * G * s.Tq * s.Tk * std::max<int64_t>(D, 16);
-  at::parallel_for(0, s.B * s.Hkv, grain(work), [&](int64_t begin, int64_t end) {
-    std::vector<float> ws(K.bwd_workspace(D, G, s.Tq));
-    for (int64_t t = begin; t < end; ++t) {
-      const int64_t b = t / s.Hkv, hk = t % s.Hkv;
-      const int64_t qrow = s.q_row(b, hk * G, 0), krow = s.k_row(b, hk, 0);
-      K.bwd_group(q + qrow * D, dout + qrow * D, lse + qrow, delta.data() + qrow, dq + qrow * D, k + krow * D,
-                  v + krow * D, dk + krow * D, dv + krow * D, G, s.Tq, s.Tk, D, scale, causal, ws.data());
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t i = row % s.Tq, h = (row / s.Tq) % s.H, b = row / (s.Tq * s.H);
+      delta[row] = dot(dout.at(b, h) + i * dout.st, o.at(b, h) + i * o.st, D);
     }
   });
+  const int64_t pairs = s.B * s.Hkv, nkb = (s.Tk + isa_base::BK - 1) / isa_base::BK;
+  const int64_t threads = at::get_num_threads();
+  const int64_t split = pairs >= threads ? 1 : std::min<int64_t>(nkb, (2 * threads + pairs - 1) / pairs);
+  const int64_t work = 5 * G * s.Tq * s.Tk * std::max<int64_t>(D, 16) / split;
+  const int64_t group_rows = G * s.Tq;
+  // split > 1: one dq accumulator per thread over every query row (row stride Dp), summed below.
+  std::vector<float> partial(split > 1 ? threads * rows * Dp : 0, 0.0f);
+  at::parallel_for(0, pairs * split, grain(work), [&](int64_t begin, int64_t end) {
+    std::vector<float> ws(K.bwd_workspace(D)), own(split > 1 ? 0 : group_rows * Dp);
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t pair = t / split, part = t % split, b = pair / s.Hkv, hk = pair % s.Hkv;
+      const int64_t qrow = s.q_row(b, hk * G, 0);
+      float* dQ = split > 1 ? partial.data() + (at::get_thread_num() * rows + qrow) * Dp : own.data();
+      if (split == 1) std::fill(own.begin(), own.end(), 0.0f);
+      K.bwd_group(q.at(b, hk * G), q.sh, q.st, dout.at(b, hk * G), dout.sh, dout.st, lse + qrow, delta.data() + qrow,
+                  k.at(b, hk), k.st, v.at(b, hk), v.st, dk + s.k_row(b, hk, 0) * D, dv + s.k_row(b, hk, 0) * D, G,
+                  s.Tq, s.Tk, D, scale, causal, part, nkb, split, dQ, ws.data());
+      if (split == 1)
+        for (int64_t r = 0; r < group_rows; ++r)
+          for (int64_t d = 0; d < D; ++d) dq[(qrow + r) * D + d] = own[r * Dp + d] * scale;
+    }
+  });
+  if (split > 1)
+    at::parallel_for(0, rows, grain(threads * D), [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r)
+        for (int64_t d = 0; d < D; ++d) {
+          float a = 0;
+          for (int64_t t = 0; t < threads; ++t) a += partial[(t * rows + r) * Dp + d];
+          dq[r * D + d] = a * scale;
+        }
+    });
 }
 
 Shape check_shapes(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, bool causal) {
@@ -249,16 +305,23 @@ Shape check_shapes(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
 
 at::ScalarType acc_type(const at::Tensor& t) { return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
 
+// An input in the accumulation dtype, read in place when its rows are contiguous (the float32
+// views a GPT layer makes of its qkv projection cost no copy); float64 takes the contiguous path.
+at::Tensor as_input(const at::Tensor& t, at::ScalarType acc) {
+  auto a = t.to(acc);
+  return acc == at::kFloat && (a.size(3) <= 1 || a.stride(3) == 1) ? a : a.contiguous();
+}
+
 std::tuple<at::Tensor, at::Tensor> attn_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                             double scale, bool causal) {
   const Shape s = check_shapes(q, k, v, causal);
   const auto acc = acc_type(q);
-  auto qa = q.to(acc).contiguous(), ka = k.to(acc).contiguous(), va = v.to(acc).contiguous();
-  auto o = at::empty_like(qa);
+  auto qa = as_input(q, acc), ka = as_input(k, acc), va = as_input(v, acc);
+  auto o = at::empty(q.sizes(), qa.options());  // (B, H, Tq, D), contiguous
   auto lse = at::empty({s.B, s.H, s.Tq}, qa.options());
   if (acc == at::kFloat) {
-    forward_f32(qa.data_ptr<float>(), ka.data_ptr<float>(), va.data_ptr<float>(), o.data_ptr<float>(),
-                lse.data_ptr<float>(), s, static_cast<float>(scale), causal);
+    forward_f32(view_of(qa), view_of(ka), view_of(va), o.data_ptr<float>(), lse.data_ptr<float>(), s,
+                static_cast<float>(scale), causal);
     return {o.to(q.scalar_type()), lse};
   }
   AT_DISPATCH_FLOATING_TYPES(acc, "babygpt_attn_fwd_cpu", [&] {
@@ -277,14 +340,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attn_bwd(const at::Tensor& dout, 
   TORCH_CHECK(lse.dim() == 3 && lse.size(0) == s.B && lse.size(1) == s.H && lse.size(2) == s.Tq,
               "babygpt::attn_bwd: lse must be (B, H, Tq)");
   const auto acc = acc_type(q);
-  auto qa = q.to(acc).contiguous(), ka = k.to(acc).contiguous(), va = v.to(acc).contiguous();
-  auto da = dout.to(acc).contiguous(), oa = o.to(acc).contiguous(), la = lse.to(acc).contiguous();
-  auto dq = at::empty_like(qa), dk = at::empty_like(ka), dv = at::empty_like(va);
+  auto qa = as_input(q, acc), ka = as_input(k, acc), va = as_input(v, acc);
+  auto da = as_input(dout, acc), oa = as_input(o, acc), la = lse.to(acc).contiguous();
+  auto dq = at::empty(q.sizes(), qa.options()), dk = at::empty(k.sizes(), ka.options()),
+       dv = at::empty(v.sizes(), va.options());  // contiguous
   const auto dt = q.scalar_type();
   if (acc == at::kFloat) {
-    backward_f32(da.data_ptr<float>(), qa.data_ptr<float>(), ka.data_ptr<float>(), va.data_ptr<float>(),
-                 oa.data_ptr<float>(), la.data_ptr<float>(), dq.data_ptr<float>(), dk.data_ptr<float>(),
-                 dv.data_ptr<float>(), s, static_cast<float>(scale), causal);
+    backward_f32(view_of(da), view_of(qa), view_of(ka), view_of(va), view_of(oa), la.data_ptr<float>(),
+                 dq.data_ptr<float>(), dk.data_ptr<float>(), dv.data_ptr<float>(), s, static_cast<float>(scale),
+                 causal);
     return {dq.to(dt), dk.to(dt), dv.to(dt)};
   }
   AT_DISPATCH_FLOATING_TYPES(acc, "babygpt_attn_bwd_cpu", [&] {

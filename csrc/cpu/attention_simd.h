@@ -1,4 +1,5 @@
-// FlashAttention-style float32 micro-kernels for the CPU (forward block task, backward group task).
+// FlashAttention-style float32 micro-kernels for the CPU (forward block task, decode rows, backward
+// group task).
 //
 // This header is deliberately included several times by attention.cpp, each time inside a
 // different namespace and under a different `#pragma GCC target` (AVX-512, AVX2+FMA, baseline
@@ -13,18 +14,26 @@
 // of 16-float vectors ran 10x slower than one of 8-float vectors. Memory is accessed through
 // memcpy so no buffer needs vector alignment.
 //
-// Needs, defined by the includer: BABYGPT_VEC_FLOATS (W: 16, 8 or 4) and BABYGPT_QK_ROWS (query
-// rows per S micro-kernel: the register budget — 4 rows x 4 zmm accumulators fit the 32 zmm
-// registers; with 16 ymm or xmm registers one row's BK / W accumulators already take half).
+// Inputs are strided: row t of a (batch, head) slice starts at base + t * ld, and only the last
+// dimension must be contiguous, so the q/k/v views a GPT layer makes by splitting its fused qkv
+// projection are read in place.
+//
+// Needs, defined by the includer: BABYGPT_VEC_FLOATS (W: 16, 8 or 4), BABYGPT_TILE_ROWS (R) and
+// BABYGPT_TILE_VECS (TV): the register tile of the products is R rows x TV vectors, R*TV
+// accumulators plus TV loads and a broadcast, sized to the register file (32 zmm: 4 x 4; 16 ymm:
+// 6 x 2; 16 xmm: 2 x 4). Each loaded vector then feeds R multiply-adds and each broadcast TV,
+// instead of one each: on the AVX2 copy the 1 x 8 tile it replaced was load-bound.
 
 constexpr int W = BABYGPT_VEC_FLOATS;
+constexpr int R = BABYGPT_TILE_ROWS;
+constexpr int TV = BABYGPT_TILE_VECS;
 typedef float vf __attribute__((vector_size(W * 4)));
 typedef int vi __attribute__((vector_size(W * 4)));
 
-constexpr long BK = 64;  // keys per block: one S row is BK / W vectors, kept in registers
+constexpr long BK = 64;  // keys per block
 constexpr int NB = BK / W;
 constexpr long BQ = 64;  // query rows per forward task: amortises packing K/V over 64 rows
-constexpr int QKR = BABYGPT_QK_ROWS;
+static_assert(NB % TV == 0, "a key block must be a whole number of register tiles");
 
 #define BG_INLINE static inline __attribute__((always_inline))
 
@@ -33,6 +42,9 @@ BG_INLINE void st(float* p, vf v) { __builtin_memcpy(p, &v, sizeof v); }
 BG_INLINE vf splat(float x) { return vf{} + x; }
 BG_INLINE long lmin(long a, long b) { return a < b ? a : b; }
 BG_INLINE long lmax(long a, long b) { return a > b ? a : b; }
+// D padded to a multiple of 16 floats: the row length of every packed tile, so a row is a whole
+// number of vectors on every instruction set.
+BG_INLINE long padded(long D) { return (D + 15) / 16 * 16; }
 // Max that ignores NaN in `a` (the comparison is false), like the reference's running max: NaN
 // scores never win the max, they reach the output through the exp-sum instead.
 BG_INLINE vf vmax(vf a, vf b) { return a > b ? a : b; }
@@ -99,232 +111,360 @@ BG_INLINE vf vexp(vf x) {
   return x < lo ? vf{} : y;
 }
 
-// S[r, 0:BK] = scale * Σ_d rows[r, d] * Kt[d, 0:BK] for R rows (row stride D): broadcast-FMA over
-// keys with the accumulators in registers; each Kt vector load is reused by R rows.
-template <int R>
-BG_INLINE void qk_rows(const float* rows, long D, const float* Kt, float scale, float* S) {
-  vf acc[R][NB];
-  for (int r = 0; r < R; ++r)
-    for (int c = 0; c < NB; ++c) acc[r][c] = vf{};
-  for (long d = 0; d < D; ++d) {
-    const float* kt = Kt + d * BK;
-    for (int c = 0; c < NB; ++c) {
-      const vf kc = ld(kt + W * c);
-      for (int r = 0; r < R; ++r) acc[r][c] += kc * rows[r * D + d];
-    }
+// Calls f(r0, Tile<n>{}) over row tiles covering rows [0, nr): whole tiles of R rows, then one
+// tile of the remaining nr % R rows, so every product runs with a compile-time row count.
+template <int N>
+struct Tile {
+  static constexpr int rows = N;
+};
+template <class F>
+BG_INLINE void for_row_tiles(long nr, F&& f) {
+  long r = 0;
+  for (; r + R <= nr; r += R) f(r, Tile<R>{});
+  switch (nr - r) {
+    case 1: f(r, Tile<1>{}); break;
+    case 2: if constexpr (R > 2) f(r, Tile<2>{}); break;
+    case 3: if constexpr (R > 3) f(r, Tile<3>{}); break;
+    case 4: if constexpr (R > 4) f(r, Tile<4>{}); break;
+    case 5: if constexpr (R > 5) f(r, Tile<5>{}); break;
+    default: break;  // 0: no remainder (R <= 6 on every instruction set)
   }
-  for (int r = 0; r < R; ++r)
-    for (int c = 0; c < NB; ++c) st(S + r * BK + W * c, acc[r][c] * scale);
+}
+static_assert(R <= 6, "for_row_tiles handles remainders of up to 5 rows");
+
+// S[r, 0:BK] = scale * Σ_d X[r, d] * Kt[d, 0:BK] for NR rows of X (row stride ldx): a register tile
+// of NR rows x TV key vectors per strip of the key block; Kt is D x BK.
+template <int NR>
+BG_INLINE void qk_rows(const float* x, long ldx, long D, const float* Kt, float scale, float* S) {
+  for (int c0 = 0; c0 < NB; c0 += TV) {
+    vf acc[NR][TV];
+    for (int r = 0; r < NR; ++r)
+      for (int c = 0; c < TV; ++c) acc[r][c] = vf{};
+    for (long d = 0; d < D; ++d) {
+      vf kc[TV];
+      for (int c = 0; c < TV; ++c) kc[c] = ld(Kt + d * BK + W * (c0 + c));
+      for (int r = 0; r < NR; ++r) {
+        const vf b = splat(x[r * ldx + d]);
+        for (int c = 0; c < TV; ++c) acc[r][c] += kc[c] * b;
+      }
+    }
+    for (int r = 0; r < NR; ++r)
+      for (int c = 0; c < TV; ++c) st(S + r * BK + W * (c0 + c), acc[r][c] * scale);
+  }
 }
 
-// O[r, 0:NV*W] += Σ_{c<n} P[r, c] * X[c, 0:NV*W] for R rows (P row stride BK, X and O row
-// stride Dp): the R x NV accumulators stay in registers over the keys and each X vector load is
-// shared by the R rows.
-template <int R, int NV>
-BG_INLINE void axpy_rows_nv(const float* P, long n, const float* X, long Dp, float* O) {
-  vf acc[R][NV];
-  for (int r = 0; r < R; ++r)
+// O[r, 0:NV*W] += Σ_{c<n} P[r, c] * X[c, 0:NV*W] for NR rows (P row stride BK, X and O row
+// stride Dp): the NR x NV accumulators stay in registers over the keys and each X vector load is
+// shared by the NR rows.
+template <int NR, int NV>
+BG_INLINE void pv_tile(const float* P, long n, const float* X, long Dp, float* O) {
+  vf acc[NR][NV];
+  for (int r = 0; r < NR; ++r)
     for (int v = 0; v < NV; ++v) acc[r][v] = ld(O + r * Dp + W * v);
   for (long c = 0; c < n; ++c) {
     vf x[NV];
     for (int v = 0; v < NV; ++v) x[v] = ld(X + c * Dp + W * v);
-    for (int r = 0; r < R; ++r) {
-      const float b = P[r * BK + c];
+    for (int r = 0; r < NR; ++r) {
+      const vf b = splat(P[r * BK + c]);
       for (int v = 0; v < NV; ++v) acc[r][v] += x[v] * b;
     }
   }
-  for (int r = 0; r < R; ++r)
+  for (int r = 0; r < NR; ++r)
     for (int v = 0; v < NV; ++v) st(O + r * Dp + W * v, acc[r][v]);
 }
-// The same over all of Dp (a multiple of 16) in chunks of 64 floats, the last one 16, 32 or 48.
-template <int R>
-BG_INLINE void axpy_rows(const float* P, long n, const float* X, long Dp, float* O) {
-  for (long d0 = 0; d0 < Dp; d0 += 64) {
-    switch ((Dp - d0) >= 64 ? 4 : (Dp - d0) / 16) {
-      case 4: axpy_rows_nv<R, 64 / W>(P, n, X + d0, Dp, O + d0); break;
-      case 3: axpy_rows_nv<R, 48 / W>(P, n, X + d0, Dp, O + d0); break;
-      case 2: axpy_rows_nv<R, 32 / W>(P, n, X + d0, Dp, O + d0); break;
-      default: axpy_rows_nv<R, 16 / W>(P, n, X + d0, Dp, O + d0); break;
-    }
+// The same over all of Dp (a multiple of 16) in chunks of TV vectors; where a chunk is wider
+// than 16 floats the last one may be 16, 32 or 48 floats.
+template <int NR>
+BG_INLINE void pv_rows(const float* P, long n, const float* X, long Dp, float* O) {
+  constexpr long chunk = TV * W;
+  long d0 = 0;
+  for (; d0 + chunk <= Dp; d0 += chunk) pv_tile<NR, TV>(P, n, X + d0, Dp, O + d0);
+  if constexpr (chunk > 16) {
+    const long rest = (Dp - d0) / 16;
+    if (rest == 1) pv_tile<NR, 16 / W>(P, n, X + d0, Dp, O + d0);
+    if constexpr (chunk > 32)
+      if (rest == 2) pv_tile<NR, 32 / W>(P, n, X + d0, Dp, O + d0);
+    if constexpr (chunk > 48)
+      if (rest == 3) pv_tile<NR, 48 / W>(P, n, X + d0, Dp, O + d0);
   }
 }
 
-// dst[c, 0:Dp] = src[c, 0:D] for c < n, zero padding d >= D (and rows n..BK-1 when pad_rows).
-static void pack_rows(const float* src, long n, long D, long Dp, float* dst) {
+// dst[c, 0:Dp] = src[c * ld + 0:D] for c < n, zero padding d >= D.
+static void pack_rows(const float* src, long ld, long n, long D, long Dp, float* dst) {
   for (long c = 0; c < n; ++c) {
-    __builtin_memcpy(dst + c * Dp, src + c * D, D * sizeof(float));
+    __builtin_memcpy(dst + c * Dp, src + c * ld, D * sizeof(float));
     for (long d = D; d < Dp; ++d) dst[c * Dp + d] = 0;
   }
 }
-// dst[d, c] = src[c, d] (D x BK), zero for the padding columns c >= n.
-static void pack_transposed(const float* src, long n, long D, float* dst) {
+// dst[d, c] = src[c * ld + d] (D x BK), zero for the padding columns c >= n.
+static void pack_transposed(const float* src, long ld, long n, long D, float* dst) {
   for (long d = 0; d < D; ++d)
     for (long c = n; c < BK; ++c) dst[d * BK + c] = 0;
   for (long c = 0; c < n; ++c)
-    for (long d = 0; d < D; ++d) dst[d * BK + c] = src[c * D + d];
+    for (long d = 0; d < D; ++d) dst[d * BK + c] = src[c * ld + d];
+}
+// Whether rows [c0, c1) of a packed tile are all finite (Dp floats each).
+static bool rows_finite(const float* X, long c0, long c1, long Dp) {
+  vf bad{};
+  for (long i = c0 * Dp; i < c1 * Dp; i += W) {
+    const vf x = ld(X + i);
+    bad += x - x;  // 0 for finite lanes, NaN for NaN and inf
+  }
+  return hsum(bad) == 0.0f;
 }
 
-static long fwd_workspace(long D) {
-  const long Dp = (D + 15) / 16 * 16;
-  return D * BK + BK * Dp + BQ * BK + BQ * Dp + 2 * BQ;
-}
+// A workspace is one float buffer carved into consecutive arrays. The same function carves it
+// (base != nullptr) and sizes it (base == nullptr: only `used` counts), so the size and the
+// layout cannot disagree.
+struct Carver {
+  float* base;
+  long used = 0;
+  float* take(long n) {
+    float* p = base ? base + used : nullptr;
+    used += n;
+    return p;
+  }
+};
 
-// Query rows [i0, i0+nr) of one (batch, head): q, o, lse point at the head's row 0, k, v at its kv
-// head's row 0. Online softmax over key blocks; blocks entirely in the causal future are never
-// visited and only the blocks crossing the diagonal (or the ragged last block) are masked.
-static void fwd_block(const float* q, const float* k, const float* v, float* o, float* lse, long i0, long nr,
-                      long Tq, long Tk, long D, float scale, bool causal, float* ws) {
-  const long Dp = (D + 15) / 16 * 16, off = Tk - Tq;
-  float* Kt = ws;
-  float* Vp = Kt + D * BK;
-  float* S = Vp + BK * Dp;
-  float* O = S + BQ * BK;
-  float* m = O + BQ * Dp;
-  float* l = m + BQ;
+// ------------------------------------------------------------------------------------ forward
+struct FwdWs {
+  float *Kt, *Vp, *S, *O, *m, *l;  // K block (D x BK), V block (BK x Dp), scores, output rows, max, sum
+  long floats;
+};
+static FwdWs fwd_ws(float* base, long D) {
+  Carver c{base};
+  FwdWs w;
+  w.Kt = c.take(D * BK);
+  w.Vp = c.take(BK * padded(D));
+  w.S = c.take(BQ * BK);
+  w.O = c.take(BQ * padded(D));
+  w.m = c.take(BQ);
+  w.l = c.take(BQ);
+  w.floats = c.used;
+  return w;
+}
+static long fwd_workspace(long D) { return fwd_ws(nullptr, D).floats; }
+
+// Query rows [i0, i0+nr) of one (batch, head): q (row stride ldq), o (row stride D) and lse point
+// at the head's row 0, k and v (row strides ldk, ldv) at its kv head's row 0. Online softmax over
+// key blocks; blocks entirely in the causal future are never visited and only the blocks crossing
+// the diagonal (or the ragged last block) are masked.
+static void fwd_block(const float* q, long ldq, const float* k, long ldk, const float* v, long ldv, float* o,
+                      float* lse, long i0, long nr, long Tq, long Tk, long D, float scale, bool causal, float* ws) {
+  const long Dp = padded(D), off = Tk - Tq;
+  const FwdWs w = fwd_ws(ws, D);
   long cnt[BQ];
-  for (long r = 0; r < nr; ++r) m[r] = -__builtin_inff(), l[r] = 0;
-  __builtin_memset(O, 0, nr * Dp * sizeof(float));
+  for (long r = 0; r < nr; ++r) w.m[r] = -__builtin_inff(), w.l[r] = 0;
+  __builtin_memset(w.O, 0, nr * Dp * sizeof(float));
   const long kend = causal ? lmin(Tk, i0 + nr - 1 + off + 1) : Tk;
-  const float* qb = q + i0 * D;
+  const float* qb = q + i0 * ldq;
   for (long j0 = 0; j0 < kend; j0 += BK) {
     const long nb = lmin(BK, kend - j0);
-    pack_transposed(k + j0 * D, nb, D, Kt);
-    pack_rows(v + j0 * D, nb, D, Dp, Vp);
-    long r = 0;
-    for (; r + QKR <= nr; r += QKR) qk_rows<QKR>(qb + r * D, D, Kt, scale, S + r * BK);
-    for (; r < nr; ++r) qk_rows<1>(qb + r * D, D, Kt, scale, S + r * BK);
-    bool full = true;  // every row sees all nb keys of this block (it is below the diagonal)
-    for (r = 0; r < nr; ++r) {
+    pack_transposed(k + j0 * ldk, ldk, nb, D, w.Kt);
+    pack_rows(v + j0 * ldv, ldv, nb, D, Dp, w.Vp);
+    for_row_tiles(nr, [&](long r, auto t) { qk_rows<t.rows>(qb + r * ldq, ldq, D, w.Kt, scale, w.S + r * BK); });
+    for (long r = 0; r < nr; ++r) {
       // Keys of this block that row i sees (bottom-right causal); <= 0 when the block is wholly
       // in this row's future (possible when Tq < Tk shifts the diagonal off the block grid).
       const long n = causal ? lmin(nb, i0 + r + off - j0 + 1) : nb;
       cnt[r] = n;
-      full = full && n == nb;
-      if (n <= 0) continue;
-      float* s = S + r * BK;
+      float* s = w.S + r * BK;
+      if (n <= 0) {  // P = 0: the row may share a register tile with rows that see this block
+        for (long c = 0; c < BK; ++c) s[c] = 0;
+        continue;
+      }
       for (long c = n; c < BK; ++c) s[c] = -__builtin_inff();
       vf mx = splat(-__builtin_inff());
       for (int c = 0; c < NB; ++c) mx = vmax(ld(s + W * c), mx);
-      const float m_new = fmax_nan_ignoring(hmax(mx), m[r]);
+      const float m_new = fmax_nan_ignoring(hmax(mx), w.m[r]);
       // A row whose scores are all NaN keeps m = -inf; subtracting 0 then keeps the NaN flowing.
       const float msub = m_new == -__builtin_inff() ? 0.0f : m_new;
-      const float alpha = vexp(splat(m[r] - msub))[0];
+      const float alpha = vexp(splat(w.m[r] - msub))[0];
       vf sum{};
       for (int c = 0; c < NB; ++c) {
         const vf p = vexp(ld(s + W * c) - msub);
         st(s + W * c, p);
         sum += p;
       }
-      float* orow = O + r * Dp;
+      float* orow = w.O + r * Dp;
       if (alpha != 1.0f)
         for (long d = 0; d < Dp; d += W) st(orow + d, ld(orow + d) * alpha);
-      l[r] = l[r] * alpha + hsum(sum);
-      m[r] = m_new;
+      w.l[r] = w.l[r] * alpha + hsum(sum);
+      w.m[r] = m_new;
     }
-    // O += P V. Blocks crossing the diagonal go row by row over exactly the keys each row sees, so
-    // a NaN/inf in a future value row cannot leak in through 0 * NaN.
-    r = 0;
-    if (full)
-      for (; r + QKR <= nr; r += QKR) axpy_rows<QKR>(S + r * BK, nb, Vp, Dp, O + r * Dp);
-    for (; r < nr; ++r)
-      if (cnt[r] > 0) axpy_rows<1>(S + r * BK, cnt[r], Vp, Dp, O + r * Dp);
+    // O += P V over the keys each tile's last row sees. The tile's earlier rows hold P = 0 for
+    // the keys in their future; those value rows join the product only when they are finite, so
+    // a NaN/inf in a future value row never leaks in through 0 * NaN (the tile then goes row by
+    // row over exactly the keys each row sees). Adding 0 * finite changes no bit, so both ways
+    // give identical results.
+    for_row_tiles(nr, [&](long r, auto t) {
+      constexpr int NR = t.rows;
+      const long lo = lmax(cnt[r], 0), hi = cnt[r + NR - 1];
+      if (hi <= 0) return;
+      if (lo == hi || rows_finite(w.Vp, lo, hi, Dp)) {
+        pv_rows<NR>(w.S + r * BK, hi, w.Vp, Dp, w.O + r * Dp);
+      } else {
+        for (int u = 0; u < NR; ++u)
+          if (cnt[r + u] > 0) pv_rows<1>(w.S + (r + u) * BK, cnt[r + u], w.Vp, Dp, w.O + (r + u) * Dp);
+      }
+    });
   }
   for (long r = 0; r < nr; ++r) {
-    const float inv = 1.0f / l[r];
+    const float inv = 1.0f / w.l[r];
     float* orow = o + (i0 + r) * D;
-    for (long d = 0; d < D; ++d) orow[d] = O[r * Dp + d] * inv;
-    lse[i0 + r] = (m[r] == -__builtin_inff() ? 0.0f : m[r]) + __builtin_logf(l[r]);
+    for (long d = 0; d < D; ++d) orow[d] = w.O[r * Dp + d] * inv;
+    lse[i0 + r] = (w.m[r] == -__builtin_inff() ? 0.0f : w.m[r]) + __builtin_logf(w.l[r]);
   }
 }
 
-static long bwd_workspace(long D, long G, long Tq) {
-  const long Dp = (D + 15) / 16 * 16;
-  return 2 * D * BK + 3 * BK * Dp + 4 * QKR * BK + 2 * QKR * Dp + G * Tq * Dp;
+// ------------------------------------------------------------------------------------- decode
+// One query row against keys [0, n) read in place (decoding: Tq = 1, one new token). With a
+// single row there is nothing to amortise packing over, so the scores are dot products straight
+// from the key rows and the output a sum of value rows. s: n floats of scratch. Writes o (D
+// floats) and returns the row's lse. Matches fwd_block's semantics (NaN-ignoring max, masked
+// keys never touched).
+static float fwd_row(const float* qi, const float* k, long ldk, const float* v, long ldv, long n, long D, float scale,
+                     float* o, float* s) {
+  const long Dv = D / W * W;
+  float m = -__builtin_inff();
+  for (long j = 0; j < n; ++j) {
+    const float* kj = k + j * ldk;
+    vf acc{};
+    for (long d = 0; d < Dv; d += W) acc += ld(qi + d) * ld(kj + d);
+    float x = hsum(acc);
+    for (long d = Dv; d < D; ++d) x += qi[d] * kj[d];
+    s[j] = x * scale;
+    m = fmax_nan_ignoring(s[j], m);
+  }
+  const float msub = m == -__builtin_inff() ? 0.0f : m;
+  float l = 0;
+  long j = 0;
+  vf sum{};
+  for (; j + W <= n; j += W) {
+    const vf p = vexp(ld(s + j) - msub);
+    st(s + j, p);
+    sum += p;
+  }
+  l = hsum(sum);
+  for (; j < n; ++j) {
+    const float p = vexp(splat(s[j] - msub))[0];
+    s[j] = p;
+    l += p;
+  }
+  // o = Σ_j p_j v_j: register tiles of up to TV vectors of D (the value rows' stride is ldv), the
+  // tail of D that is not a whole vector scalar.
+  const float inv = 1.0f / l;
+  for (long d = 0; d < D; ++d) o[d] = 0;
+  long d0 = 0;
+  for (; d0 + TV * W <= Dv; d0 += TV * W) pv_tile<1, TV>(s, n, v + d0, ldv, o + d0);
+  for (; d0 < Dv; d0 += W) pv_tile<1, 1>(s, n, v + d0, ldv, o + d0);
+  for (long d = Dv; d < D; ++d)
+    for (long jj = 0; jj < n; ++jj) o[d] += s[jj] * v[jj * ldv + d];
+  for (long d = 0; d < D; ++d) o[d] *= inv;
+  return msub + __builtin_logf(l);
 }
 
-// One group of R consecutive query rows against one key block: recompute P from lse, then
-// dS = P ∘ (dO Vᵀ − delta); dQ rows += dS K; dV += Pᵀ dO and dK += dSᵀ Q as a rank-R update so
-// each dK/dV row is loaded and stored once per R rows (the rows' q/do vectors stay in registers).
-template <int R>
-BG_INLINE void bwd_rows(const float* q, const float* dout, const float* lse, const float* delta, float* dQ,
-                        long i, long j0, long nb, long off, bool causal, long D, long Dp, float scale,
-                        const float* Kt, const float* Vt, const float* Kp, float* dK, float* dV, float* P,
-                        float* dS, float* Xq, float* Xdo) {
-  qk_rows<R>(q + i * D, D, Kt, scale, P);
-  qk_rows<R>(dout + i * D, D, Vt, 1.0f, dS);
+// ----------------------------------------------------------------------------------- backward
+struct BwdWs {
+  float *Kt, *Vt, *Kp;  // the key block transposed (D x BK), the value block transposed, K packed (BK x Dp)
+  float *dK, *dV;       // the key block's gradients (BK x Dp each, adjacent)
+  float *P, *dS;        // R rows of probabilities and score gradients (R x BK each)
+  float *Xq, *Xdo;      // R rows of q and dO, packed (R x Dp each)
+  long floats;
+};
+static BwdWs bwd_ws(float* base, long D) {
+  const long Dp = padded(D);
+  Carver c{base};
+  BwdWs w;
+  w.Kt = c.take(D * BK);
+  w.Vt = c.take(D * BK);
+  w.Kp = c.take(BK * Dp);
+  w.dK = c.take(BK * Dp);
+  w.dV = c.take(BK * Dp);
+  w.P = c.take(R * BK);
+  w.dS = c.take(R * BK);
+  w.Xq = c.take(R * Dp);
+  w.Xdo = c.take(R * Dp);
+  w.floats = c.used;
+  return w;
+}
+static long bwd_workspace(long D) { return bwd_ws(nullptr, D).floats; }
+
+// A (batch, head) slice of q or dO for the backward: row t at p + t * ld, lse and delta contiguous.
+struct QRows {
+  const float *q, *dout, *lse, *delta;
+  long ldq, lddo;
+  float* dQ;  // the head's rows in the group's dQ accumulator (row stride Dp)
+};
+
+// One tile of NR consecutive query rows against one key block: recompute P from lse, then
+// dS = P ∘ (dO Vᵀ − delta); dQ rows += dS K; dV += Pᵀ dO and dK += dSᵀ Q as a rank-NR update so
+// each dK/dV row is loaded and stored once per NR rows (the rows' q/do vectors stay in registers).
+template <int NR>
+BG_INLINE void bwd_rows(const QRows& h, long i, long j0, long nb, long off, bool causal, long D, float scale,
+                        const BwdWs& w) {
+  const long Dp = padded(D);
+  qk_rows<NR>(h.q + i * h.ldq, h.ldq, D, w.Kt, scale, w.P);
+  qk_rows<NR>(h.dout + i * h.lddo, h.lddo, D, w.Vt, 1.0f, w.dS);
   long nmax = 0;
-  for (int r = 0; r < R; ++r) {
+  for (int r = 0; r < NR; ++r) {
     const long n = causal ? lmin(nb, i + r + off - j0 + 1) : nb;  // >= 1: rows start at first_query
     nmax = lmax(nmax, n);
-    const vf lim = splat((float)n), L = splat(lse[i + r]), dl = splat(delta[i + r]);
+    const vf lim = splat((float)n), L = splat(h.lse[i + r]), dl = splat(h.delta[i + r]);
     for (int c = 0; c < NB; ++c) {
       const vf seen = lanes() + (float)(W * c);
-      const vf p = vexp(ld(P + r * BK + W * c) - L);
-      const vf ds = p * (ld(dS + r * BK + W * c) - dl);
+      const vf p = vexp(ld(w.P + r * BK + W * c) - L);
+      const vf ds = p * (ld(w.dS + r * BK + W * c) - dl);
       // Select, not multiply by a 0/1 mask: a masked key's score may be NaN or inf.
-      st(P + r * BK + W * c, seen < lim ? p : vf{});
-      st(dS + r * BK + W * c, seen < lim ? ds : vf{});
+      st(w.P + r * BK + W * c, seen < lim ? p : vf{});
+      st(w.dS + r * BK + W * c, seen < lim ? ds : vf{});
     }
   }
-  axpy_rows<R>(dS, nmax, Kp, Dp, dQ + i * Dp);
-  pack_rows(q + i * D, R, D, Dp, Xq);
-  pack_rows(dout + i * D, R, D, Dp, Xdo);
+  pv_rows<NR>(w.dS, nmax, w.Kp, Dp, h.dQ + i * Dp);
+  pack_rows(h.q + i * h.ldq, h.ldq, NR, D, Dp, w.Xq);
+  pack_rows(h.dout + i * h.lddo, h.lddo, NR, D, Dp, w.Xdo);
   for (long d = 0; d < Dp; d += W) {
-    vf xq[R], xdo[R];
-    for (int r = 0; r < R; ++r) xq[r] = ld(Xq + r * Dp + d), xdo[r] = ld(Xdo + r * Dp + d);
+    vf xq[NR], xdo[NR];
+    for (int r = 0; r < NR; ++r) xq[r] = ld(w.Xq + r * Dp + d), xdo[r] = ld(w.Xdo + r * Dp + d);
     for (long c = 0; c < nmax; ++c) {
-      vf ak = ld(dK + c * Dp + d), av = ld(dV + c * Dp + d);
-      for (int r = 0; r < R; ++r) ak += xq[r] * dS[r * BK + c], av += xdo[r] * P[r * BK + c];
-      st(dK + c * Dp + d, ak);
-      st(dV + c * Dp + d, av);
+      vf ak = ld(w.dK + c * Dp + d), av = ld(w.dV + c * Dp + d);
+      for (int r = 0; r < NR; ++r) ak += xq[r] * w.dS[r * BK + c], av += xdo[r] * w.P[r * BK + c];
+      st(w.dK + c * Dp + d, ak);
+      st(w.dV + c * Dp + d, av);
     }
   }
 }
 
-// All of the backward for one (batch, kv head): its G query heads' dq and its dk, dv. One task owns
-// every output it writes, so there are no atomics and no reduction buffers beyond dQ's padded copy.
-// q, dout, dq, lse, delta point at the group's first query head (the group's heads are adjacent).
-static void bwd_group(const float* q, const float* dout, const float* lse, const float* delta, float* dq,
-                      const float* k, const float* v, float* dk, float* dv, long G, long Tq, long Tk, long D,
-                      float scale, bool causal, float* ws) {
-  const long Dp = (D + 15) / 16 * 16, off = Tk - Tq;
-  float* Kt = ws;
-  float* Vt = Kt + D * BK;
-  float* Kp = Vt + D * BK;
-  float* dK = Kp + BK * Dp;
-  float* dV = dK + BK * Dp;
-  float* P = dV + BK * Dp;
-  float* dS = P + 2 * QKR * BK;
-  float* Xq = dS + 2 * QKR * BK;
-  float* Xdo = Xq + QKR * Dp;
-  float* dQ = Xdo + QKR * Dp;
-  __builtin_memset(dQ, 0, G * Tq * Dp * sizeof(float));
-  for (long j0 = 0; j0 < Tk; j0 += BK) {
-    const long nb = lmin(BK, Tk - j0);
-    pack_transposed(k + j0 * D, nb, D, Kt);
-    pack_transposed(v + j0 * D, nb, D, Vt);
-    pack_rows(k + j0 * D, nb, D, Dp, Kp);
-    __builtin_memset(dK, 0, 2 * BK * Dp * sizeof(float));  // dK and dV are adjacent
+// The backward of one (batch, kv head) over the key blocks kb0, kb0 + kstep, ... < kb1: its G
+// query heads' dQ contributions accumulate into dQ (G x Tq rows of Dp floats, zeroed by the
+// caller; unscaled), and it writes
+// dk, dv (row stride D) of those keys. q/dout rows of head g of the group start at
+// q + g * hsq / dout + g * hsdo; lse, delta point at the group's first head (Tq floats per head).
+static void bwd_group(const float* q, long hsq, long ldq, const float* dout, long hsdo, long lddo, const float* lse,
+                      const float* delta, const float* k, long ldk, const float* v, long ldv, float* dk, float* dv,
+                      long G, long Tq, long Tk, long D, float scale, bool causal, long kb0, long kb1, long kstep,
+                      float* dQ, float* ws) {
+  const long Dp = padded(D), off = Tk - Tq;
+  const BwdWs w = bwd_ws(ws, D);
+  for (long kb = kb0; kb < kb1; kb += kstep) {
+    const long j0 = kb * BK, nb = lmin(BK, Tk - j0);
+    pack_transposed(k + j0 * ldk, ldk, nb, D, w.Kt);
+    pack_transposed(v + j0 * ldv, ldv, nb, D, w.Vt);
+    pack_rows(k + j0 * ldk, ldk, nb, D, Dp, w.Kp);
+    __builtin_memset(w.dK, 0, 2 * BK * Dp * sizeof(float));  // dK and dV are adjacent
     const long first = causal ? lmax(0, j0 - off) : 0;
     for (long g = 0; g < G; ++g) {
-      const float* qg = q + g * Tq * D;
-      const float* dog = dout + g * Tq * D;
-      long i = first;
-      for (; i + QKR <= Tq; i += QKR)
-        bwd_rows<QKR>(qg, dog, lse + g * Tq, delta + g * Tq, dQ + g * Tq * Dp, i, j0, nb, off, causal, D, Dp,
-                      scale, Kt, Vt, Kp, dK, dV, P, dS, Xq, Xdo);
-      for (; i < Tq; ++i)
-        bwd_rows<1>(qg, dog, lse + g * Tq, delta + g * Tq, dQ + g * Tq * Dp, i, j0, nb, off, causal, D, Dp,
-                    scale, Kt, Vt, Kp, dK, dV, P, dS, Xq, Xdo);
+      const QRows h{q + g * hsq, dout + g * hsdo, lse + g * Tq, delta + g * Tq, ldq, lddo, dQ + g * Tq * Dp};
+      for_row_tiles(Tq - first, [&](long r, auto t) {
+        bwd_rows<t.rows>(h, first + r, j0, nb, off, causal, D, scale, w);
+      });
     }
     for (long c = 0; c < nb; ++c)
       for (long d = 0; d < D; ++d) {
-        dk[(j0 + c) * D + d] = dK[c * Dp + d] * scale;
-        dv[(j0 + c) * D + d] = dV[c * Dp + d];
+        dk[(j0 + c) * D + d] = w.dK[c * Dp + d] * scale;
+        dv[(j0 + c) * D + d] = w.dV[c * Dp + d];
       }
   }
-  for (long r = 0; r < G * Tq; ++r)
-    for (long d = 0; d < D; ++d) dq[r * D + d] = dQ[r * Dp + d] * scale;
 }
 
 #undef BG_INLINE
