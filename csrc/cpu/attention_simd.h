@@ -143,11 +143,12 @@ BG_INLINE void for_row_tiles(long nr, F&& f) {
 }
 static_assert(R <= 6, "for_row_tiles handles remainders of up to 5 rows");
 
-// S[r, 0:BK] = scale * Σ_d X[r, d] * Kt[d, 0:BK] for NR rows of X (row stride ldx): a register tile
-// of NR rows x TV key vectors per strip of the key block; Kt is D x BK.
+// S[r, 0:n'] = scale * Σ_d X[r, d] * Kt[d, 0:n'] for NR rows of X (row stride ldx), n' = the keys
+// [0, n) rounded up to whole strips of TV vectors: a register tile of NR rows x TV key vectors per
+// strip; Kt is D x BK. Strips past the block's n keys are skipped (a short or diagonal block).
 template <int NR>
-BG_INLINE void qk_rows(const float* x, long ldx, long D, const float* Kt, float scale, float* S) {
-  for (int c0 = 0; c0 < NB; c0 += TV) {
+BG_INLINE void qk_rows(const float* x, long ldx, long D, const float* Kt, float scale, float* S, long n) {
+  for (int c0 = 0; c0 * W < n; c0 += TV) {
     vf acc[NR][TV];
     for (int r = 0; r < NR; ++r)
       for (int c = 0; c < TV; ++c) acc[r][c] = vf{};
@@ -273,7 +274,10 @@ static void fwd_block(const float* q, long ldq, const float* k, long ldk, const 
     const long nb = lmin(BK, kend - j0);
     pack_transposed(k + j0 * ldk, ldk, nb, D, w.Kt);
     pack_rows(v + j0 * ldv, ldv, nb, D, Dp, w.Vp);
-    for_row_tiles(nr, [&](long r, auto t) { qk_rows<t.rows>(qb + r * ldq, ldq, D, w.Kt, scale, w.S + r * BK); });
+    const long nbv = (nb + W - 1) / W;  // vectors that hold this block's keys
+    for_row_tiles(nr, [&](long r, auto t) {
+      qk_rows<t.rows>(qb + r * ldq, ldq, D, w.Kt, scale, w.S + r * BK, nb);
+    });
     for (long r = 0; r < nr; ++r) {
       // Keys of this block that row i sees (bottom-right causal); <= 0 when the block is wholly
       // in this row's future (possible when Tq < Tk shifts the diagonal off the block grid).
@@ -281,18 +285,22 @@ static void fwd_block(const float* q, long ldq, const float* k, long ldk, const 
       cnt[r] = n;
       float* s = w.S + r * BK;
       if (n <= 0) {  // P = 0: the row may share a register tile with rows that see this block
-        for (long c = 0; c < BK; ++c) s[c] = 0;
+        for (long c = 0; c < nbv * W; ++c) s[c] = 0;
         continue;
       }
-      for (long c = n; c < BK; ++c) s[c] = -__builtin_inff();
+      // Only the vectors holding the row's n keys are exponentiated (the softmax dominates short
+      // blocks); the lanes after n hold P = 0, as the rows sharing a register tile expect.
+      const long nv = (n + W - 1) / W;
+      for (long c = n; c < nv * W; ++c) s[c] = -__builtin_inff();
+      for (long c = nv * W; c < nbv * W; ++c) s[c] = 0;
       vf mx = splat(-__builtin_inff());
-      for (int c = 0; c < NB; ++c) mx = vmax(ld(s + W * c), mx);
+      for (long c = 0; c < nv; ++c) mx = vmax(ld(s + W * c), mx);
       const float m_new = fmax_nan_ignoring(hmax(mx), w.m[r]);
       // A row whose scores are all NaN keeps m = -inf; subtracting 0 then keeps the NaN flowing.
       const float msub = m_new == -__builtin_inff() ? 0.0f : m_new;
       const float alpha = vexp(splat(w.m[r] - msub))[0];
       vf sum{};
-      for (int c = 0; c < NB; ++c) {
+      for (long c = 0; c < nv; ++c) {
         const vf p = vexp(ld(s + W * c) - msub);
         st(s + W * c, p);
         sum += p;
@@ -415,14 +423,14 @@ template <int NR>
 BG_INLINE void bwd_rows(const QRows& h, long i, long j0, long nb, long off, bool causal, long D, float scale,
                         const BwdWs& w) {
   const long Dp = padded(D);
-  qk_rows<NR>(h.q + i * h.ldq, h.ldq, D, w.Kt, scale, w.P);
-  qk_rows<NR>(h.dout + i * h.lddo, h.lddo, D, w.Vt, 1.0f, w.dS);
+  qk_rows<NR>(h.q + i * h.ldq, h.ldq, D, w.Kt, scale, w.P, nb);
+  qk_rows<NR>(h.dout + i * h.lddo, h.lddo, D, w.Vt, 1.0f, w.dS, nb);
   long nmax = 0;
   for (int r = 0; r < NR; ++r) {
     const long n = causal ? lmin(nb, i + r + off - j0 + 1) : nb;  // >= 1: rows start at first_query
     nmax = lmax(nmax, n);
     const vf lim = splat((float)n), L = splat(h.lse[i + r]), dl = splat(h.delta[i + r]);
-    for (int c = 0; c < NB; ++c) {
+    for (long c = 0; c * W < nb; ++c) {  // the vectors that hold the block's keys
       const vf seen = lanes() + (float)(W * c);
       const vf p = vexp(ld(w.P + r * BK + W * c) - L);
       const vf ds = p * (ld(w.dS + r * BK + W * c) - dl);
