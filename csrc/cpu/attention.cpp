@@ -9,7 +9,7 @@
 // Parallelism is at::parallel_for: forward over (batch, head, query block), or (batch, head) when
 // decoding; backward over (batch, kv head), one task computing dq of the group's query heads and
 // dk, dv of the kv head, so each output element has exactly one writer (no atomics, GQA needs no
-// special case), with the key blocks split further when there are fewer pairs than threads.
+// special case), with the key blocks split further when there are few (batch, kv head) pairs.
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
@@ -242,11 +242,15 @@ void forward_f32(View q, View k, View v, float* o, float* lse, Shape s, float sc
 }
 
 // float32 backward. A task is one (batch, kv head) — its G query heads' dq and its dk, dv, so
-// every output has one writer — over a share of that head's key blocks. With at least as many
-// (batch, kv head) pairs as threads a task takes all of them and writes dq directly. With fewer
-// (long sequences at batch 1, MQA) the key blocks of a pair are dealt round-robin to several tasks
-// (round-robin balances the causal triangle, where early keys are seen by more queries), each
-// thread accumulates its dq contributions in a buffer of its own, and one pass sums the buffers.
+// every output has one writer — over a share of that head's key blocks. With kSplitPairs or more
+// (batch, kv head) pairs a task takes all of them and writes dq directly. With fewer (long
+// sequences at batch 1, MQA) the key blocks of a pair are dealt round-robin to `split` parts
+// (round-robin balances the causal triangle, where early keys are seen by more queries), each part
+// accumulates its dq contributions in a buffer of its own, and one pass sums the parts in order.
+// The split depends on the shape only, never on the thread count, so results are bit-identical
+// whatever torch.set_num_threads says.
+constexpr int64_t kSplitPairs = 4;
+
 void backward_f32(View dout, View q, View k, View v, View o, const float* lse, float* dq, float* dk, float* dv,
                   Shape s, float scale, bool causal) {
   const auto& K = f32_kernels();
@@ -259,18 +263,17 @@ void backward_f32(View dout, View q, View k, View v, View o, const float* lse, f
     }
   });
   const int64_t pairs = s.B * s.Hkv, nkb = (s.Tk + isa_base::BK - 1) / isa_base::BK;
-  const int64_t threads = at::get_num_threads();
-  const int64_t split = pairs >= threads ? 1 : std::min<int64_t>(nkb, (2 * threads + pairs - 1) / pairs);
+  const int64_t split = pairs >= kSplitPairs ? 1 : std::min(nkb, (kSplitPairs + pairs - 1) / pairs);
   const int64_t work = 5 * G * s.Tq * s.Tk * std::max<int64_t>(D, 16) / split;
   const int64_t group_rows = G * s.Tq;
-  // split > 1: one dq accumulator per thread over every query row (row stride Dp), summed below.
-  std::vector<float> partial(split > 1 ? threads * rows * Dp : 0, 0.0f);
+  // split > 1: one dq accumulator per part over every query row (row stride Dp), summed below.
+  std::vector<float> partial(split > 1 ? split * rows * Dp : 0, 0.0f);
   at::parallel_for(0, pairs * split, grain(work), [&](int64_t begin, int64_t end) {
     std::vector<float> ws(K.bwd_workspace(D)), own(split > 1 ? 0 : group_rows * Dp);
     for (int64_t t = begin; t < end; ++t) {
       const int64_t pair = t / split, part = t % split, b = pair / s.Hkv, hk = pair % s.Hkv;
       const int64_t qrow = s.q_row(b, hk * G, 0);
-      float* dQ = split > 1 ? partial.data() + (at::get_thread_num() * rows + qrow) * Dp : own.data();
+      float* dQ = split > 1 ? partial.data() + (part * rows + qrow) * Dp : own.data();
       if (split == 1) std::fill(own.begin(), own.end(), 0.0f);
       K.bwd_group(q.at(b, hk * G), q.sh, q.st, dout.at(b, hk * G), dout.sh, dout.st, lse + qrow, delta.data() + qrow,
                   k.at(b, hk), k.st, v.at(b, hk), v.st, dk + s.k_row(b, hk, 0) * D, dv + s.k_row(b, hk, 0) * D, G,
@@ -281,11 +284,11 @@ void backward_f32(View dout, View q, View k, View v, View o, const float* lse, f
     }
   });
   if (split > 1)
-    at::parallel_for(0, rows, grain(threads * D), [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, rows, grain(split * D), [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r)
         for (int64_t d = 0; d < D; ++d) {
           float a = 0;
-          for (int64_t t = 0; t < threads; ++t) a += partial[(t * rows + r) * Dp + d];
+          for (int64_t part = 0; part < split; ++part) a += partial[(part * rows + r) * Dp + d];
           dq[r * D + d] = a * scale;
         }
     });

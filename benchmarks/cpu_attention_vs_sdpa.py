@@ -1,0 +1,116 @@
+"""The CPU attention kernels against torch's own SDPA, called as a user calls it, side by side.
+
+    .venv/bin/python benchmarks/cpu_attention_vs_sdpa.py                 # every shape, fp32 + bf16
+    .venv/bin/python benchmarks/cpu_attention_vs_sdpa.py --shapes medium,long --dtypes float32
+    .venv/bin/python benchmarks/cpu_attention_vs_sdpa.py --threads 1      # one core (a loaded machine)
+
+The peer is raw `F.scaled_dot_product_attention(q, k, v, is_causal=True)`, never our `sdpa`
+wrapper; ours is `ops.causal_attention(..., backend="cpu")` (validation and dispatch included).
+Two input layouts: `contig` (three contiguous (B, H, T, D) tensors) and `gpt` (the views a GPT
+layer makes: one (B, T, 3C) projection split and transposed, so q/k/v are strided). Rounds are
+interleaved (sdpa, ours, sdpa, ...) and the median of each is kept, so load on a shared machine
+hits both alike; compare the ratio. The machine's own ceiling is printed first: torch.mm 2048²
+in fp32 and bf16 on the same cores, and each row's GFLOP/s as a share of it.
+"""
+
+import argparse
+import platform
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from babygpt_ext import ops
+
+# name: (B, H, T, D), as in babygpt_ext/bench/shapes.py, plus the long-context xl shape.
+SHAPES = {"babygpt": (16, 4, 32, 4), "nanogpt-cpu": (12, 4, 64, 32), "medium": (4, 8, 512, 64),
+          "long": (1, 8, 2048, 64), "xl": (1, 16, 4096, 128)}
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            info = f.read()
+    except OSError:
+        return platform.processor() or "unknown CPU"
+    name = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")), "?")
+    flags = next((ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), [])
+    isa = [f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in flags]
+    return f"{name} ({', '.join(isa)})"
+
+
+def inputs(shape, dtype, layout, grad):
+    """q, k, v in the layout, and the tensors the gradients are taken with respect to."""
+    B, H, T, D = shape
+    if layout == "gpt":
+        qkv = torch.randn(B, T, 3 * H * D, dtype=dtype).requires_grad_(grad)
+        q, k, v = (t.view(B, T, H, D).transpose(1, 2) for t in qkv.split(H * D, dim=2))  # (B, H, T, D) views
+        return q, k, v, [qkv]
+    q, k, v = (torch.randn(B, H, T, D, dtype=dtype).requires_grad_(grad) for _ in range(3))
+    return q, k, v, [q, k, v]
+
+
+def median_time(fn, reps: int) -> float:
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def gemm_gflops(dtype, n=2048) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    torch.mm(a, b)
+    return 2 * n ** 3 / median_time(lambda: torch.mm(a, b), 5) / 1e9
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated names of " + ", ".join(SHAPES))
+    p.add_argument("--dtypes", default="float32,bfloat16", help="comma-separated torch dtypes")
+    p.add_argument("--layouts", default="contig,gpt")
+    p.add_argument("--modes", default="fwd,fwd+bwd")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds per row (median kept)")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dtypes = [getattr(torch, d) for d in args.dtypes.split(",")]
+    print(f"CPU: {cpu_name()}; {torch.get_num_threads()} threads; torch {torch.__version__}")
+    ceiling = {dt: gemm_gflops(dt) for dt in dtypes}
+    print("GEMM ceiling (torch.mm 2048²): " + ", ".join(f"{str(dt)[6:]} {g:.1f} GFLOP/s" for dt, g in ceiling.items()))
+    print(f"{'shape':12s} {'dtype':9s} {'layout':6s} {'mode':8s} {'sdpa ms':>9s} {'cpu ms':>9s} {'speedup':>8s} "
+          f"{'GFLOP/s':>8s} {'% ceil':>7s}")
+    sdpa = lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True)  # noqa: E731
+    ours = lambda q, k, v: ops.causal_attention(q, k, v, backend="cpu")  # noqa: E731
+    for name in args.shapes.split(","):
+        B, H, T, D = SHAPES[name]
+        for dt in dtypes:
+            for layout in args.layouts.split(","):
+                for mode in args.modes.split(","):
+                    grad = mode == "fwd+bwd"
+                    q, k, v, leaves = inputs(SHAPES[name], dt, layout, grad)
+                    do = torch.randn(q.shape, dtype=dt)
+
+                    def call(fn):
+                        o = fn(q, k, v)
+                        if grad:
+                            torch.autograd.grad(o, leaves, do)
+
+                    flop = 2 * B * H * T * T * D * (1 + 2.5 * grad)  # causal: half of 4·B·H·T²·D per pass
+                    reps = max(3, min(50, int(2e9 / flop)))
+                    call(sdpa), call(ours)  # warm-up
+                    a, b = [], []
+                    for _ in range(args.rounds):
+                        a.append(median_time(lambda: call(sdpa), reps))
+                        b.append(median_time(lambda: call(ours), reps))
+                    ta, tb = statistics.median(a), statistics.median(b)
+                    gf = flop / tb / 1e9
+                    print(f"{name:12s} {str(dt)[6:]:9s} {layout:6s} {mode:8s} {ta * 1e3:9.3f} {tb * 1e3:9.3f} "
+                          f"{ta / tb:7.2f}x {gf:8.1f} {100 * gf / ceiling[dt]:6.1f}%", flush=True)
+
+
+if __name__ == "__main__":
+    main()

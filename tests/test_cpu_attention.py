@@ -1,0 +1,75 @@
+"""Properties of the CPU attention kernels (csrc/cpu) that the shared suite does not pin down: the
+strided views of a GPT layer are read in place with the same arithmetic as contiguous inputs,
+the results do not depend on the thread count (also where the backward splits its key blocks or
+the forward decodes one row), and the decode path (Tq = 1) matches the float64 reference."""
+
+import pytest
+import torch
+
+from babygpt_ext import ops
+
+pytest.importorskip("babygpt_ext._C", reason="the compiled extension babygpt_ext._C is not built")
+
+
+def qkv_views(B, H, T, D, seed=0):
+    """q, k, v as a GPT layer makes them: one (B, T, 3·H·D) projection, split, viewed, transposed."""
+    g = torch.Generator().manual_seed(seed)
+    qkv = torch.randn(B, T, 3 * H * D, generator=g)
+    return [t.view(B, T, H, D).transpose(1, 2) for t in qkv.split(H * D, dim=2)]  # (B, H, T, D), strided
+
+
+def fwd_bwd(q, k, v, seed=1):
+    q, k, v = (t.detach().requires_grad_() for t in (q, k, v))
+    o = ops.causal_attention(q, k, v, backend="cpu")
+    do = torch.randn(o.shape, generator=torch.Generator().manual_seed(seed))
+    return (o, *torch.autograd.grad(o, (q, k, v), do))
+
+
+@pytest.mark.parametrize("shape", [(2, 4, 64, 32), (1, 3, 129, 59), (3, 2, 7, 4)])
+def test_strided_views_give_the_same_bits_as_contiguous_copies(shape):
+    q, k, v = qkv_views(*shape)
+    assert not q.is_contiguous()
+    strided = fwd_bwd(q, k, v)
+    contiguous = fwd_bwd(q.contiguous(), k.contiguous(), v.contiguous())
+    for a, b in zip(strided, contiguous):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("B,H,Hkv,Tq,Tk,D", [
+    (1, 4, 1, 300, 300, 64),   # one (batch, kv head) pair: the backward splits its key blocks
+    (1, 2, 2, 200, 200, 32),   # two pairs: split in two
+    (2, 6, 6, 1, 700, 32),     # decoding: one query row per head
+    (4, 4, 4, 65, 65, 16),     # enough pairs: no split
+])
+def test_bit_identical_across_thread_counts(B, H, Hkv, Tq, Tk, D):
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(B, H, Tq, D, generator=g)
+    k, v = torch.randn(B, Hkv, Tk, D, generator=g), torch.randn(B, Hkv, Tk, D, generator=g)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = fwd_bwd(q, k, v)
+        torch.set_num_threads(2)
+        two = fwd_bwd(q, k, v)
+    finally:
+        torch.set_num_threads(before)
+    for a, b in zip(one, two):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("H,Hkv,Tk,D", [(6, 6, 1024, 32), (4, 1, 77, 59), (2, 2, 1, 4), (8, 2, 130, 128)])
+def test_decode_row_matches_float64(H, Hkv, Tk, D):
+    g = torch.Generator().manual_seed(3)
+    q = torch.randn(2, H, 1, D, generator=g)
+    k, v = torch.randn(2, Hkv, Tk, D, generator=g), torch.randn(2, Hkv, Tk, D, generator=g)
+    o = ops.causal_attention(q, k, v, backend="cpu")
+    ref = ops.causal_attention(q.double(), k.double(), v.double(), backend="eager")
+    assert ((o.double() - ref).norm() / ref.norm()).item() < 1e-5
+
+
+def test_a_future_value_never_reaches_earlier_rows():
+    q, k, v = (torch.randn(1, 2, 150, 32) for _ in range(3))
+    v[:, :, 70] = float("nan")
+    o = ops.causal_attention(q, k, v, backend="cpu")
+    assert not torch.isnan(o[:, :, :70]).any()
+    assert torch.isnan(o[:, :, 70:]).all()
