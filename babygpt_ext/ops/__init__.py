@@ -69,10 +69,14 @@ class Explanation:
         lines = [f"backend: {self.backend} ({self.how})"]
         if self.key:
             lines.append(f"  key: {self.key}")
-        lines += [f"  measured {name}: {t * 1e6:.1f} µs" for name, t in sorted(self.times.items(), key=lambda x: x[1])]
+        lines += [f"  measured {name}: {duration(t)}" for name, t in sorted(self.times.items(), key=lambda x: x[1])]
         lines += [f"  failed {name}: {why}" for name, why in self.failed.items()]
         lines += [f"  skipped {name}: {why}" for name, why in self.skipped]
         return "\n".join(lines)
+
+
+def duration(seconds: float) -> str:
+    return f"{seconds * 1e3:.2f} ms" if seconds >= 1e-3 else f"{seconds * 1e6:.1f} µs"
 
 
 def _explain(spec, args, backend) -> Explanation:

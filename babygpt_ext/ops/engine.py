@@ -73,8 +73,12 @@ def run(spec: OpSpec, args: tuple, backend: Optional[str]):
     hot = (spec.name, t.device, t.dtype, grad, key, backend)
     impl = _chosen.get(hot)
     if impl is None:
-        impl = _chosen[hot] = BACKENDS[decision(spec, args, backend, _call(spec, t, grad, key)).backend
-                                       ].impls[spec.name]
+        call = _call(spec, t, grad, key)
+        d = decision(spec, args, backend, call)
+        for name, why in d.skipped:
+            registry.warn_once(f"babygpt_ext: backend {name!r} skipped for {call.op} ({call.device}, {call.dtype}): "
+                               f"{why}; using {d.backend!r}")
+        impl = _chosen[hot] = BACKENDS[d.backend].impls[spec.name]
     return impl(*args)
 
 
@@ -100,8 +104,8 @@ def _call(spec: OpSpec, t: torch.Tensor, grad: bool, key: tuple) -> Call:
 
 
 def decision(spec: OpSpec, args: tuple, backend: Optional[str], call: Call, force: bool = False) -> Decision:
-    """Decide who runs `call` (measuring on args if needed), warn about skipped backends, remember it.
-    force: measure again even if a decision is cached."""
+    """Decide who runs `call` (measuring on args if needed) and remember it. force: measure again
+    even if a decision is cached."""
     if not force and (call, backend) in _decisions:
         return _decisions[(call, backend)]
     chosen, skipped, how = registry.decide(call, backend)
@@ -111,9 +115,6 @@ def decision(spec: OpSpec, args: tuple, backend: Optional[str], call: Call, forc
         d = Decision(chosen.name, f"{how}: {why}", skipped, static=chosen.name)
     else:
         d = _measured(spec, args, call, chosen.name, skipped, force)
-    for name, why in d.skipped:
-        registry.warn_once(f"babygpt_ext: backend {name!r} skipped for {call.op} ({call.device}, {call.dtype}): "
-                           f"{why}; using {d.backend!r}")
     _decisions[(call, backend)] = d
     return d
 

@@ -92,7 +92,7 @@ def get(name: str) -> Backend:
 def warn_once(msg: str) -> None:
     if msg not in _warned:
         _warned.add(msg)
-        warnings.warn(msg, RuntimeWarning, stacklevel=5)
+        warnings.warn(msg, RuntimeWarning, stacklevel=4)
 
 
 def _describe(call: Call) -> str:

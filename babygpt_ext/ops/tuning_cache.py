@@ -13,6 +13,7 @@ what another process wrote meanwhile.
                                       "times_us": {"cpu": 41.2, "sdpa": 55.0}, "rounds": 9}}}
 """
 
+import contextlib
 import functools
 import json
 import os
@@ -155,7 +156,8 @@ def store(call: Call, backend: str, static: str, times: Dict[str, float], rounds
             os.fsync(f.fileno())
         os.replace(tmp, p)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            tmp.unlink()
         if _state.get("status") != "unwritable":
             warnings.warn(f"babygpt_ext: cannot write the tuning cache {p} ({e}); decisions stay in memory for "
                           "this process", RuntimeWarning, stacklevel=2)
