@@ -26,6 +26,8 @@ from .registry import BACKENDS
 from .spec import Call, OpSpec
 
 TUNE_VAR = "BABYGPT_TUNE"
+# Bound once: the per-call path skips two attribute lookups (dynamo knows them by identity).
+_is_compiling, _grad_enabled = torch.compiler.is_compiling, torch.is_grad_enabled
 MARGIN = 0.05  # a candidate must be this much faster than the static choice to displace it
 
 
@@ -60,16 +62,22 @@ def tuning_enabled() -> bool:
 
 def run(spec: OpSpec, args: tuple, backend: Optional[str]):
     """Run op `spec` on its validated args with the backend chosen for them."""
+    return implementation(spec, args, backend)(*args)
+
+
+def implementation(spec: OpSpec, args: tuple, backend: Optional[str]):
+    """The function that runs these args: once their key is decided, a key and a dictionary lookup
+    (this is the engine's whole cost per call; `babygpt tune` reports it)."""
     key = spec.key(*args)
     if key is None:  # an empty output: the reference computes it, autograd included, as SDPA would
         if backend is not None:
             registry.get(backend)
-        return spec.reference(*args)
+        return spec.reference
     t = args[0]
-    grad = key[0] and torch.is_grad_enabled()
-    if torch.compiler.is_compiling():
+    grad = key[0] and _grad_enabled()
+    if _is_compiling():
         return BACKENDS[_traced_choice(spec.name, t.device, t.dtype, grad, spec.traced_facts(*args), backend)
-                        ].impls[spec.name](*args)
+                        ].impls[spec.name]
     hot = (spec.name, t.device, t.dtype, grad, key, backend)
     impl = _chosen.get(hot)
     if impl is None:
@@ -79,7 +87,7 @@ def run(spec: OpSpec, args: tuple, backend: Optional[str]):
             registry.warn_once(f"babygpt_ext: backend {name!r} skipped for {call.op} ({call.device}, {call.dtype}): "
                                f"{why}; using {d.backend!r}")
         impl = _chosen[hot] = BACKENDS[d.backend].impls[spec.name]
-    return impl(*args)
+    return impl
 
 
 def call_of(spec: OpSpec, args: tuple) -> Optional[Call]:
@@ -139,7 +147,7 @@ def _measured(spec: OpSpec, args: tuple, call: Call, static: str, skipped: list,
         return Decision(cached["backend"], f"measured earlier, read from the tuning cache {tuning_cache.path()}",
                         skipped, static, {n: t / 1e6 for n, t in cached["times_us"].items()}, {}, cached["rounds"])
     steps = _steps(spec, args, call.needs_grad, takers)
-    times, failed, rounds = measure.time_candidates(steps, measure.clock_for(args[0].device))
+    times, failed, rounds = measure.time_candidates(steps, measure.clock_for(args[0].device), measure.BUDGET_S)
     for name, err in failed.items():
         registry.warn_once(f"babygpt_ext: backend {name!r} failed while being timed for {call.label()} ({err}); "
                            "left out of the choice")

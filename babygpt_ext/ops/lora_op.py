@@ -8,7 +8,7 @@ import torch
 
 from . import reference, validate
 from .attention_op import acc_dtype
-from .spec import OpSpec, bucket
+from .spec import OpSpec
 
 
 def _validate(x, weight, bias, lora_a, lora_b, scale):
@@ -24,7 +24,7 @@ def _key(x, weight, bias, lora_a, lora_b, scale):
     grad = (x.requires_grad or weight.requires_grad or lora_a.requires_grad or lora_b.requires_grad
             or (bias is not None and bias.requires_grad))
     # Whether the frozen base takes a gradient changes the backward's work (dW is the biggest matmul).
-    return grad, d_in, d_out, r, bias is not None, weight.requires_grad, bucket(n)
+    return grad, d_in, d_out, r, bias is not None, weight.requires_grad, (n - 1).bit_length()
 
 
 def _describe(key):

@@ -2,7 +2,7 @@
 
 Each candidate is a zero-argument step (forward, or forward + backward) on private copies of the
 call's inputs. Protocol: two warm-up calls each (one when a call alone exceeds the budget), the
-second one's time being the first estimate; a candidate that raises is dropped and reported;
+the faster of the two being the first estimate (load on the machine only adds time); a candidate that raises is dropped and reported;
 candidates far slower than the best estimate are dropped (more samples cannot turn 3x into a
 win); then interleaved rounds, rotating the order, until the budget is spent (at least
 MIN_ROUNDS, at most MAX_ROUNDS); each sample repeats a tiny call until it lasts SAMPLE_S, so the
@@ -69,7 +69,7 @@ def _failure(e: Exception) -> str:
     return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
 
 
-def time_candidates(steps: Dict[str, Callable], clock: WallClock, budget_s: float = BUDGET_S
+def time_candidates(steps: Dict[str, Callable], clock: WallClock, budget_s: float
                     ) -> Tuple[Dict[str, float], Dict[str, str], int]:
     """({name: median seconds per step}, {name: why it failed}, rounds) for the given steps.
     A step that raises, at any point, is dropped and reported instead of timed."""
@@ -80,7 +80,7 @@ def time_candidates(steps: Dict[str, Callable], clock: WallClock, budget_s: floa
             # The first call pays one-time costs (allocation, lazy setup); a second one, when the
             # first fits the budget, gives an estimate good enough to prune on.
             first = _timed(clock, step, 1)
-            warm[name] = _timed(clock, step, 1) if first < budget_s else first
+            warm[name] = min(first, _timed(clock, step, 1)) if first < budget_s else first
             estimated[name] = first < budget_s
         except Exception as e:  # noqa: BLE001 - any failure means "not this backend"
             failed[name] = _failure(e)

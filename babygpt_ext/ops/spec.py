@@ -40,11 +40,6 @@ class Call:
                 f"{'fwd+bwd' if self.needs_grad else 'fwd'}").replace("  ", " ")
 
 
-def bucket(n: int) -> int:
-    """The exponent of the power-of-two bucket holding size n >= 1: 1 -> 0, 2 -> 1, 3..4 -> 2, 5..8 -> 3."""
-    return (n - 1).bit_length()
-
-
 @dataclass(frozen=True)
 class OpSpec:
     """One op of the contract. `args` below are the implementation's arguments, the tuple that
@@ -53,8 +48,9 @@ class OpSpec:
     validate: Callable  # public arguments -> args; raises TypeError/ValueError naming the argument
     reference: Callable  # (*args) -> output: the eager composition (also any backend's answer on empty input)
     # (*args) -> None when the output is empty (the reference computes it), else a hashable tuple
-    # (requires_grad of any input, *shape facts with sizes as bucket exponents). Runs on every
-    # call, so it only reads shapes and flags.
+    # (requires_grad of any input, *shape facts), sizes as the exponent of their power-of-two bucket,
+    # (n - 1).bit_length(): 1 -> 0, 2 -> 1, 3..4 -> 2, 5..8 -> 3. Runs on every call, so it only
+    # reads shapes and flags.
     key: Callable
     # (key without its requires_grad flag) -> (head_dim, dims) for the Call
     describe: Callable[[tuple], Tuple[int, tuple]]
