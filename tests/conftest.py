@@ -4,17 +4,27 @@ Every backend usable on CPU tensors here is tested by the same tests: eager, sdp
 triton through Triton's interpreter (TRITON_INTERPRET=1 is set below, before anything can import
 triton); cuda_emu when babygpt_ext._C_emu was built (BABYGPT_EXT_EMU=1). A new backend joins the
 suite by registering in babygpt_ext.ops and becoming available.
+
+The engine's measured choice is off for the suite (BABYGPT_TUNE=0: the static policy, so a test
+runs the backend it names and takes no time measuring; tests/test_tuning.py turns it on for the
+mechanism itself), and its cache lives in a temporary directory, never the user's.
 """
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("TRITON_INTERPRET", "1")  # must precede any `import triton`
+os.environ["BABYGPT_TUNE"] = "0"  # subprocesses of the tests inherit both
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="babygpt_test_cache_")
+atexit.register(shutil.rmtree, os.environ["XDG_CACHE_HOME"], ignore_errors=True)
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from babygpt_ext import ops  # noqa: E402
-from babygpt_ext.ops.registry import Call  # noqa: E402
+from babygpt_ext.ops.spec import Call  # noqa: E402
 
 CPU_BACKENDS = ops.available_backends("cpu")
 # The Triton interpreter and the CUDA emulator run a kernel thread by thread in Python/fibers:
@@ -61,8 +71,14 @@ def lora_shapes(backend):
     return LORA_SHAPES_SMALL if backend in SLOW_BACKENDS else LORA_SHAPES_FULL
 
 
-def dtypes_for(backend):
-    return [d for d in DTYPES if d in ops.BACKENDS[backend].dtypes]
+def takes(backend, op, dtype, head_dim=8):
+    """Whether the backend takes this kind of call on CPU tensors here."""
+    return ops.BACKENDS[backend].refuses(Call(op, "cpu", dtype, head_dim)) is None
+
+
+def dtypes_for(backend, op="attention"):
+    """The dtypes the backend computes in (its other refusals become skips with their reason)."""
+    return [d for d in DTYPES if "does not support" not in (ops.BACKENDS[backend].refuses(Call(op, "cpu", d, 8)) or "")]
 
 
 def backend_param(op, backend, dtype, head_dim, *values, id):
@@ -85,3 +101,21 @@ def pytest_report_header(config):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(1234)
+
+
+def _attn_call(h, hkv, tq, tk, d, causal, b=1):
+    return Call("attention", "cpu", torch.float32, d, (("H", h), ("Hkv", hkv), ("causal", causal), ("Tq<=", tq),
+                                                        ("Tk<=", tk), ("B<=", b)))
+
+
+def _lora_call(n, d_in, d_out, r, bias, base_grad):
+    return Call("lora", "cpu", torch.float32, 0, (("in", d_in), ("out", d_out), ("r", r), ("bias", bias),
+                                                   ("base_grad", base_grad), ("N<=", n)))
+
+
+# Small calls of every op in the table, for the tests that iterate over it (opcheck, compile):
+# spec.make_args(call, device, dtype, requires_grad) builds their inputs. A new op adds its own.
+OP_SAMPLES = {
+    "attention": [_attn_call(2, 1, 5, 5, 8, True), _attn_call(2, 2, 3, 7, 16, True), _attn_call(4, 2, 6, 3, 8, False)],
+    "lora": [_lora_call(5, 8, 6, 2, True, False), _lora_call(5, 8, 6, 2, False, False), _lora_call(5, 8, 6, 2, True, True)],
+}

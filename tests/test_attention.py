@@ -6,7 +6,8 @@ import torch
 
 from babygpt_ext import ops
 from babygpt_ext.ops import reference
-from conftest import CPU_BACKENDS, attn_id, attn_shapes, backend_param, dtypes_for
+from babygpt_ext.ops.backends import COMPILED
+from conftest import CPU_BACKENDS, attn_id, attn_shapes, backend_param, dtypes_for, takes
 from tolerance import FWD_FACTOR, GRAD_FACTOR, assert_close
 
 CASES = [backend_param("attention", b, dt, s[5], s, id=f"{b}-{attn_id(s)}-{str(dt)[6:]}")
@@ -63,7 +64,7 @@ def test_matches_float64_reference(backend, shape, dtype):
         assert_close(g, r, e, name, GRAD_FACTOR)
 
 
-F64_BACKENDS = [b for b in CPU_BACKENDS if torch.float64 in ops.BACKENDS[b].dtypes]
+F64_BACKENDS = [b for b in CPU_BACKENDS if takes(b, "attention", torch.float64)]
 
 
 @pytest.mark.parametrize("backend", F64_BACKENDS)
@@ -116,3 +117,35 @@ def test_default_scale_is_inverse_sqrt_head_dim(backend):
     c = ops.causal_attention(q, k, v, scale=1.0, backend=backend)
     torch.testing.assert_close(a, b)
     assert not torch.allclose(a, c)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("b,tq,tk,causal", [(0, 4, 4, True), (2, 0, 0, True), (2, 0, 5, True), (2, 3, 0, False)],
+                         ids=["B0", "T0", "Tq0", "Tk0-full"])
+def test_zero_size_batches_and_sequences_behave_like_sdpa(backend, b, tq, tk, causal):
+    q = torch.randn(b, 4, tq, 8, requires_grad=True)
+    k, v = (torch.randn(b, 2, tk, 8, requires_grad=True) for _ in range(2))
+    o = ops.causal_attention(q, k, v, causal=causal, backend=backend)
+    expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal and tq == tk,
+                                                                enable_gqa=True)
+    assert o.shape == expected.shape == (b, 4, tq, 8)
+    assert torch.equal(o, expected)  # empty, or (no keys to attend to) zeros
+    grads = torch.autograd.grad(o.sum(), (q, k, v), allow_unused=True)
+    assert [None if g is None else g.shape for g in grads] in ([q.shape, k.shape, v.shape], [q.shape, None, None])
+
+
+@pytest.mark.parametrize("backend", [b for b in CPU_BACKENDS if b in COMPILED])
+def test_double_backward_raises_a_clear_error(backend):
+    """The backward kernels have no derivative: a second-order gradient must fail loudly, not be wrong."""
+    q, k, v = (torch.randn(1, 2, 5, 8, requires_grad=True) for _ in range(3))
+    o = ops.causal_attention(q, k, v, backend=backend)
+    g_plain = torch.autograd.grad(o.square().sum(), q, retain_graph=True)[0]
+    (g,) = torch.autograd.grad(o.square().sum(), q, create_graph=True)  # first order still works
+    torch.testing.assert_close(g, g_plain)
+    with pytest.raises(RuntimeError, match="double backward through attention is not supported.*backend='eager'"):
+        torch.autograd.grad(g.sum(), (q, k, v))
+
+
+def test_double_backward_through_the_eager_backend_matches_gradgradcheck():
+    q, k, v = (torch.randn(1, 2, 4, 3, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    assert torch.autograd.gradgradcheck(lambda *t: ops.causal_attention(*t, backend="eager"), (q, k, v))

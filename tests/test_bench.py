@@ -2,21 +2,24 @@
 
 import torch
 
-from babygpt_ext.bench.runner import bench_attention, bench_backends, bench_lora
+from babygpt_ext.bench.runner import AUTO, bench_attention, bench_backends, bench_lora, runnable
 from babygpt_ext.bench.shapes import AttnShape, LoraShape
+from babygpt_ext.cli import main
 from babygpt_ext.cli.bench import format_table
 
 
 def test_attention_rows_cover_every_backend_with_small_errors():
     backends = bench_backends("cpu", "attention")
     assert {"eager", "sdpa"} <= set(backends) and "triton" not in backends  # interpreters are not timed
+    assert backends[-1] == AUTO
     rows = bench_attention(AttnShape("t", B=1, H=2, T=16, D=8), backends, "cpu", torch.float32, backward=True,
                            rounds=2)
     assert [r.backend for r in rows] == backends
     for r in rows:
         assert r.ms > 0 and r.tflops > 0 and r.max_err < 1e-5 and r.baseline == "sdpa"
     assert abs(next(r for r in rows if r.backend == "sdpa").speedup - 1.0) < 1e-12
-    assert "attention" in format_table(rows)
+    auto = next(r for r in rows if r.backend == AUTO)
+    assert auto.runs in backends and f"auto→{auto.runs}" in format_table(rows)
 
 
 def test_lora_rows_skip_backends_without_lora():
@@ -32,3 +35,16 @@ def test_flop_counts():
     assert s.flops(causal=False) == 4 * 2 * 3 * 5 * 5 * 7
     assert s.flops(causal=True) == s.flops(causal=False) / 2
     assert s.flops(causal=True, backward=True) == 3.5 * s.flops(causal=True)
+
+
+def test_a_backend_without_the_op_is_left_out_of_that_table_with_a_note():
+    kept, notes = runnable(["eager", "sdpa", "cpu", AUTO], "lora", "cpu", torch.float32)
+    assert kept == ["eager", "cpu", AUTO] and notes == ["sdpa left out of the lora table: it has no lora implementation"]
+
+
+def test_bench_with_a_backend_that_has_no_lora_runs_and_notes_it(capsys):
+    assert main(["bench", "--backends", "eager,sdpa,cpu", "--op", "lora", "--quick", "--mode", "fwd", "--rounds", "1"]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("lora ")]
+    assert rows and not any(" sdpa " in row for row in rows)
+    assert "note: sdpa left out of the lora table: it has no lora implementation" in out

@@ -5,7 +5,8 @@ import torch
 
 from babygpt_ext import ops
 from babygpt_ext.ops import reference
-from conftest import CPU_BACKENDS, backend_param, dtypes_for, lora_shapes
+from babygpt_ext.ops.backends import COMPILED
+from conftest import CPU_BACKENDS, backend_param, dtypes_for, lora_shapes, takes
 from tolerance import FWD_FACTOR, GRAD_FACTOR, assert_close
 
 
@@ -14,9 +15,9 @@ def lora_id(s):
     return f"x{'x'.join(map(str, lead))}-{d_in}to{d_out}-r{r}{'-bias' if bias else ''}"
 
 
+LORA_BACKENDS = [b for b in CPU_BACKENDS if "lora" in ops.BACKENDS[b].impls]
 CASES = [backend_param("lora", b, dt, 0, s, id=f"{b}-{lora_id(s)}-{str(dt)[6:]}")
-         for b in CPU_BACKENDS if ops.BACKENDS[b].lora is not None
-         for s in lora_shapes(b) for dt in dtypes_for(b)]
+         for b in LORA_BACKENDS for s in lora_shapes(b) for dt in dtypes_for(b, "lora")]
 
 
 def make_inputs(shape):
@@ -58,7 +59,7 @@ def test_matches_float64_reference(backend, shape, dtype, trainable_base):
         assert_close(g, r, e, name, GRAD_FACTOR)
 
 
-@pytest.mark.parametrize("backend", [b for b in CPU_BACKENDS if ops.BACKENDS[b].lora is not None])
+@pytest.mark.parametrize("backend", LORA_BACKENDS)
 def test_frozen_base_gets_no_gradient(backend):
     x, w, b, a, bm = (t.float() if t is not None else None for t in make_inputs(((4,), 8, 6, 2, True)))
     a.requires_grad_(), bm.requires_grad_()
@@ -66,10 +67,26 @@ def test_frozen_base_gets_no_gradient(backend):
     assert w.grad is None and b.grad is None and a.grad is not None and bm.grad is not None
 
 
-F64_BACKENDS = [b for b in CPU_BACKENDS if ops.BACKENDS[b].lora is not None and torch.float64 in ops.BACKENDS[b].dtypes]
+F64_BACKENDS = [b for b in LORA_BACKENDS if takes(b, "lora", torch.float64)]
 
 
 @pytest.mark.parametrize("backend", F64_BACKENDS)
 def test_gradcheck_float64(backend):
     x, w, b, a, bm = (t.requires_grad_() for t in make_inputs(((3,), 5, 4, 2, True)))
     assert torch.autograd.gradcheck(lambda *t: ops.lora_linear(*t, 0.5, backend=backend), (x, w, b, a, bm))
+
+
+@pytest.mark.parametrize("backend", [b for b in LORA_BACKENDS if b in COMPILED])
+def test_double_backward_raises_a_clear_error(backend):
+    x, w, b, a, bm = (t.float().requires_grad_() for t in make_inputs(((4,), 8, 6, 2, True)))
+    y = ops.lora_linear(x, w, b, a, bm, 1.0, backend=backend)
+    (gx,) = torch.autograd.grad(y.square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="double backward through lora is not supported"):
+        torch.autograd.grad(gx.sum(), (x, a, bm))
+
+
+@pytest.mark.parametrize("backend", LORA_BACKENDS)
+def test_zero_tokens_give_an_empty_output(backend):
+    x, w, b, a, bm = (t.float() for t in make_inputs(((0, 3), 8, 6, 2, True)))
+    y = ops.lora_linear(x, w, b, a, bm, 1.0, backend=backend)
+    assert y.shape == (0, 3, 6)

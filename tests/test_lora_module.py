@@ -12,7 +12,7 @@ from babygpt_ext.models import GPT, GPTConfig
 from babygpt_ext.nn import LoRALinear
 
 # Backends with a LoRA implementation (sdpa is attention only).
-BACKENDS = [b for b in ops.available_backends("cpu") if ops.BACKENDS[b].lora is not None]
+BACKENDS = ops.available_backends("cpu", op="lora")
 
 
 def randomised(layer: LoRALinear) -> LoRALinear:

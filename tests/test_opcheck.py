@@ -1,60 +1,69 @@
-"""torch.library.opcheck on every op of every compiled backend: schema, fake kernel, autograd
-registration and AOT dispatch all agree with the real kernel."""
+"""torch.library.opcheck on every op of the table on every compiled backend: schema, fake kernel,
+autograd registration and AOT dispatch all agree with the real kernel. The ops come from the op
+table, so a new op is checked as soon as it has samples in conftest.OP_SAMPLES."""
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from babygpt_ext.ops.backends import COMPILED, compiled_ops
-from conftest import CPU_BACKENDS
+from babygpt_ext.ops.table import OPS
+from conftest import CPU_BACKENDS, OP_SAMPLES
 
 COMPILED_HERE = [b for b in CPU_BACKENDS if b in COMPILED]
 
 
-def attn_samples(dtype, grad):
-    out = []
-    for (h, hkv, tq, tk, d, causal) in [(2, 1, 5, 5, 8, True), (2, 2, 3, 7, 16, True), (4, 2, 6, 3, 8, False)]:
-        q = torch.randn(1, h, tq, d, dtype=dtype, requires_grad=grad)
-        k = torch.randn(1, hkv, tk, d, dtype=dtype, requires_grad=grad)
-        v = torch.randn(1, hkv, tk, d, dtype=dtype, requires_grad=grad)
-        out.append((q, k, v, d ** -0.5, causal))
-    return out
+class RecordNamespace(TorchDispatchMode):
+    """Records every call of an op of one namespace, with its arguments."""
+
+    def __init__(self, ns):
+        super().__init__()
+        self.ns, self.calls = ns, []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.namespace == self.ns:
+            self.calls.append((func, args))
+        return func(*args, **(kwargs or {}))
 
 
-def lora_samples(dtype, grad):
-    x = torch.randn(5, 8, dtype=dtype, requires_grad=grad)
-    w, b = torch.randn(6, 8, dtype=dtype), torch.randn(6, dtype=dtype)
-    a = torch.randn(2, 8, dtype=dtype, requires_grad=grad)
-    bm = torch.randn(6, 2, dtype=dtype, requires_grad=grad)
-    return [(x, w, b, a, bm, 0.5), (x, w, None, a, bm, 2.0)]
-
-
-@pytest.mark.parametrize("backend", COMPILED_HERE)
-@pytest.mark.parametrize("grad", [False, True], ids=["no-grad", "grad"])
-def test_opcheck_attn_fwd(backend, grad):
-    for args in attn_samples(torch.float32, grad):
-        torch.library.opcheck(compiled_ops(backend).attn_fwd.default, args)
+def test_every_op_has_samples():
+    assert set(OP_SAMPLES) == set(OPS)
 
 
 @pytest.mark.parametrize("backend", COMPILED_HERE)
-def test_opcheck_attn_bwd(backend):
+@pytest.mark.parametrize("op", OPS)
+def test_namespace_schemas_are_the_tables(backend, op):
     ns = compiled_ops(backend)
-    for q, k, v, scale, causal in attn_samples(torch.float32, False):
-        o, lse = ns.attn_fwd(q, k, v, scale, causal)
-        torch.library.opcheck(ns.attn_bwd.default, (torch.randn_like(o), q, k, v, o, lse, scale, causal))
+    for name, schema in OPS[op].schemas.items():
+        registered = str(getattr(ns, name).default._schema)
+        assert registered.split("(", 1)[1] == schema.split("(", 1)[1], (registered, schema)
 
 
 @pytest.mark.parametrize("backend", COMPILED_HERE)
+@pytest.mark.parametrize("op", OPS)
 @pytest.mark.parametrize("grad", [False, True], ids=["no-grad", "grad"])
-def test_opcheck_lora_fwd(backend, grad):
-    for args in lora_samples(torch.float32, grad):
-        torch.library.opcheck(compiled_ops(backend).lora_fwd.default, args)
+def test_opcheck_forward(backend, op, grad):
+    spec = OPS[op]
+    forward = getattr(compiled_ops(backend), spec.forward).default
+    for call in OP_SAMPLES[op]:
+        torch.library.opcheck(forward, spec.make_args(call, "cpu", torch.float32, grad))
 
 
 @pytest.mark.parametrize("backend", COMPILED_HERE)
-@pytest.mark.parametrize("need_dweight,need_dbias", [(False, False), (True, True)])
-def test_opcheck_lora_bwd(backend, need_dweight, need_dbias):
+@pytest.mark.parametrize("op", OPS)
+def test_opcheck_the_other_ops_as_autograd_calls_them(backend, op):
+    """The backward ops, with the exact arguments the registered autograd passes them."""
+    spec = OPS[op]
     ns = compiled_ops(backend)
-    for x, w, b, a, bm, scale in lora_samples(torch.float32, False):
-        y, xa = ns.lora_fwd(x, w, b, a, bm, scale)
-        torch.library.opcheck(ns.lora_bwd.default,
-                              (torch.randn_like(y), x, w, a, bm, xa, scale, need_dweight, need_dbias and b is not None))
+    for call in OP_SAMPLES[op]:
+        args = spec.make_args(call, "cpu", torch.float32, True)
+        recorder = RecordNamespace(COMPILED[backend][1])
+        with recorder:
+            out = spec.run_compiled(ns, *args)
+            torch.autograd.grad(out, [a for a in args if isinstance(a, torch.Tensor) and a.requires_grad],
+                                torch.randn_like(out))
+        others = [(f, a) for f, a in recorder.calls if f._opname != spec.forward]
+        assert {f._opname for f, _ in others} == set(spec.schemas) - {spec.forward}
+        for func, func_args in others:
+            detached = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in func_args)
+            torch.library.opcheck(func, detached)

@@ -21,7 +21,8 @@ ATTN_BAD = [
     ("k/v shapes differ", (q, k, v[:, :, :3]), {}, ValueError, r"k and v must have the same shape"),
     ("H not a multiple of Hkv", (torch.randn(1, 3, 4, 8), k, v), {}, ValueError, r"H=3 must be a multiple of .*Hkv=2"),
     ("causal Tq > Tk", (torch.randn(1, 2, 5, 8), k, v), {}, ValueError, r"causal attention needs Tq <= Tk.*Tq=5, Tk=4"),
-    ("empty sequence", (q[:, :, :0], k, v), {}, ValueError, r"at least 1"),
+    ("no heads", (q[:, :0], k, v), {}, ValueError, r"heads H, Hkv and the head dim D must be at least 1"),
+    ("empty head dim", (q[..., :0], k[..., :0], v[..., :0]), {}, ValueError, r"head dim D must be at least 1"),
     ("integer dtype", (q.long(), k.long(), v.long()), {}, TypeError, r"q must be float16, bfloat16, float32 or float64, got torch.int64"),
     ("mixed dtypes", (q, k.double(), v), {}, TypeError, r"k has dtype torch.float64 but q has torch.float32"),
     ("mixed devices", (q, k.to("meta"), v), {}, ValueError, r"k is on meta but q is on cpu"),
@@ -50,10 +51,12 @@ LORA_BAD = [
     ("mixed dtypes", (x, w.half(), bias, a, bm, 1.0), TypeError, r"weight has dtype torch.float16 but x has torch.float32"),
     ("mixed devices", (x, w, bias, a.to("meta"), bm, 1.0), ValueError, r"lora_a is on meta"),
     ("scale None", (x, w, bias, a, bm, None), TypeError, r"scale must be a real number"),
+    ("in_features 0", (x[:, :0], w[:, :0], bias, a[:, :0], bm, 1.0), ValueError,
+     r"in_features \(weight.shape\[1\]\) must be at least 1.*x \(3, 0\)"),
 ]
 
 
-@pytest.mark.parametrize("backend", [b for b in CPU_BACKENDS if ops.BACKENDS[b].lora is not None])
+@pytest.mark.parametrize("backend", [b for b in CPU_BACKENDS if "lora" in ops.BACKENDS[b].impls])
 @pytest.mark.parametrize("args,exc,match", [pytest.param(*c[1:], id=c[0]) for c in LORA_BAD])
 def test_lora_rejects_bad_input(backend, args, exc, match):
     with pytest.raises(exc, match=match):

@@ -1,4 +1,8 @@
-"""Run the ops on every chosen backend for one shape and report times, ratios and errors."""
+"""Run the ops on every chosen backend for one shape and report times, ratios and errors.
+
+The backend name AUTO is the engine's own choice (backend=None): its first call measures the
+candidates (outside the timed rounds), so its row shows what a user gets once the key is decided.
+"""
 
 from dataclasses import asdict, dataclass
 from typing import List, Optional
@@ -6,12 +10,14 @@ from typing import List, Optional
 import torch
 
 from .. import ops
+from ..ops.spec import Call
 from .shapes import AttnShape, LoraShape
 from .timing import time_interleaved
 
 # Backends that exist to *test* kernels on a CPU (the Triton interpreter, the CUDA emulator):
 # timing them measures the emulation, not the kernel, so they are never benchmarked on the CPU.
 TEST_ONLY_ON_CPU = ("triton", "cuda_emu")
+AUTO = "auto"
 
 
 @dataclass
@@ -27,15 +33,33 @@ class Result:
     baseline: str
     max_err: float  # vs the eager backend in the same dtype
     peak_mb: Optional[float]
+    runs: str = ""  # the backend that ran: the row's own, or for AUTO the engine's choice
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
 def bench_backends(device: str, op: str) -> List[str]:
-    names = [n for n in ops.available_backends(device)
-             if not (device == "cpu" and n in TEST_ONLY_ON_CPU)]
-    return [n for n in names if op == "attention" or ops.BACKENDS[n].lora is not None]
+    """The backends worth timing for `op` on `device`, then AUTO."""
+    return [n for n in ops.available_backends(device, op=op) if not (device == "cpu" and n in TEST_ONLY_ON_CPU)] + [AUTO]
+
+
+def runnable(backends: List[str], op: str, device: str, dtype: torch.dtype, head_dim: int = 0) -> tuple:
+    """(the backends that can run this kind of call, [why each other one is left out]). Unknown names
+    raise ValueError listing the known ones."""
+    call = Call(op, device, dtype, head_dim)
+    kept, notes = [], []
+    for name in backends:
+        why = None if name == AUTO else ops.registry.get(name).refuses(call)
+        if why is None:
+            kept.append(name)
+        else:
+            notes.append(f"{name} left out of the {op} table: {why}")
+    return kept, notes
+
+
+def _backend_arg(name: str):
+    return None if name == AUTO else name
 
 
 def _callables(make_inputs, run, backends, backward: bool):
@@ -51,7 +75,7 @@ def _callables(make_inputs, run, backends, backward: bool):
             return out
         outs[name] = run(name, *inputs).detach().float()
         fns[name] = step
-    return fns, outs
+    return fns, outs, inputs
 
 
 def _peak_mb(device: str, fn) -> Optional[float]:
@@ -63,11 +87,12 @@ def _peak_mb(device: str, fn) -> Optional[float]:
     return torch.cuda.max_memory_allocated() / 2**20
 
 
-def _results(op, shape_name, mode, dtype, fns, outs, times, flops, device) -> List[Result]:
+def _results(op, shape_name, mode, dtype, fns, outs, times, flops, device, auto_runs: str) -> List[Result]:
     baseline = "sdpa" if "sdpa" in times else ("eager" if "eager" in times else next(iter(times)))
     ref = outs.get("eager", outs[baseline])
     return [Result(op, shape_name, name, mode, str(dtype).replace("torch.", ""), t * 1e3, flops / t / 1e12,
-                   times[baseline] / t, baseline, (outs[name] - ref).abs().max().item(), _peak_mb(device, fns[name]))
+                   times[baseline] / t, baseline, (outs[name] - ref).abs().max().item(), _peak_mb(device, fns[name]),
+                   auto_runs if name == AUTO else name)
             for name, t in times.items()]
 
 
@@ -79,12 +104,13 @@ def bench_attention(shape: AttnShape, backends: List[str], device: str, dtype: t
         return mk(shape.H), mk(shape.kv_heads), mk(shape.kv_heads)
 
     def run(name, q, k, v):
-        return ops.causal_attention(q, k, v, causal=causal, backend=name)
+        return ops.causal_attention(q, k, v, causal=causal, backend=_backend_arg(name))
 
-    fns, outs = _callables(make, run, backends, backward)
+    fns, outs, inputs = _callables(make, run, backends, backward)
     times = time_interleaved(fns, device, rounds=rounds)
+    auto_runs = ops.explain(*inputs, causal=causal).backend if AUTO in backends else ""
     return _results("attention", shape.name, "fwd+bwd" if backward else "fwd", dtype, fns, outs, times,
-                    shape.flops(causal, backward), device)
+                    shape.flops(causal, backward), device, auto_runs)
 
 
 def bench_lora(shape: LoraShape, backends: List[str], device: str, dtype: torch.dtype, backward: bool,
@@ -97,9 +123,10 @@ def bench_lora(shape: LoraShape, backends: List[str], device: str, dtype: torch.
                 mk(shape.r, shape.d_in), mk(shape.d_out, shape.r))
 
     def run(name, x, w, b, a, bm):
-        return ops.lora_linear(x, w, b, a, bm, 2.0, backend=name)
+        return ops.lora_linear(x, w, b, a, bm, 2.0, backend=_backend_arg(name))
 
-    fns, outs = _callables(make, run, backends, backward)
+    fns, outs, inputs = _callables(make, run, backends, backward)
     times = time_interleaved(fns, device, rounds=rounds)
+    auto_runs = ops.explain_lora(*inputs, 2.0).backend if AUTO in backends else ""
     return _results("lora", shape.name, "fwd+bwd" if backward else "fwd", dtype, fns, outs, times,
-                    shape.flops(backward), device)
+                    shape.flops(backward), device, auto_runs)

@@ -6,7 +6,7 @@ import importlib
 import sys
 
 # Subcommands in the order `babygpt --help` lists them.
-COMMANDS = ("demo", "info", "train", "sample", "bench", "tokenize", "gpu_report")
+COMMANDS = ("demo", "info", "train", "sample", "bench", "tune", "tokenize", "gpu_report")
 
 EPILOG = """\
 examples:
@@ -15,6 +15,7 @@ examples:
   babygpt train --preset babygpt --tokenizer word --max-iters 500 --out runs/baby
   babygpt sample --ckpt runs/baby/ckpt.pt --prompt "The " --temperature 0.8
   babygpt bench --quick            the backends side by side (attention and LoRA)
+  babygpt tune --preset shakespeare-cpu --batch-size 12   measure the engine's choices ahead of time
   babygpt gpu-report               registers/smem/spills/tensor cores of every GPU kernel, no GPU needed
   babygpt <command> --help         every option of one command, with examples
 """

@@ -6,30 +6,40 @@ import json
 import torch
 from tqdm import tqdm
 
-from ..bench.runner import bench_attention, bench_backends, bench_lora
+from ..bench.runner import AUTO, bench_attention, bench_backends, bench_lora, runnable
 from ..bench.shapes import ATTENTION_SHAPES, LORA_SHAPES, QUICK
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+# op -> (bench function, its shapes, the head dim a shape's calls have): one entry per benchmarked op.
+BENCHES = {
+    "attention": (bench_attention, ATTENTION_SHAPES, lambda s: s.D),
+    "lora": (bench_lora, LORA_SHAPES, lambda s: 0),
+}
 
 EPILOG = """\
 Every backend is timed in every round (interleaved, median of --rounds), so the ratios hold on a
 noisy shared machine; absolute times are only comparable on the same machine.
 'speedup' is the baseline's time over the backend's time (baseline: sdpa where it runs, else eager);
-'err' is the max abs difference from the eager backend in the same dtype.
+'err' is the max abs difference from the eager backend in the same dtype. The 'auto' row is the
+engine's own choice (backend=None), shown as auto→<backend>; its measuring happens before the
+timed rounds. A backend that cannot run an op is left out of that op's table, with a note.
 
 examples:
   babygpt bench --quick                       # a few seconds: small shapes, forward only
   babygpt bench --op attention --mode both    # forward and forward+backward, all shapes
   babygpt bench --device cuda --dtype bf16    # on a GPU: cuda vs triton vs sdpa vs eager
   babygpt bench --json bench.json             # the rows as JSON as well
+  babygpt bench --backends eager,sdpa,cpu,auto --quick
 """
 
 
 def format_table(results) -> str:
-    head = f"{'op':<9} {'shape':<24} {'mode':<8} {'backend':<8} {'ms':>9} {'TFLOP/s':>8} {'speedup':>8} {'err':>9}"
+    head = f"{'op':<9} {'shape':<24} {'mode':<8} {'backend':<11} {'ms':>9} {'TFLOP/s':>8} {'speedup':>8} {'err':>9}"
     rows = [head, "-" * len(head)]
     for r in results:
-        rows.append(f"{r.op:<9} {r.shape:<24} {r.mode:<8} {r.backend:<8} {r.ms:>9.3f} {r.tflops:>8.4f} "
+        backend = r.backend if r.runs in ("", r.backend) else f"{r.backend}→{r.runs}"
+        rows.append(f"{r.op:<9} {r.shape:<24} {r.mode:<8} {backend:<11} {r.ms:>9.3f} {r.tflops:>8.4f} "
                     f"{r.speedup:>7.2f}x {r.max_err:>9.2e}" + (f"  peak {r.peak_mb:.0f} MB" if r.peak_mb else ""))
     return "\n".join(rows)
 
@@ -40,25 +50,44 @@ def run(args) -> int:
         raise SystemExit("babygpt bench: --device cuda but no CUDA device is visible to torch")
     dtype = DTYPES[args.dtype or ("bf16" if device == "cuda" else "fp32")]
     modes = {"fwd": [False], "fwd+bwd": [True], "both": [False, True]}[args.mode]
-    cases = []
-    if args.op in ("attention", "all"):
-        cases += [(bench_attention, s) for s in ATTENTION_SHAPES if not args.quick or s.name in QUICK]
-    if args.op in ("lora", "all"):
-        cases += [(bench_lora, s) for s in LORA_SHAPES if not args.quick or s.name in QUICK]
+    requested = [n.strip() for n in args.backends.split(",") if n.strip()] if args.backends else None
+    cases, notes = [], []
+    for op in BENCHES if args.op == "all" else [args.op]:
+        fn, shapes, head_dim = BENCHES[op]
+        for shape in shapes:
+            if args.quick and shape.name not in QUICK:
+                continue
+            try:
+                backends, left_out = runnable(requested or bench_backends(device, op), op, device, dtype, head_dim(shape))
+            except ValueError as e:
+                raise SystemExit(f"babygpt bench: --backends: {e}")
+            notes += [n for n in left_out if n not in notes]
+            if backends:
+                cases.append((fn, shape, backends))
     results = []
-    for fn, shape in tqdm(cases, desc=f"bench on {device} ({args.dtype or dtype})", unit="shape"):
-        op = "attention" if fn is bench_attention else "lora"
-        backends = args.backends.split(",") if args.backends else bench_backends(device, op)
+    for fn, shape, backends in tqdm(cases, desc=f"bench on {device} ({args.dtype or dtype})", unit="shape"):
         for backward in modes:
             results += fn(shape, backends, device, dtype, backward, rounds=args.rounds)
     print(f"\ndevice: {torch.cuda.get_device_name(0) if device == 'cuda' else 'CPU'} "
           f"({torch.get_num_threads()} threads), dtype {dtype}, causal attention")
     print(format_table(results))
+    for note in notes:
+        print(f"note: {note}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump([r.as_dict() for r in results], f, indent=1)
         print(f"\nwrote {args.json}")
     return 0
+
+
+def _positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return n
 
 
 def register(sub) -> None:
@@ -68,10 +97,11 @@ def register(sub) -> None:
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: cuda if visible")
     p.add_argument("--dtype", choices=tuple(DTYPES), help="default: fp32 on the CPU, bf16 on CUDA")
-    p.add_argument("--op", choices=("attention", "lora", "all"), default="all")
+    p.add_argument("--op", choices=(*BENCHES, "all"), default="all")
     p.add_argument("--mode", choices=("fwd", "fwd+bwd", "both"), default="both")
     p.add_argument("--quick", action="store_true", help="only the small shapes")
-    p.add_argument("--backends", help="comma-separated backends to compare (default: all usable here)")
-    p.add_argument("--rounds", type=int, default=7, help="interleaved rounds; the median is reported")
+    p.add_argument("--backends", help=f"comma-separated backends to compare, '{AUTO}' for the engine's choice "
+                                      f"(default: all usable here, and {AUTO})")
+    p.add_argument("--rounds", type=_positive, default=7, help="interleaved rounds; the median is reported")
     p.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
     p.set_defaults(func=run)

@@ -1,4 +1,5 @@
-"""`babygpt info`: versions, what was built, and which backends are usable here (and why not)."""
+"""`babygpt info`: versions, what was built, which backends are usable here (and why not), and the
+engine's state: measuring on or off, the static policy, and the tuning cache's path and decisions."""
 
 import importlib.metadata
 import platform
@@ -9,7 +10,9 @@ import subprocess
 import torch
 
 from .. import ops
-from ..ops.registry import Call, decide
+from ..ops import duration, engine, measure, tuning_cache
+from ..ops.registry import decide
+from ..ops.spec import Call
 
 
 def _version(dist: str) -> str:
@@ -60,7 +63,7 @@ def report() -> str:
         status = "usable" if why is None else f"not usable: {why}"
         lines.append(f"  {name:<{width}}  {status}")
         lines.append(f"  {'':<{width}}  {b.description}")
-    lines += ["", "automatic choice (causal_attention, backend=None):"]
+    lines += ["", _engine_state(), "static policy (causal_attention, D=64; where the engine does not measure):"]
     for device in ("cpu", "cuda"):
         for dtype in (torch.float32, torch.bfloat16):
             try:
@@ -68,7 +71,28 @@ def report() -> str:
                 lines.append(f"  {device:<4} {str(dtype):<15} -> {chosen.name}  ({how})")
             except RuntimeError as e:
                 lines.append(f"  {device:<4} {str(dtype):<15} -> none: {e}")
-    return "\n".join(lines)
+    return "\n".join(lines + [""] + _cache_lines())
+
+
+def _engine_state() -> str:
+    if not engine.tuning_enabled():
+        return f"measured choice: off ({engine.TUNE_VAR}=0): every call takes the static policy below"
+    return (f"measured choice: on (the first call of each call key times the candidates, about "
+            f"{measure.BUDGET_S * 1e3:.0f} ms; {engine.TUNE_VAR}=0 turns it off)")
+
+
+def _cache_lines() -> list:
+    entries, status = tuning_cache.entries(), tuning_cache.status()
+    head = f"tuning cache: {tuning_cache.path()}"
+    if status != "ok":
+        return [f"{head}  (ignored: {status})"]
+    if not entries:
+        return [f"{head}  (no decisions yet; `babygpt tune` measures ahead of time)"]
+    lines = [f"{head}  ({len(entries)} decisions for this machine and build)"]
+    for label, e in sorted(entries.items()):
+        times = "  ".join(f"{n} {duration(t / 1e6)}" for n, t in sorted(e["times_us"].items(), key=lambda x: x[1]))
+        lines.append(f"  {label}\n      -> {e['backend']}   {times}")
+    return lines
 
 
 def run(args) -> int:

@@ -3,22 +3,27 @@
     from babygpt_ext import ops
     o = ops.causal_attention(q, k, v)                  # q (B, H, Tq, D), k/v (B, Hkv, Tk, D)
     y = ops.lora_linear(x, w, b, lora_a, lora_b, alpha / r)
-    print(ops.explain(q, k, v))                        # which backend runs, and why
+    print(ops.explain(q, k, v))                        # which backend runs, measured times, and why
 
-Every call is validated here, before any kernel runs, then dispatched to a backend (registry.py).
+Every call is validated here, before any kernel runs, then handed to the engine (engine.py), which
+runs it on the backend measured fastest for its call key (registry.py: the backends and the static
+policy; table.py: the ops).
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
 
 from . import backends as _backends  # noqa: F401  (registers the backends)
-from . import validate
-from .registry import BACKENDS, Backend, BackendUnavailableError, Call, decide, register, resolve
+from . import engine
+from .registry import BACKENDS, Backend, BackendUnavailableError, register
+from .table import OPS
 
-__all__ = ["causal_attention", "lora_linear", "available_backends", "explain", "Explanation", "BACKENDS",
-           "Backend", "BackendUnavailableError", "register"]
+__all__ = ["causal_attention", "lora_linear", "available_backends", "explain", "explain_lora", "Explanation",
+           "BACKENDS", "OPS", "Backend", "BackendUnavailableError", "register"]
+
+_ATTENTION, _LORA = OPS["attention"], OPS["lora"]
 
 
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = True,
@@ -28,11 +33,9 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causa
     q: (B, H, Tq, D); k, v: (B, Hkv, Tk, D) with H a multiple of Hkv (GQA/MQA). With causal=True
     the mask is bottom-right aligned (query i sees keys j <= i + Tk - Tq), so Tq < Tk is the
     KV-cache decoding case. causal=False allows any Tq, Tk (cross and spatial attention).
-    scale defaults to D**-0.5. Returns (B, H, Tq, D) in q's dtype.
+    scale defaults to D**-0.5. Returns (B, H, Tq, D) in q's dtype (empty when B, Tq or Tk is 0).
     """
-    scale = validate.attention_args(q, k, v, causal, scale)
-    b = resolve(Call("attention", q.device.type, q.dtype, q.shape[-1]), backend)
-    return b.attention(q, k, v, scale, causal)
+    return engine.run(_ATTENTION, _ATTENTION.validate(q, k, v, causal, scale), backend)
 
 
 def lora_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], lora_a: torch.Tensor,
@@ -41,17 +44,16 @@ def lora_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
 
     scale is LoRA's alpha / r. bias may be None. Returns (..., out) in x's dtype.
     """
-    scale = validate.lora_args(x, weight, bias, lora_a, lora_b, scale)
-    b = resolve(Call("lora", x.device.type, x.dtype), backend)
-    lead = x.shape[:-1]
-    y = b.lora(x.reshape(-1, x.shape[-1]), weight, bias, lora_a, lora_b, scale)  # (N, out)
-    return y.reshape(*lead, weight.shape[0])
+    y = engine.run(_LORA, _LORA.validate(x, weight, bias, lora_a, lora_b, scale), backend)  # (N, out)
+    return y.reshape(*x.shape[:-1], weight.shape[0])
 
 
-def available_backends(device: Optional[str] = None) -> list:
-    """Names of the backends usable on this machine (optionally: for tensors on `device`)."""
+def available_backends(device: Optional[str] = None, op: Optional[str] = None) -> list:
+    """Names of the backends usable on this machine (optionally: for tensors on `device`, with an
+    implementation of `op`)."""
     return [n for n, b in BACKENDS.items()
-            if b.why_unavailable() is None and (device is None or torch.device(device).type in b.devices)]
+            if b.why_unavailable() is None and (device is None or torch.device(device).type in b.devices)
+            and (op is None or op in b.impls)]
 
 
 @dataclass
@@ -59,16 +61,39 @@ class Explanation:
     backend: str
     how: str
     skipped: list  # [(name, reason)]
+    key: str = ""  # the call key, as the tuning cache names it
+    times: dict = field(default_factory=dict)  # name -> measured seconds per call (fwd, or fwd+bwd)
+    failed: dict = field(default_factory=dict)  # name -> the error it raised while being timed
 
     def __str__(self) -> str:
         lines = [f"backend: {self.backend} ({self.how})"]
+        if self.key:
+            lines.append(f"  key: {self.key}")
+        lines += [f"  measured {name}: {duration(t)}" for name, t in sorted(self.times.items(), key=lambda x: x[1])]
+        lines += [f"  failed {name}: {why}" for name, why in self.failed.items()]
         lines += [f"  skipped {name}: {why}" for name, why in self.skipped]
         return "\n".join(lines)
 
 
+def duration(seconds: float) -> str:
+    return f"{seconds * 1e3:.2f} ms" if seconds >= 1e-3 else f"{seconds * 1e6:.1f} µs"
+
+
+def _explain(spec, args, backend) -> Explanation:
+    call = engine.call_of(spec, args)
+    if call is None:
+        return Explanation("eager", "the output is empty: the reference composition returns it", [])
+    d = engine.decision(spec, args, backend, call)
+    return Explanation(d.backend, d.how, d.skipped, call.label(), d.times, d.failed)
+
+
 def explain(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = True,
             scale: Optional[float] = None, backend: Optional[str] = None) -> Explanation:
-    """Which backend causal_attention(q, k, v, ...) would run, and why the others were passed over."""
-    validate.attention_args(q, k, v, causal, scale)
-    chosen, skipped, how = decide(Call("attention", q.device.type, q.dtype, q.shape[-1]), backend)
-    return Explanation(chosen.name, how, skipped)
+    """Which backend causal_attention(q, k, v, ...) runs, why, and the measured time of every
+    candidate (deciding exactly as that call would, measuring if it would)."""
+    return _explain(_ATTENTION, _ATTENTION.validate(q, k, v, causal, scale), backend)
+
+
+def explain_lora(x, weight, bias, lora_a, lora_b, scale, *, backend: Optional[str] = None) -> Explanation:
+    """As explain, for lora_linear(x, weight, bias, lora_a, lora_b, scale)."""
+    return _explain(_LORA, _LORA.validate(x, weight, bias, lora_a, lora_b, scale), backend)

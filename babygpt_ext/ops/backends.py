@@ -1,6 +1,7 @@
-"""The backends of the op contract, registered in policy order.
+"""The backends of the op contract, registered in policy order, each with one implementation per op
+of the table (ops/table.py).
 
-Compiled backends are namespaces of torch ops with the schemas of csrc/ops.cpp:
+Compiled backends are namespaces of torch ops with the schemas of csrc/schemas.h:
   cpu, cuda  -> torch.ops.babygpt       (babygpt_ext._C; one namespace, dispatched by device)
   cuda_emu   -> torch.ops.babygpt_emu   (babygpt_ext._C_emu: csrc/cuda kernels run through csrc/emu)
   triton     -> torch.ops.babygpt_triton (babygpt_ext.kernels.triton)
@@ -8,6 +9,7 @@ Each is loaded lazily on first use, so importing babygpt_ext imports neither the
 CUDA side nor anything Triton-related.
 """
 
+import functools
 import importlib
 import importlib.util
 import os
@@ -17,7 +19,8 @@ import torch.nn.functional as F
 
 from . import reference
 from .library import register_contract
-from .registry import Backend, Call, register
+from .registry import Backend, Call, limits, register
+from .table import OPS
 
 LOW_AND_FULL = (torch.float16, torch.bfloat16, torch.float32)
 WITH_F64 = LOW_AND_FULL + (torch.float64,)
@@ -55,23 +58,29 @@ def compiled_ops(backend: str):
     return getattr(torch.ops, COMPILED[backend][1])
 
 
-def compiled_attention(backend: str):
-    def run(q, k, v, scale, causal):
-        return compiled_ops(backend).attn_fwd(q, k, v, scale, causal)[0]
-    return run
+def _run_compiled(spec, backend, *args):
+    return spec.run_compiled(compiled_ops(backend), *args)
 
 
-def compiled_lora(backend: str):
-    def run(x, weight, bias, lora_a, lora_b, scale):
-        return compiled_ops(backend).lora_fwd(x, weight, bias, lora_a, lora_b, scale)[0]
-    return run
+def compiled_impls(backend: str) -> dict:
+    """Every op of the table, through the backend's namespace."""
+    return {name: functools.partial(_run_compiled, spec, backend) for name, spec in OPS.items()}
+
+
+def compiled_limits(backend: str, dtypes: tuple, also=None):
+    """The usual limits, plus: the namespace must define the op (a build older than the table)."""
+    def missing_op(call: Call):
+        if not hasattr(compiled_ops(backend), OPS[call.op].forward):
+            return f"{COMPILED[backend][1]} has no {OPS[call.op].forward} (rebuild the extension)"
+        return also(call) if also else None
+    return limits(dtypes, KERNEL_MAX_HEAD_DIM, missing_op)
 
 
 # -------------------------------------------------------------------------------- eager
 register(Backend(
     "eager", "plain PyTorch composition; materialises the T×T scores (the readable reference)",
-    devices=("cpu", "cuda"), dtypes=WITH_F64,
-    attention=reference.attention, lora=reference.lora_linear))
+    devices=("cpu", "cuda"), impls={name: spec.reference for name, spec in OPS.items()},
+    refuse=limits(WITH_F64)))
 
 
 # --------------------------------------------------------------------------------- sdpa
@@ -88,7 +97,7 @@ def _sdpa(q, k, v, scale, causal):
 
 register(Backend(
     "sdpa", "torch.nn.functional.scaled_dot_product_attention (the peer baseline; attention only)",
-    devices=("cpu", "cuda"), dtypes=WITH_F64, attention=_sdpa))
+    devices=("cpu", "cuda"), impls={"attention": _sdpa}, refuse=limits(WITH_F64)))
 
 
 # ---------------------------------------------------------------------------------- cpu
@@ -110,9 +119,8 @@ def _cpu_slower_than_sdpa(call: Call):
 
 register(Backend(
     "cpu", "C++ kernels of csrc/cpu (torch.ops.babygpt on CPU tensors)",
-    devices=("cpu",), dtypes=WITH_F64, max_head_dim=KERNEL_MAX_HEAD_DIM,
-    attention=compiled_attention("cpu"), lora=compiled_lora("cpu"), unavailable=_ext_missing,
-    policy_skip=_cpu_slower_than_sdpa))
+    devices=("cpu",), impls=compiled_impls("cpu"), unavailable=_ext_missing,
+    refuse=compiled_limits("cpu", WITH_F64), policy_skip=_cpu_slower_than_sdpa))
 
 
 # --------------------------------------------------------------------------------- cuda
@@ -132,8 +140,8 @@ def _cuda_missing():
 
 register(Backend(
     "cuda", "CUDA C++ kernels of csrc/cuda (torch.ops.babygpt on CUDA tensors)",
-    devices=("cuda",), dtypes=LOW_AND_FULL, max_head_dim=KERNEL_MAX_HEAD_DIM,
-    attention=compiled_attention("cuda"), lora=compiled_lora("cuda"), unavailable=_cuda_missing))
+    devices=("cuda",), impls=compiled_impls("cuda"), unavailable=_cuda_missing,
+    refuse=compiled_limits("cuda", LOW_AND_FULL)))
 
 
 # ------------------------------------------------------------------------------- triton
@@ -161,15 +169,13 @@ def _triton_device_check(call: Call):
 
 register(Backend(
     "triton", "Triton kernels of babygpt_ext/kernels/triton (CUDA tensors; CPU tensors under TRITON_INTERPRET=1)",
-    devices=("cuda", "cpu"), dtypes=LOW_AND_FULL, max_head_dim=KERNEL_MAX_HEAD_DIM,
-    attention=compiled_attention("triton"), lora=compiled_lora("triton"),
-    unavailable=_triton_missing, extra_check=_triton_device_check))
+    devices=("cuda", "cpu"), impls=compiled_impls("triton"), unavailable=_triton_missing,
+    refuse=compiled_limits("triton", LOW_AND_FULL, _triton_device_check)))
 
 
 # ----------------------------------------------------------------------------- cuda_emu
 register(Backend(
     "cuda_emu", "the csrc/cuda kernels run on the CPU through the csrc/emu harness (tests; slow)",
-    devices=("cpu",), dtypes=LOW_AND_FULL, max_head_dim=KERNEL_MAX_HEAD_DIM,
-    attention=compiled_attention("cuda_emu"), lora=compiled_lora("cuda_emu"),
+    devices=("cpu",), impls=compiled_impls("cuda_emu"), refuse=compiled_limits("cuda_emu", LOW_AND_FULL),
     unavailable=lambda: load(
         "cuda_emu", "build it with `BABYGPT_EXT_EMU=1 pip install --no-build-isolation -e .`")))

@@ -1,79 +1,63 @@
-"""Fake kernels and autograd for the four ops of the contract, for any namespace that defines them.
+"""Fake kernels and autograd for every op of the table, for any namespace that defines them.
 
 The compiled extension defines `babygpt::*` (csrc/ops.cpp), the emulated CUDA build defines
-`babygpt_emu::*` and the Triton kernels `babygpt_triton::*`, all with the same schemas. Their
-shapes and their calculus are the same too, so one function registers both for a namespace:
+`babygpt_emu::*` and the Triton kernels `babygpt_triton::*`, all with the schemas of csrc/schemas.h.
+Their shapes and their calculus are the same too, so one function registers both for a namespace:
 `torch.compile` traces through the fakes, and autograd pairs each forward op with its backward op.
 """
 
+import functools
+
 import torch
+
+from .table import OPS
 
 _registered: set = set()
 
 
-def acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Dtype of the saved statistics (lse, xa): float32, or float64 for float64 inputs."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
+class _NoSecondDerivative(torch.autograd.Function):
+    """Passes a backward's gradients through; differentiating them again raises `message`. Its
+    inputs include the saved inputs of the op, so the error is on every path a second derivative
+    would take (torch's once_differentiable links it only to the incoming gradients)."""
+
+    @staticmethod
+    def forward(ctx, message, n, *tensors):
+        ctx.message = message
+        return tuple(None if t is None else t.clone() for t in tensors[:n])
+
+    @staticmethod
+    def backward(ctx, *_):
+        raise RuntimeError(ctx.message)
+
+
+def _once_differentiable(op: str, backward):
+    """The backward kernels have no derivative of their own. Differentiating their result again
+    (double backward: torch.autograd.grad(..., create_graph=True), then grad again) raises a clear
+    error when it happens, instead of giving a silently wrong second-order gradient; a first-order
+    grad with create_graph=True still works."""
+    message = (f"babygpt_ext: double backward through {op} is not supported (its backward kernels have no "
+               "derivative); for higher-order gradients use backend='eager', the differentiable composition")
+
+    def run(ctx, *grads):
+        with torch.no_grad():
+            out = backward(ctx, *grads)
+        linked = [t for t in (*grads, *ctx.saved_tensors) if isinstance(t, torch.Tensor) and t.requires_grad]
+        if not torch.is_grad_enabled() or not linked:
+            return out
+        return _NoSecondDerivative.apply(message, len(out), *out, *linked)
+    return run
 
 
 def register_contract(ns: str) -> None:
-    """Register fakes and autograd for ns::attn_fwd/attn_bwd/lora_fwd/lora_bwd (idempotent)."""
+    """Register fakes and autograd for ns's forward/backward op pairs of every op in the table
+    (idempotent)."""
     if ns in _registered:
         return
     ops = getattr(torch.ops, ns)
-
-    # ----------------------------------------------------------------------------- fakes
-    @torch.library.register_fake(f"{ns}::attn_fwd")
-    def _attn_fwd_fake(q, k, v, scale, causal):
-        b, h, tq, _ = q.shape
-        return torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty(
-            (b, h, tq), dtype=acc_dtype(q.dtype))
-
-    @torch.library.register_fake(f"{ns}::attn_bwd")
-    def _attn_bwd_fake(dout, q, k, v, o, lse, scale, causal):
-        return tuple(torch.empty_like(t, memory_format=torch.contiguous_format) for t in (q, k, v))
-
-    @torch.library.register_fake(f"{ns}::lora_fwd")
-    def _lora_fwd_fake(x, weight, bias, lora_a, lora_b, scale):
-        n = x.shape[0]
-        return x.new_empty((n, weight.shape[0])), x.new_empty((n, lora_a.shape[0]), dtype=acc_dtype(x.dtype))
-
-    @torch.library.register_fake(f"{ns}::lora_bwd")
-    def _lora_bwd_fake(dy, x, weight, lora_a, lora_b, xa, scale, need_dweight, need_dbias):
-        dw = x.new_empty(weight.shape) if need_dweight else x.new_empty((0,))
-        db = x.new_empty((weight.shape[0],)) if need_dbias else x.new_empty((0,))
-        return x.new_empty(x.shape), dw, db, x.new_empty(lora_a.shape), x.new_empty(lora_b.shape)
-
-    # -------------------------------------------------------------------------- autograd
-    def _attn_setup(ctx, inputs, output):
-        q, k, v, scale, causal = inputs
-        o, lse = output
-        ctx.save_for_backward(q, k, v, o, lse)
-        ctx.scale, ctx.causal = scale, causal
-
-    def _attn_backward(ctx, do, _dlse):
-        # lse is an internal statistic (the public API never returns it), so its gradient is
-        # always zero and is ignored.
-        q, k, v, o, lse = ctx.saved_tensors
-        dq, dk, dv = ops.attn_bwd(do, q, k, v, o, lse, ctx.scale, ctx.causal)
-        return dq, dk, dv, None, None
-
-    torch.library.register_autograd(f"{ns}::attn_fwd", _attn_backward, setup_context=_attn_setup)
-
-    def _lora_setup(ctx, inputs, output):
-        x, weight, bias, lora_a, lora_b, scale = inputs
-        _, xa = output
-        ctx.save_for_backward(x, weight, lora_a, lora_b, xa)
-        ctx.scale = scale
-        ctx.has_bias = bias is not None
-
-    def _lora_backward(ctx, dy, _dxa):
-        x, weight, lora_a, lora_b, xa = ctx.saved_tensors
-        need_dw = ctx.needs_input_grad[1]
-        need_db = ctx.has_bias and ctx.needs_input_grad[2]
-        dx, dw, db, da, dbm = ops.lora_bwd(dy, x, weight, lora_a, lora_b, xa, ctx.scale, need_dw, need_db)
-        return (dx if ctx.needs_input_grad[0] else None, dw if need_dw else None, db if need_db else None,
-                da, dbm, None)
-
-    torch.library.register_autograd(f"{ns}::lora_fwd", _lora_backward, setup_context=_lora_setup)
+    for spec in OPS.values():
+        for name, fake in spec.fakes.items():
+            torch.library.register_fake(f"{ns}::{name}")(fake)
+        torch.library.register_autograd(f"{ns}::{spec.forward}",
+                                        _once_differentiable(spec.name, functools.partial(spec.backward, ops)),
+                                        setup_context=spec.setup_context)
     _registered.add(ns)

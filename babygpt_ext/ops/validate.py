@@ -43,7 +43,8 @@ def _scale(scale, default: float) -> float:
 
 
 def attention_args(q, k, v, causal, scale) -> float:
-    """Check causal_attention's inputs; return the scale to use (default D**-0.5)."""
+    """Check causal_attention's inputs; return the scale to use (default D**-0.5). B, Tq and Tk may
+    be 0 (the output is then empty, as with SDPA)."""
     _tensor("q", q, 4), _tensor("k", k, 4), _tensor("v", v, 4)
     _same_dtype_and_device({"q": q, "k": k, "v": v})
     if not isinstance(causal, bool):
@@ -56,8 +57,8 @@ def attention_args(q, k, v, causal, scale) -> float:
         raise ValueError(f"q and k must have the same batch size B; got {shapes}")
     if dk != d:
         raise ValueError(f"q and k must have the same head dim D; got {shapes}")
-    if min(b, h, tq, d, hkv, tk) < 1:
-        raise ValueError(f"every dimension must be at least 1; got {shapes}")
+    if min(h, d, hkv) < 1:
+        raise ValueError(f"the heads H, Hkv and the head dim D must be at least 1; got {shapes}")
     if h % hkv != 0:
         raise ValueError(f"the number of query heads H={h} must be a multiple of the key/value heads "
                          f"Hkv={hkv}; got {shapes}")
@@ -86,6 +87,9 @@ def lora_args(x, weight, bias, lora_a, lora_b, scale) -> float:
         raise ValueError(f"lora_b must be (out_features={out_f}, r={r}); got {shapes}")
     if bias is not None and bias.shape[0] != out_f:
         raise ValueError(f"bias must be (out_features={out_f},); got {shapes}")
+    if in_f < 1:
+        raise ValueError(f"in_features (weight.shape[1]) must be at least 1: an empty input row has nothing "
+                         f"to project; got {shapes}")
     if r < 1:
         raise ValueError(f"the LoRA rank r (lora_a.shape[0]) must be at least 1; got {shapes}")
     if scale is None:

@@ -1,0 +1,105 @@
+"""Timing candidate backends for one call key within a fixed budget (the engine's stopwatch).
+
+Each candidate is a zero-argument step (forward, or forward + backward) on private copies of the
+call's inputs. Protocol: two warm-up calls each (one when a call alone exceeds the budget), the
+the faster of the two being the first estimate (load on the machine only adds time); a candidate that raises is dropped and reported;
+candidates far slower than the best estimate are dropped (more samples cannot turn 3x into a
+win); then interleaved rounds, rotating the order, until the budget is spent (at least
+MIN_ROUNDS, at most MAX_ROUNDS); each sample repeats a tiny call until it lasts SAMPLE_S, so the
+timer's resolution does not decide. The result is the median per candidate. A key whose calls
+fit the budget costs about BUDGET_S; one whose single call exceeds it, about three calls per
+candidate.
+
+CPU steps are timed by the wall clock; CUDA steps by CUDA events with a synchronisation per sample
+(kernels are asynchronous, so the host clock alone would time the launches).
+"""
+
+import statistics
+import time
+from typing import Callable, Dict, Tuple
+
+import torch
+
+BUDGET_S = 0.05  # per call key, warm-ups included; a single expensive call can overrun it
+MIN_ROUNDS, MAX_ROUNDS = 1, 15
+SAMPLE_S = 5e-4
+MAX_REPEATS = 64
+PRUNE_AFTER_WARMUP = 3.0  # dropped when its estimate is this many times the fastest one's
+
+
+class WallClock:
+    """Host time around synchronous (CPU) work."""
+    now = staticmethod(time.perf_counter)
+
+    def start(self):
+        return self.now()
+
+    def stop(self, started) -> float:
+        return self.now() - started
+
+
+class CudaClock(WallClock):
+    """CUDA events on the current stream, synchronised at the end of every sample."""
+
+    def start(self):
+        ev = torch.cuda.Event(enable_timing=True)
+        ev.record()
+        return ev
+
+    def stop(self, started) -> float:
+        end = torch.cuda.Event(enable_timing=True)
+        end.record()
+        end.synchronize()
+        return started.elapsed_time(end) / 1e3
+
+
+def clock_for(device: torch.device) -> WallClock:
+    return CudaClock() if device.type == "cuda" else WallClock()
+
+
+def _timed(clock: WallClock, step: Callable, repeats: int) -> float:
+    started = clock.start()
+    for _ in range(repeats):
+        step()
+    return clock.stop(started) / repeats
+
+
+def _failure(e: Exception) -> str:
+    text = str(e).splitlines()
+    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+
+
+def time_candidates(steps: Dict[str, Callable], clock: WallClock, budget_s: float
+                    ) -> Tuple[Dict[str, float], Dict[str, str], int]:
+    """({name: median seconds per step}, {name: why it failed}, rounds) for the given steps.
+    A step that raises, at any point, is dropped and reported instead of timed."""
+    begin = clock.now()
+    warm, estimated, failed = {}, {}, {}
+    for name, step in steps.items():
+        try:
+            # The first call pays one-time costs (allocation, lazy setup); a second one, when the
+            # first fits the budget, gives an estimate good enough to prune on.
+            first = _timed(clock, step, 1)
+            warm[name] = min(first, _timed(clock, step, 1)) if first < budget_s else first
+            estimated[name] = first < budget_s
+        except Exception as e:  # noqa: BLE001 - any failure means "not this backend"
+            failed[name] = _failure(e)
+    if not warm:
+        return {}, failed, 0
+    best = min(warm.values())
+    alive = [n for n in warm if not estimated[n] or warm[n] <= PRUNE_AFTER_WARMUP * best]
+    repeats = {n: max(1, min(MAX_REPEATS, int(SAMPLE_S / max(warm[n], 1e-9)))) for n in alive}
+    samples = {n: [] for n in alive}
+    rounds = 0
+    while alive and rounds < MAX_ROUNDS and (rounds < MIN_ROUNDS or clock.now() - begin < budget_s):
+        for name in alive[rounds % len(alive):] + alive[:rounds % len(alive)]:
+            try:
+                samples[name].append(_timed(clock, steps[name], repeats[name]))
+            except Exception as e:  # noqa: BLE001
+                failed[name] = _failure(e)
+                alive.remove(name)
+        rounds += 1
+    times = {n: statistics.median(samples[n]) for n in alive}
+    # Pruned after warm-up: their warm-up time is reported (it says enough: 3x slower at least).
+    times.update({n: warm[n] for n in warm if n not in samples})
+    return times, failed, rounds

@@ -1,0 +1,7 @@
+"""The op table: every op of the contract, by name. The backends, the engine, the fakes and the
+autograd registration, the CLI's tuning and the shared test-suite all iterate over it."""
+
+from .attention_op import ATTENTION
+from .lora_op import LORA
+
+OPS = {spec.name: spec for spec in (ATTENTION, LORA)}
