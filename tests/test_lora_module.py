@@ -101,7 +101,7 @@ def test_inject_matches_by_suffix_and_explains_misses():
                      "transformer.h.1.attn.c_proj", "transformer.h.1.mlp.c_fc"]
     assert isinstance(m.transformer.h[1].mlp.c_fc, LoRALinear)
     assert isinstance(m.transformer.h[1].mlp.c_proj, nn.Linear)  # mlp.c_proj is not attn.c_proj
-    with pytest.raises(ValueError, match="no nn.Linear matches.*q_proj.*c_attn.*lm_head"):
+    with pytest.raises(ValueError, match="no module matches.*q_proj.*c_attn.*lm_head"):
         lora.inject(small_gpt(), ["q_proj"])
     n = lora.mark_only_lora_trainable(m)
     assert n == 2 * (2 * 32 + 32 * 2) + 2 * (2 * 32 + 128 * 2)
@@ -234,7 +234,7 @@ def test_load_adapter_validates_names_and_shapes(tmp_path):
     with pytest.raises(ValueError, match="only in adapter.*c_attn"):
         lora.load_adapter(other_targets, path)
     torch.save({"state": {}}, tmp_path / "junk.pt")
-    with pytest.raises(ValueError, match="not a babygpt_ext LoRA adapter"):
+    with pytest.raises(ValueError, match="neither a babygpt_ext LoRA adapter"):
         lora.load_adapter(small_gpt(), tmp_path / "junk.pt")
     with pytest.raises(ValueError, match="no LoRA adapters"):
         lora.save_adapter(small_gpt(), tmp_path / "none.pt")
