@@ -164,9 +164,12 @@ def patch(model: nn.Module, backend: Optional[str] = None) -> PatchReport:
         why = (f"{len(done)} attention module(s) were patched before ({', '.join(done)})" if done else
                f"it is built with babygpt_ext's attention ({', '.join(native)})")
         return PatchReport("patch", left=left, backend=backend, nothing_to_do=why).warn_if_worth_it()
-    notes = [f"{n}: attention dropout p={m.dropout} runs the eager composition while training (the fused "
-             "kernels have no dropout); eval and generation use the fused op"
-             for n, m in _patched(model).items() if n in names and m.dropout > 0]
+    dropout = {}  # p -> the modules training with it
+    for n, m in _patched(model).items():
+        if n in names and m.dropout > 0:
+            dropout.setdefault(m.dropout, []).append(n)
+    notes = [f"attention dropout p={p} ({', '.join(ns)}) runs the eager composition while training (the fused "
+             "kernels have no dropout); eval and generation use the fused op" for p, ns in dropout.items()]
     return PatchReport("patch", names, left, notes, backend=backend).warn_if_worth_it()
 
 

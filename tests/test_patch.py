@@ -212,4 +212,4 @@ def test_report_summarises_patched_left_and_dropout():
     text = str(report)
     assert text.startswith("patch: 2 attention module(s) now run babygpt_ext's attention (backend: 'cpu'): "
                            "h.0.attn, h.1.attn")
-    assert "note: h.0.attn: attention dropout p=0.2 runs the eager composition while training" in text
+    assert "note: attention dropout p=0.2 (h.0.attn, h.1.attn) runs the eager composition while training" in text
