@@ -303,3 +303,29 @@ def test_load_adapter_validates_names_and_shapes(tmp_path):
         lora.load_adapter(small_gpt(), tmp_path / "junk.pt")
     with pytest.raises(ValueError, match="no LoRA adapters"):
         lora.save_adapter(small_gpt(), tmp_path / "none.pt")
+
+
+def test_adapter_file_keeps_per_module_rank_and_alpha(tmp_path):
+    m = small_gpt()
+    lora.inject(m, ("c_attn",), r=4, alpha=8)
+    lora.inject(m, ("mlp.c_fc",), r=2, alpha=1)
+    for layer in lora.lora_modules(m).values():
+        randomised(layer)
+    m.eval()
+    idx = torch.randint(0, 20, (2, 9))
+    lora.save_adapter(m, tmp_path / "a.pt")
+    fresh = small_gpt().eval()
+    lora.load_adapter(fresh, tmp_path / "a.pt")
+    assert {n: (x.r, x.alpha) for n, x in lora.lora_modules(fresh).items()} == \
+        {n: (x.r, x.alpha) for n, x in lora.lora_modules(m).items()}
+    with torch.no_grad():
+        assert torch.equal(fresh(idx)[0], m(idx)[0])
+    # A file from before per-module entries (one r and alpha in its config) still loads.
+    blob = torch.load(tmp_path / "a.pt", weights_only=True)
+    del blob["config"]["modules"]
+    blob["state"] = {k: v for k, v in blob["state"].items() if "c_attn" in k}
+    blob["config"]["replaced"] = [n for n in blob["config"]["replaced"] if n.endswith("c_attn")]
+    torch.save(blob, tmp_path / "old.pt")
+    old = small_gpt().eval()
+    assert lora.load_adapter(old, tmp_path / "old.pt") == ["transformer.h.0.attn.c_attn", "transformer.h.1.attn.c_attn"]
+    assert all((x.r, x.alpha) == (4, 8) for x in lora.lora_modules(old).values())

@@ -240,15 +240,3 @@ def test_merge_and_unload_on_our_gpt_and_its_refusals():
         lora.merge_and_unload(tied)
     assert isinstance(tied.lm_head, LoRALinear)  # refused before anything changed
 
-
-def test_babygpt_format_keeps_per_module_rank_and_alpha(tmp_path):
-    model = babygpt()
-    lora.inject(model, ("c_attn",), r=4, alpha=8)
-    lora.inject(model, ("mlp.c_fc",), r=2, alpha=1)
-    randomise_b(model)
-    lora.save_adapter(model, tmp_path / "a.pt")
-    fresh = babygpt()
-    lora.load_adapter(fresh, tmp_path / "a.pt")
-    assert {n: (m.r, m.alpha) for n, m in lora.lora_modules(fresh).items()} == \
-        {n: (m.r, m.alpha) for n, m in lora.lora_modules(model).items()}
-    assert torch.equal(logits(fresh, IDX), logits(model, IDX))
