@@ -1,8 +1,8 @@
 """Hugging Face transformers models: our fused causal attention through their attention registry.
 
     model = transformers.GPT2LMHeadModel.from_pretrained(...)   # or Llama, Qwen2, ... (decoders)
-    babygpt_ext.patch(model)                 # ['transformer.h.0.attn', ...]
-    model.set_attn_implementation("sdpa")    # undo
+    babygpt_ext.patch(model)                 # ['transformer.h.0.attn', ...] (a PatchReport)
+    babygpt_ext.unpatch(model)               # back to the implementation it had (e.g. "sdpa")
 
 transformers (>= 4.48) looks the attention function up by name, `config._attn_implementation`,
 in `AttentionInterface`, and builds masks with the function of the same name in
@@ -10,17 +10,34 @@ in `AttentionInterface`, and builds masks with the function of the same name in
 passes no mask at all when it is purely causal (no padding; a prompt, or one decoding step
 against the KV cache); then the call goes to babygpt_ext.ops.causal_attention. Every other call
 (a padding mask, cross or bidirectional attention, training-time dropout, more queries than
-keys) goes to transformers' own SDPA function, so results never change silently. No module is
-replaced and no weight is touched.
+keys) goes to transformers' own SDPA function, so results never change silently; the report
+names the modules that are not causal self-attention (they always take SDPA) and the dropout
+that sends training calls there, and the first such training call warns. No module is replaced
+and no weight is touched.
 """
 
 import functools
+import warnings
 from typing import Optional
 
 import torch
 import torch.nn as nn
 
 from .ops import causal_attention
+from .patch_report import PatchReport
+
+IMPL = "babygpt"  # registered name; "babygpt_<backend>" when a backend is pinned
+_BEFORE = "_babygpt_attn_before"  # model attribute: the implementation patch_hf replaced
+_warned_dropout = False
+
+
+def _warn_dropout_fallback(p: float) -> None:
+    global _warned_dropout
+    if not _warned_dropout:
+        _warned_dropout = True
+        warnings.warn(f"babygpt_ext: attention dropout p={p} while training runs transformers' SDPA, not the "
+                      "fused op (its kernels have no dropout); call model.eval() or set the attention dropout "
+                      "to 0 to train on the fused kernels", RuntimeWarning, stacklevel=3)
 
 
 def _attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -33,6 +50,8 @@ def _attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value:
     if attention_mask is None and causal and dropout == 0.0 and query.shape[2] <= key.shape[2]:
         out = causal_attention(query, key, value, scale=scaling, backend=backend)  # (B, H, Tq, D)
         return out.transpose(1, 2), None  # transformers wants (B, Tq, H, D) and no weights
+    if dropout > 0.0:
+        _warn_dropout_fallback(dropout)
     return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                   is_causal=is_causal, **kwargs)
 
@@ -42,14 +61,23 @@ def is_hf_model(model: nn.Module) -> bool:
                                                                  "_attn_implementation")
 
 
+def _is_attention(m: nn.Module) -> bool:
+    return type(m).__name__.endswith("Attention")
+
+
 def causal_attention_modules(model: nn.Module) -> list:
     """Names of the submodules transformers runs as causal self-attention."""
-    return [n for n, m in model.named_modules()
-            if n and type(m).__name__.endswith("Attention") and getattr(m, "is_causal", False) is True]
+    return [n for n, m in model.named_modules() if n and _is_attention(m) and getattr(m, "is_causal", False) is True]
 
 
-def patch_hf(model: nn.Module, backend: Optional[str] = None) -> list:
-    """Make a transformers model use babygpt_ext's causal attention; return the attention modules' names."""
+def _attention_dropout(m: nn.Module) -> float:
+    # GPT-2 keeps an nn.Dropout (attn_dropout), Llama and most newer decoders a float (attention_dropout).
+    p = getattr(m, "attention_dropout", None)
+    return float(p) if isinstance(p, (int, float)) else float(getattr(getattr(m, "attn_dropout", None), "p", 0.0))
+
+
+def patch_hf(model: nn.Module, backend: Optional[str] = None) -> PatchReport:
+    """Make a transformers model use babygpt_ext's causal attention; report the attention modules."""
     try:
         from transformers import AttentionInterface
         from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
@@ -60,8 +88,32 @@ def patch_hf(model: nn.Module, backend: Optional[str] = None) -> list:
     if not names:
         raise ValueError(f"patch: {type(model).__name__} has no causal self-attention module "
                          "(an ...Attention submodule with is_causal=True); only decoders can be patched")
-    impl = "babygpt" if backend is None else f"babygpt_{backend}"
+    modules = dict(model.named_modules())
+    left = [(n, f"{type(m).__name__}: not causal self-attention (is_causal is not True), so it runs "
+             "transformers' SDPA") for n, m in modules.items() if n and _is_attention(m) and n not in names
+            and not any(n.startswith(c + ".") for c in names)]
+    impl, current = IMPL if backend is None else f"{IMPL}_{backend}", model.config._attn_implementation
+    if current == impl:
+        return PatchReport("patch", left=left, backend=backend,
+                           nothing_to_do=f"it runs babygpt_ext's attention already (attn_implementation={impl!r})")
+    if not str(current).startswith(IMPL):
+        setattr(model, _BEFORE, current)
     AttentionInterface.register(impl, functools.partial(_attention, backend=backend))
     AttentionMaskInterface.register(impl, sdpa_mask)
     model.set_attn_implementation(impl)
-    return names
+    drop = sorted({_attention_dropout(modules[n]) for n in names} - {0.0})
+    notes = [f"attention dropout p={', '.join(map(str, drop))}: in training mode those calls run transformers' "
+             "SDPA (the fused kernels have no dropout); eval and generation use the fused op"] if drop else []
+    notes.append("calls with a padding mask run transformers' SDPA (the fused op is causal-only)")
+    return PatchReport("patch", names, left, notes, backend=backend)
+
+
+def unpatch_hf(model: nn.Module) -> PatchReport:
+    """Switch a patched transformers model back to the attention implementation it had."""
+    current = model.config._attn_implementation
+    if not str(current).startswith(IMPL):
+        return PatchReport("unpatch", nothing_to_do=f"it is not patched (attn_implementation={current!r})")
+    model.set_attn_implementation(getattr(model, _BEFORE, None) or "sdpa")
+    if hasattr(model, _BEFORE):
+        delattr(model, _BEFORE)
+    return PatchReport("unpatch", causal_attention_modules(model))

@@ -7,9 +7,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import tolerance
 from babygpt_ext import lora, ops
 from babygpt_ext.models import GPT, GPTConfig
 from babygpt_ext.nn import LoRALinear
+from babygpt_ext.ops.registry import Call
 
 # Backends with a LoRA implementation (sdpa is attention only).
 BACKENDS = ops.available_backends("cpu", op="lora")
@@ -88,6 +90,69 @@ def test_lora_linear_rejects_bad_arguments():
         LoRALinear(nn.Linear(3, 3), 1, 1)(torch.randn(2, 4))
 
 
+# ------------------------------------------------------------------------------------ autocast
+def autocast_case(device, dtype, backend):
+    """Skipped with the backend's own reason where it refuses dtype (e.g. bf16 in Triton's interpreter)."""
+    why = ops.BACKENDS[backend].refuses(Call("lora", device, dtype))
+    marks = [pytest.mark.skip(reason=f"backend {backend} cannot run this here: {why}")] if why else []
+    return pytest.param(device, dtype, backend, id=f"{device}-{str(dtype)[6:]}-{backend}", marks=marks)
+
+
+def autocast_cases():
+    cases = [autocast_case("cpu", torch.bfloat16, b) for b in BACKENDS]
+    if not torch.cuda.is_available():
+        return cases + [pytest.param("cuda", None, None, id="cuda", marks=pytest.mark.skip(
+            reason="no CUDA device: CUDA autocast (bf16, fp16) is checked where torch.cuda.is_available()"))]
+    cuda = [b for b in ops.available_backends("cuda") if ops.BACKENDS[b].lora is not None]
+    return cases + [autocast_case("cuda", dt, b) for dt in (torch.bfloat16, torch.float16) for b in cuda]
+
+
+def eager_lora(x, w, b, a, bm, scale):
+    return F.linear(x, w, b) + scale * F.linear(F.linear(x, a), bm)
+
+
+@pytest.mark.parametrize("device,dtype,backend", autocast_cases())
+def test_lora_under_autocast_matches_the_eager_composition(device, dtype, backend):
+    torch.manual_seed(4)
+    layer = randomised(LoRALinear(nn.Linear(24, 10), r=4, alpha=8, backend=backend)).to(device)
+    x = torch.randn(3, 7, 24, device=device, requires_grad=True)
+    params = [x, layer.weight, layer.bias, layer.lora_A, layer.lora_B]
+    with torch.autocast(device, dtype=dtype):
+        y = layer(x)
+        eager = eager_lora(*params, layer.scale)
+    assert y.dtype == eager.dtype == dtype
+    # The float64 reference computes exactly from what autocast feeds the matmuls: inputs rounded to dtype.
+    low = [p.detach().to(dtype).double().requires_grad_() for p in params]
+    ref = eager_lora(*low, layer.scale)
+    tolerance.assert_close(y, ref, eager, "forward under autocast", tolerance.FWD_FACTOR)
+    g = torch.randn_like(y)
+    got, want = torch.autograd.grad(y, params, g), torch.autograd.grad(eager, params, g)
+    for name, a, e, r in zip(("x", "weight", "bias", "lora_A", "lora_B"), got, want,
+                             torch.autograd.grad(ref, low, g.double())):
+        assert a.dtype == e.dtype == torch.float32, name  # gradients come back in the parameters' dtype
+        # They were computed in dtype, so comparing them there loses nothing.
+        tolerance.assert_close(a.to(dtype), r, e.to(dtype), f"d{name} under autocast", tolerance.GRAD_FACTOR)
+
+
+def test_gpt_with_lora_trains_under_cpu_bf16_autocast():
+    idx = torch.randint(0, 20, (2, 12))
+    losses = {}
+    for backend, dropout in (("eager", 0.0), (None, 0.0), (None, 0.1)):
+        m = small_gpt()
+        lora.inject(m, ("c_attn", "c_proj"), r=2, alpha=4, dropout=dropout, backend=backend)
+        for layer in lora.lora_modules(m).values():
+            randomised(layer)
+        m.train(dropout > 0)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits, loss = m(idx, idx)
+        assert logits.dtype == torch.bfloat16 and torch.isfinite(loss)
+        loss.backward()
+        assert all(torch.isfinite(p.grad).all() for n, p in m.named_parameters() if "lora_" in n)
+        losses[backend, dropout] = loss.item()
+    # The fused op and the eager composition agree to bf16 rounding over the whole model.
+    assert abs(losses[None, 0.0] - losses["eager", 0.0]) <= 2e-2 * abs(losses["eager", 0.0])
+
+
 # -------------------------------------------------------------------------------------- inject
 def small_gpt(seed=0, vocab=20) -> GPT:
     torch.manual_seed(seed)
@@ -101,7 +166,7 @@ def test_inject_matches_by_suffix_and_explains_misses():
                      "transformer.h.1.attn.c_proj", "transformer.h.1.mlp.c_fc"]
     assert isinstance(m.transformer.h[1].mlp.c_fc, LoRALinear)
     assert isinstance(m.transformer.h[1].mlp.c_proj, nn.Linear)  # mlp.c_proj is not attn.c_proj
-    with pytest.raises(ValueError, match="no nn.Linear matches.*q_proj.*c_attn.*lm_head"):
+    with pytest.raises(ValueError, match="no module matches.*q_proj.*c_attn.*lm_head"):
         lora.inject(small_gpt(), ["q_proj"])
     n = lora.mark_only_lora_trainable(m)
     assert n == 2 * (2 * 32 + 32 * 2) + 2 * (2 * 32 + 128 * 2)
@@ -234,7 +299,33 @@ def test_load_adapter_validates_names_and_shapes(tmp_path):
     with pytest.raises(ValueError, match="only in adapter.*c_attn"):
         lora.load_adapter(other_targets, path)
     torch.save({"state": {}}, tmp_path / "junk.pt")
-    with pytest.raises(ValueError, match="not a babygpt_ext LoRA adapter"):
+    with pytest.raises(ValueError, match="neither a babygpt_ext LoRA adapter"):
         lora.load_adapter(small_gpt(), tmp_path / "junk.pt")
     with pytest.raises(ValueError, match="no LoRA adapters"):
         lora.save_adapter(small_gpt(), tmp_path / "none.pt")
+
+
+def test_adapter_file_keeps_per_module_rank_and_alpha(tmp_path):
+    m = small_gpt()
+    lora.inject(m, ("c_attn",), r=4, alpha=8)
+    lora.inject(m, ("mlp.c_fc",), r=2, alpha=1)
+    for layer in lora.lora_modules(m).values():
+        randomised(layer)
+    m.eval()
+    idx = torch.randint(0, 20, (2, 9))
+    lora.save_adapter(m, tmp_path / "a.pt")
+    fresh = small_gpt().eval()
+    lora.load_adapter(fresh, tmp_path / "a.pt")
+    assert {n: (x.r, x.alpha) for n, x in lora.lora_modules(fresh).items()} == \
+        {n: (x.r, x.alpha) for n, x in lora.lora_modules(m).items()}
+    with torch.no_grad():
+        assert torch.equal(fresh(idx)[0], m(idx)[0])
+    # A file from before per-module entries (one r and alpha in its config) still loads.
+    blob = torch.load(tmp_path / "a.pt", weights_only=True)
+    del blob["config"]["modules"]
+    blob["state"] = {k: v for k, v in blob["state"].items() if "c_attn" in k}
+    blob["config"]["replaced"] = [n for n in blob["config"]["replaced"] if n.endswith("c_attn")]
+    torch.save(blob, tmp_path / "old.pt")
+    old = small_gpt().eval()
+    assert lora.load_adapter(old, tmp_path / "old.pt") == ["transformer.h.0.attn.c_attn", "transformer.h.1.attn.c_attn"]
+    assert all((x.r, x.alpha) == (4, 8) for x in lora.lora_modules(old).values())

@@ -102,12 +102,46 @@ def test_gradients_match_transformers(op_calls):
         torch.testing.assert_close(grads[1][n], g, rtol=1e-9, atol=1e-12, msg=n)
 
 
-def test_undo_and_encoder_models():
+def test_unpatch_patch_twice_and_encoder_models():
     model = gpt2()
+    model.set_attn_implementation("eager")
     babygpt_ext.patch(model)
-    model.set_attn_implementation("sdpa")
-    assert model.config._attn_implementation == "sdpa"
+    with pytest.warns(RuntimeWarning, match="nothing to do: it runs babygpt_ext's attention already"):
+        assert babygpt_ext.patch(model) == []
+    assert babygpt_ext.patch(model, backend="eager") == ["transformer.h.0.attn", "transformer.h.1.attn"]
+    assert model.config._attn_implementation == "babygpt_eager"
+    assert babygpt_ext.unpatch(model) == ["transformer.h.0.attn", "transformer.h.1.attn"]
+    assert model.config._attn_implementation == "eager"  # the implementation it had, not always SDPA
+    with pytest.warns(RuntimeWarning, match="unpatch: nothing to do: it is not patched"):
+        babygpt_ext.unpatch(model)
+    with pytest.raises(ValueError, match="unknown backend 'bogus'; known backends:"):
+        babygpt_ext.patch(model, backend="bogus")
+    assert model.config._attn_implementation == "eager"
     bert = transformers.BertModel(transformers.BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
                                                          intermediate_size=64, vocab_size=V))
     with pytest.raises(ValueError, match="only decoders can be patched"):
         babygpt_ext.patch(bert)
+
+
+def test_report_names_cross_attention_left_and_dropout_fallback(op_calls, monkeypatch):
+    cfg = transformers.GPT2Config(n_embd=32, n_layer=1, n_head=4, vocab_size=V, n_positions=64, attn_pdrop=0.1,
+                                  add_cross_attention=True, bos_token_id=0, eos_token_id=0)
+    model = transformers.GPT2LMHeadModel(cfg)
+    with pytest.warns(RuntimeWarning, match="left transformer.h.0.crossattention"):
+        report = babygpt_ext.patch(model)
+    assert report == ["transformer.h.0.attn"]
+    assert report.left == [("transformer.h.0.crossattention", "GPT2Attention: not causal self-attention (is_causal "
+                            "is not True), so it runs transformers' SDPA")]
+    assert "attention dropout p=0.1: in training mode those calls run transformers' SDPA" in str(report)
+    monkeypatch.setattr(patch_hf, "_warned_dropout", False)
+    model = gpt2()
+    model.config.attn_pdrop = 0.1
+    for blk in model.transformer.h:
+        blk.attn.attn_dropout.p = 0.1
+    babygpt_ext.patch(model)
+    idx = torch.randint(0, V, (2, 9))
+    with pytest.warns(RuntimeWarning, match=r"attention dropout p=0\.1 while training runs transformers' SDPA"):
+        model.train()(idx)
+    assert not op_calls
+    model.eval()(idx)
+    assert len(op_calls) == 2  # eval: the fused op
