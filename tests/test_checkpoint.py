@@ -66,7 +66,8 @@ def test_failed_write_keeps_the_old_checkpoint_and_no_temp_files(tmp_path, monke
     path = save_checkpoint(tmp_path / "ckpt.pt", {"model": {"w": torch.zeros(2)}, "step": 1})
 
     def broken_save(obj, f):
-        f.write(b"half a checkpoint")
+        with open(f, "wb") as out:
+            out.write(b"half a checkpoint")
         raise KeyboardInterrupt  # Ctrl-C in the middle of writing
 
     monkeypatch.setattr(ckpt_mod.torch, "save", broken_save)
