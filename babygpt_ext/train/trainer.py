@@ -96,22 +96,6 @@ class Trainer:
         self.out_dir = Path(out_dir)
         self.hooks, self.extra = list(hooks), dict(extra or {})
         self.dist = dist_info or distributed.setup(cfg.device)
-        # rank 0 alone writes, so it alone owns the directory
-        self._lock = claim_run_dir(self.out_dir, resume=cfg.resume, force=force) if self.dist.is_main else None
-        try:
-            self._setup(model, train_data, val_data)
-        except BaseException:
-            self.close()
-            raise
-
-    def close(self) -> None:
-        """Release the run directory (fit() does this when it ends)."""
-        if self._lock is not None:
-            self._lock.release()
-            self._lock = None
-
-    def _setup(self, model, train_data, val_data) -> None:
-        cfg = self.cfg
         self.device = self.dist.device
         self.device_type = torch.device(self.device).type
 
@@ -151,10 +135,22 @@ class Trainer:
         self._unsaved_rows = []     # metrics rows since the last ckpt.pt: every checkpoint carries them
         self._last_saved = None     # (file name, step) of the newest checkpoint this run wrote or resumed
         self._consistent = True     # False while an optimizer step is half applied
+        # rank 0 alone writes, so it alone owns the directory: from here until fit() ends (or close())
+        self._lock = claim_run_dir(self.out_dir, resume=cfg.resume, force=force) if self.dist.is_main else None
         if cfg.resume:
-            self._resume()
+            try:
+                self._resume()
+            except BaseException:
+                self.close()
+                raise
         # RNG states at the start of step self.step: what a crash checkpoint must store
         self._rng_snapshot = capture_rng(self.data_gen)
+
+    def close(self) -> None:
+        """Release the run directory (fit() does this when it ends)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     # ---------------------------------------------------------------------------- setup helpers
     def _resolve_autocast(self):
