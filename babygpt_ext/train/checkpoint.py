@@ -156,11 +156,12 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu", mmap: bool = Fa
     try:
         with zipfile.ZipFile(path) as z:
             broken = z.testzip()
-    except (zipfile.BadZipFile, OSError, EOFError) as e:
+    except Exception as e:  # BadZipFile, EOFError; a damaged directory can also give UnicodeDecodeError etc.
         raise CheckpointError(f"refusing to load {path}: not a complete checkpoint file "
-                              f"(truncated or corrupt: {e})") from e
+                              f"(truncated or corrupt: {type(e).__name__}: {e})") from e
     if broken is not None:
-        raise CheckpointError(f"refusing to load {path}: it is corrupt (CRC mismatch in {broken}); "
+        member = broken.split("/", 1)[-1]  # torch names the archive's top folder after the (temp) file
+        raise CheckpointError(f"refusing to load {path}: it is corrupt (CRC mismatch in its {member}); "
                               f"restore it from a copy or resume from an earlier checkpoint")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)

@@ -460,12 +460,13 @@ def main():
     TRAIN_SECONDS[0] = float(r.stdout.split("done:")[1].split(" s\n")[0].rsplit(",", 1)[1])
     log(f"reference run: {STEPS} steps, eval every {EVAL}, {TRAIN_SECONDS[0]:.1f} s of training")
     quick = args.quick
-    results = scenario_moments(work, ref, QUICK_MOMENTS if quick else MOMENTS, log)
-    results += scenario_signals(work, ref, 3 if quick else 10, 2 if quick else 8, 1 if quick else 3, log, rng)
-    results += scenario_disk_full(work, ref, (16, 64, 200) if quick else (8, 32, 96, 160, 256, 400, 640, 1024), log)
+    # cheapest first: the in-process corrupt-file checks, then one or two processes per scenario
     tally, corrupt_bad = scenario_corrupt(work, ref, 10 if quick else 60, log, rng)
-    results += scenario_cli_corrupt(work, ref, log)
+    results = scenario_cli_corrupt(work, ref, log)
     results += scenario_concurrent(work, 2 if quick else 4, log)
+    results += scenario_disk_full(work, ref, (16, 64, 200) if quick else (8, 32, 96, 160, 256, 400, 640, 1024), log)
+    results += scenario_signals(work, ref, 3 if quick else 10, 2 if quick else 8, 1 if quick else 3, log, rng)
+    results += scenario_moments(work, ref, QUICK_MOMENTS if quick else MOMENTS, log)
 
     failed = [(name, p) for name, _, p in results if p]
     for name, p in failed:
