@@ -66,7 +66,8 @@ def test_failed_write_keeps_the_old_checkpoint_and_no_temp_files(tmp_path, monke
     path = save_checkpoint(tmp_path / "ckpt.pt", {"model": {"w": torch.zeros(2)}, "step": 1})
 
     def broken_save(obj, f):
-        f.write(b"half a checkpoint")
+        with open(f, "wb") as out:
+            out.write(b"half a checkpoint")
         raise KeyboardInterrupt  # Ctrl-C in the middle of writing
 
     monkeypatch.setattr(ckpt_mod.torch, "save", broken_save)
@@ -120,3 +121,106 @@ def test_newest_checkpoint_picks_highest_step(tmp_path):
 def test_strip_wrappers_removes_compile_and_ddp_prefixes():
     sd = {"_orig_mod.a.weight": 1, "module._orig_mod.b": 2, "c": 3}
     assert strip_wrappers(sd) == {"a.weight": 1, "b": 2, "c": 3}
+
+
+# ------------------------------------------------------------------------------------ integrity
+def small_ckpt(**kw):
+    g = torch.Generator().manual_seed(0)
+    return {"model": {"w": torch.randn(64, 32, generator=g), "b": torch.zeros(32)}, "step": 3,
+            "optimizer": {"state": {0: {"exp_avg": torch.ones(4), "step": torch.tensor(3.0)}}, "param_groups": []},
+            **kw}
+
+
+def tensor_data_offset(path, member_suffix):
+    """Byte offset in the file where the stored bytes of the zip member ending in member_suffix begin."""
+    import struct
+    import zipfile
+    raw = path.read_bytes()
+    with zipfile.ZipFile(path) as z:
+        info = next(i for i in z.infolist() if i.filename.endswith(member_suffix))
+    h = info.header_offset
+    name_len, extra_len = struct.unpack("<HH", raw[h + 26:h + 30])
+    return h + 30 + name_len + extra_len, info.file_size
+
+
+def test_flipped_byte_in_tensor_data_is_refused(tmp_path):
+    path = save_checkpoint(tmp_path / "c.pt", small_ckpt())
+    start, size = tensor_data_offset(path, "data/0")
+    raw = bytearray(path.read_bytes())
+    raw[start + size // 2] ^= 0x01  # one bit of one weight
+    path.write_bytes(bytes(raw))
+    assert torch.load(path, weights_only=True)["step"] == 3  # torch.load alone takes it
+    with pytest.raises(CheckpointError, match="corrupt") as e:
+        load_checkpoint(path)
+    assert "\n" not in str(e.value)
+
+
+def test_edited_checkpoint_with_valid_zip_is_refused_by_its_sha256(tmp_path):
+    path = save_checkpoint(tmp_path / "c.pt", small_ckpt())
+    ck = torch.load(path, weights_only=True)
+    ck["model"]["w"][0, 0] += 1.0  # re-saved by plain torch.save: CRCs valid, digest stale
+    torch.save(ck, path)
+    with pytest.raises(CheckpointError, match="do not match its sha256"):
+        load_checkpoint(path)
+    ck["model"]["w"][0, 0] -= 1.0
+    ck["step"] = 4  # a plain value is covered too
+    torch.save(ck, path)
+    with pytest.raises(CheckpointError, match="sha256"):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize("keep", [0, 10, 100, 0.5, 0.99])
+def test_truncated_checkpoint_is_refused(tmp_path, keep):
+    path = save_checkpoint(tmp_path / "c.pt", small_ckpt())
+    raw = path.read_bytes()
+    path.write_bytes(raw[:int(keep * len(raw)) if isinstance(keep, float) else keep])
+    with pytest.raises(CheckpointError, match="refusing to load") as e:
+        load_checkpoint(path)
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("where", ["model", "optimizer"])
+def test_non_finite_weights_or_moments_are_refused(tmp_path, where):
+    ck = small_ckpt()
+    if where == "model":
+        ck["model"]["w"][3, 4] = float("nan")
+    else:
+        ck["optimizer"]["state"][0]["exp_avg"][1] = float("inf")
+    path = save_checkpoint(tmp_path / "c.pt", ck)  # the digest is valid: the contents are what is wrong
+    with pytest.raises(CheckpointError, match="NaN/Inf") as e:
+        load_checkpoint(path)
+    assert ("model.w" if where == "model" else "optimizer.state.0.exp_avg") in str(e.value)
+
+
+def test_checkpoint_records_versions_and_digest(tmp_path):
+    back = load_checkpoint(save_checkpoint(tmp_path / "c.pt", small_ckpt()))
+    assert back["format"] == ckpt_mod.FORMAT and len(back["sha256"]) == 64
+    assert back["versions"]["torch"] == str(torch.__version__) and "babygpt_ext" in back["versions"]
+    assert ckpt_mod.content_digest(back) == back["sha256"]
+    other = small_ckpt()
+    other["model"]["b"] = other["model"]["b"].to(torch.float64)  # same values, another dtype
+    assert ckpt_mod.content_digest(other) != ckpt_mod.content_digest(small_ckpt())
+
+
+def test_format_1_checkpoint_loads_with_a_warning(tmp_path):
+    path = tmp_path / "old.pt"
+    torch.save({"format": 1, "model": {"w": torch.ones(2)}, "step": 5}, path)
+    with pytest.warns(UserWarning, match="no checksum"):
+        assert load_checkpoint(path)["step"] == 5
+
+
+def test_nanogpt_checkpoint_gets_a_hint(tmp_path):
+    path = tmp_path / "nano.pt"
+    torch.save({"model_args": {"n_layer": 2}, "state_dict": {}, "iter_num": 1}, path)
+    with pytest.raises(CheckpointError, match="from_nanogpt_state_dict"):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_written_files_honour_the_umask(tmp_path, umask, mode):
+    old = os.umask(umask)
+    try:
+        path = save_checkpoint(tmp_path / "c.pt", small_ckpt())
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == mode

@@ -357,3 +357,45 @@ def test_cli_sample_refuses_mismatched_tokenizer(tmp_path, capsys):
     get_tokenizer("char", "abc").save(tmp_path / "small.json")
     assert main(["sample", "--ckpt", str(out / "ckpt.pt"), "--tokenizer", str(tmp_path / "small.json")]) == 2
     assert "expects" in capsys.readouterr().err
+
+
+def test_cli_resume_takes_the_run_from_the_checkpoint(tmp_path, capsys):
+    from babygpt_ext.cli import main
+    from babygpt_ext.errors import UserError
+
+    out = tmp_path / "run"
+    common = ["train", "--out", str(out), "--no-progress", "--eval-iters", "1", "--eval-interval", "3"]
+    assert main(common + ["--preset", "babygpt", "--tokenizer", "word", "--vocab-size", "300", "--batch-size", "4",
+                          "--max-iters", "3", "--lr", "2e-3", "--threads", "1"]) == 0
+    with pytest.raises(UserError, match="already holds a run.*--resume.*--force"):
+        main(common + ["--preset", "babygpt", "--max-iters", "3"])  # a new run would replace it
+    for bad, match in ((["--lr", "1e-2"], "lr=0.01"), (["--preset", "gpt-mini"], "--preset gpt-mini"),
+                       (["--tokenizer", "char"], "--tokenizer char"), (["--seed", "5"], "seed=5")):
+        with pytest.raises(UserError, match=match) as e:
+            main(common + ["--resume", "--max-iters", "6"] + bad)
+        assert "\n" not in str(e.value)
+    capsys.readouterr()
+
+    (out / "tokenizer.json").unlink()  # lost: rebuilt from the data only because the rebuild is identical
+    torch.set_num_threads(2)  # no --threads: the checkpoint's count (1) is restored
+    assert main(common + ["--resume", "--max-iters", "6"]) == 0
+    assert torch.get_num_threads() == 1
+    captured = capsys.readouterr()
+    assert "rebuilt it from the data" in captured.err and "resuming" in captured.out
+    assert "max_iters 6 (was 3)" in captured.err and "not be bit-exact" not in captured.err
+    ck = load_checkpoint(out / "ckpt.pt")
+    assert ck["step"] == 6 and ck["extra"]["run"]["tokenizer"] == "word" and ck["train_config"]["lr"] == 2e-3
+    assert ck["train_config"]["batch_size"] == 4 and ck["num_threads"] == 1
+
+    original = (out / "tokenizer.json").read_text()
+    (out / "tokenizer.json").write_text(json.dumps(json.loads(original), indent=1))  # same vocabulary, other bytes
+    with pytest.raises(UserError, match="not the tokenizer this run was trained with"):
+        main(common + ["--resume", "--max-iters", "9"])
+    assert main(["sample", "--ckpt", str(out / "ckpt.pt"), "--max-new-tokens", "2"]) == 2
+    assert "sha256 differs" in capsys.readouterr().err
+    (out / "tokenizer.json").write_text(original)
+    assert main(["sample", "--ckpt", str(out / "ckpt.pt"), "--max-new-tokens", "2"]) == 0
+
+    assert main(common + ["--preset", "babygpt", "--max-iters", "2", "--force"]) == 0
+    assert load_checkpoint(out / "ckpt.pt")["step"] == load_checkpoint(out / "best.pt")["step"] == 2
+    assert [r["step"] for r in rows(out)] == [0, 1, 2]

@@ -42,7 +42,7 @@ def run(args) -> int:
     _run(train, ["train", "--preset", "shakespeare-cpu", "--data", "pydoc", "--tokenizer", "char",
                  "--batch-size", "16", "--lr", "2e-3", "--min-lr", "2e-4", "--warmup", "100",
                  "--max-iters", str(args.max_iters), "--eval-interval", "250", "--eval-iters", "20", "--time-budget", str(args.time_budget),
-                 "--out", str(out), "--seed", "0"])
+                 "--out", str(out), "--seed", "0", "--force"])
     _banner("3/4 sample from it (streamed)")
     _run(sample, ["sample", "--ckpt", str(out / "ckpt.pt"), "--prompt", args.prompt,
                   "--max-new-tokens", "300", "--temperature", "0.8", "--top-k", "40", "--seed", "0"])
@@ -61,7 +61,7 @@ def register(sub) -> None:
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--time-budget", type=float, default=120.0, help="seconds of training (default 120)")
     p.add_argument("--max-iters", type=int, default=2500, help="length of the LR schedule (default 2500)")
-    p.add_argument("--out", default="runs/demo", help="run directory (default runs/demo)")
+    p.add_argument("--out", default="runs/demo", help="run directory, replaced by every demo (default runs/demo)")
     p.add_argument("--prompt", default="The ", help="text to continue (default 'The ')")
     p.add_argument("--skip-bench", action="store_true", help="stop after sampling")
     p.set_defaults(func=run)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import codecs
+import hashlib
 import sys
 from pathlib import Path
 
@@ -11,7 +12,9 @@ DESCRIPTION = """\
 Generate text from a checkpoint written by `babygpt train`.
 
 The checkpoint is loaded with torch.load(weights_only=True) (tensors and plain values only; a
-file that tries to run code is refused). The tokenizer is the tokenizer.json saved next to it.
+file that tries to run code is refused) and checked against its sha256; a corrupt file or one
+with NaN/Inf weights is refused. The tokenizer is the tokenizer.json saved next to it, which must
+be the one the checkpoint was trained with (its sha256 is in the checkpoint).
 All --num-samples continuations are generated together as one batch; the first is streamed to
 the terminal token by token as it is sampled, the others are printed when the batch finishes.
 
@@ -59,10 +62,10 @@ def register(subparsers) -> None:
 def load_model(ckpt_path, device: str = "cpu", backend: str | None = None):
     """(GPT in eval mode, checkpoint dict) from a babygpt train checkpoint."""
     from ..models import GPT, GPTConfig
-    from ..train import load_checkpoint, strip_wrappers
+    from ..train import CheckpointError, load_checkpoint, strip_wrappers
     ckpt = load_checkpoint(ckpt_path, map_location=device)
     if ckpt.get("model_class") != "GPT" or not ckpt.get("model_config"):
-        raise ValueError(f"{ckpt_path}: not a GPT checkpoint (model_class={ckpt.get('model_class')!r})")
+        raise CheckpointError(f"{ckpt_path}: not a GPT checkpoint (model_class={ckpt.get('model_class')!r})")
     model = GPT(GPTConfig(**{**ckpt["model_config"], "backend": backend}))
     model.load_state_dict(strip_wrappers(ckpt["model"]))
     return model.to(device).eval(), ckpt
@@ -130,6 +133,11 @@ def run(args) -> int:
     if tok.vocab_size != model.config.vocab_size:
         print(f"babygpt sample: tokenizer {tok_path} has {tok.vocab_size} tokens but the model expects "
               f"{model.config.vocab_size}", file=sys.stderr)
+        return 2
+    want = ckpt.get("extra", {}).get("tokenizer_sha256")
+    if want is not None and hashlib.sha256(tok_path.read_bytes()).hexdigest() != want:
+        print(f"babygpt sample: {tok_path} is not the tokenizer {args.ckpt} was trained with (its sha256 differs); "
+              f"pass --tokenizer PATH of the run's tokenizer.json", file=sys.stderr)
         return 2
     stops = [codecs.decode(st, "unicode_escape") for st in args.stop]
     if any(not st for st in stops):
