@@ -4,7 +4,7 @@
 `main` runs the command inside one error handler: an expected error (a bad flag or value, a
 missing, corrupt or foreign file, an unavailable backend, Ctrl-C) becomes one line on stderr and
 an exit status: 2 for usage, 130 for Ctrl-C, 1 otherwise. `--debug` or BABYGPT_DEBUG=1 prints the
-traceback as well. Option ranges are checked at parsing, from the table in args.py.
+traceback as well. Option ranges and backend names are checked at parsing (args.py).
 """
 
 import argparse
@@ -17,7 +17,7 @@ import warnings
 from pathlib import Path
 
 from ..errors import UserError
-from .args import UsageError, check_ranges
+from .args import UsageError, add_checks
 
 # Subcommands in the order `babygpt --help` lists them.
 COMMANDS = ("demo", "info", "train", "sample", "bench", "tokenize", "gpu_report")
@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
         importlib.import_module(f"{__name__}.{name}").register(sub)
     for command in sub.choices.values():  # `babygpt train ... --debug` works too; SUPPRESS keeps the top level's value
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)
-    check_ranges(sub.choices)
+    add_checks(sub.choices)
     return parser
 
 
@@ -86,7 +86,10 @@ def main(argv=None) -> int:
         if not debug:
             warnings.showwarning = _one_line_warning(prog)
         return args.func(args) or 0
-    except SystemExit:  # --help, --version, and commands that exit with their own status
+    except SystemExit as e:  # --help, --version, and commands that exit with their own status
+        if isinstance(e.code, str):  # SystemExit("message"): Python would print it and exit 1
+            print(one_line(e.code), file=sys.stderr)
+            return 1
         raise
     except BaseException as e:  # noqa: B036 - Ctrl-C is an expected way to stop too
         if debug:

@@ -1,6 +1,8 @@
-"""The valid range of every numeric `babygpt` option, defined once, and the usage error that
-names it. `check_ranges(parser)` wraps each listed option's argparse `type`, so an out-of-range
-value (`--rounds 0`, `--lr nan`) stops at parsing with exit status 2, before any slow work."""
+"""The valid range of every numeric `babygpt` option and the options that name attention
+backends, defined once, and the usage error that names them. `add_checks(commands)` wraps each
+listed option's argparse `type`, so an out-of-range value (`--rounds 0`, `--lr nan`) or an unknown
+backend stops at parsing with exit status 2, and a backend that cannot run here stops there with
+its reason (exit 1), before any slow work."""
 
 from __future__ import annotations
 
@@ -82,15 +84,35 @@ def _checked(convert, valid: Range):
     return parse
 
 
+# command -> the options naming one backend, or a comma-separated list of them
+BACKEND_OPTIONS = {"train": ("--backend",), "sample": ("--backend",), "bench": ("--backends",)}
+
+
+def _backend_names(text: str) -> str:
+    """An argparse type: every comma-separated name is a registered backend that can run here."""
+    from ..ops import BACKENDS, BackendUnavailableError
+
+    for name in text.split(","):
+        if name not in BACKENDS:
+            raise argparse.ArgumentTypeError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")
+        if (why := BACKENDS[name].why_unavailable()) is not None:
+            # not a usage mistake but this machine's limit: exit 1 with the reason and the fix
+            raise BackendUnavailableError(f"backend {name!r} is not usable here: {why}")
+    return text
+
+
 def option_actions(parser: argparse.ArgumentParser) -> dict:
     """option string -> its argparse action, for one (sub)parser."""
     return {opt: a for a in parser._actions for opt in a.option_strings}
 
 
-def check_ranges(commands: dict) -> None:
-    """Give every option listed in RANGES a range-checking type. `commands`: name -> subparser."""
+def add_checks(commands: dict) -> None:
+    """Give the options listed in RANGES and BACKEND_OPTIONS a checking type. `commands`: name -> subparser."""
     for command, ranges in RANGES.items():
         actions = option_actions(commands[command])
         for option, valid in ranges.items():
-            action = actions[option]
-            action.type = _checked(action.type, valid)
+            actions[option].type = _checked(actions[option].type, valid)
+    for command, options in BACKEND_OPTIONS.items():
+        actions = option_actions(commands[command])
+        for option in options:
+            actions[option].type = _backend_names
