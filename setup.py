@@ -87,9 +87,21 @@ def want_cuda(torch_cuda: "str | None") -> "Path | None":
     return cuda_home
 
 
-def extensions():
-    import torch
+def import_torch():
+    """torch, or a stop that says how to install: the extension compiles against the torch it will
+    run with, which pip's default isolated build environment does not have."""
+    try:
+        import torch
+    except ModuleNotFoundError:
+        fail("torch is not importable here, and babygpt_ext compiles against the installed torch. "
+             "Install torch first, then build without pip's isolated environment (which has no torch):\n"
+             "    pip install torch\n"
+             "    pip install --no-build-isolation .")
+    return torch
 
+
+def extensions():
+    torch = import_torch()
     cuda_home = want_cuda(torch.version.cuda)
     if cuda_home is not None:
         # Must be set before torch.utils.cpp_extension is imported: it reads CUDA_HOME once.

@@ -1,17 +1,26 @@
 """The downloader against a local http.server on 127.0.0.1 (random port, own thread)."""
 
+import fcntl
 import hashlib
+import os
+import signal
+import subprocess
+import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
 from babygpt_ext.data import CORPORA, DownloadError, download, load_text
+from babygpt_ext.data.download import remove_stale_parts
 
 PAYLOAD = bytes(range(256)) * 300 + "héllo wörld\n".encode()  # 76,813 bytes, > one read chunk
 SHA = hashlib.sha256(PAYLOAD).hexdigest()
 TEXT = "To be, or not to be 🎭\n" * 100
 TEXT_SHA = hashlib.sha256(TEXT.encode()).hexdigest()
+ROOT = Path(__file__).resolve().parents[1]
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -20,10 +29,51 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, *args):  # keep pytest output clean
         pass
 
+    def _trickle(self, total: int, block: int, pause: float, max_seconds: float = 20.0):
+        """Send `total` bytes in `block`-sized pieces `pause` s apart; stop when the client leaves
+        or after max_seconds (every test server loop here is bounded in count and time)."""
+        give_up = time.monotonic() + max_seconds
+        sent = 0
+        try:
+            while sent < total and time.monotonic() < give_up:
+                at = sent % len(PAYLOAD)  # the body is PAYLOAD repeated
+                piece = PAYLOAD[at:at + min(block, total - sent)]
+                self.wfile.write(piece)
+                self.wfile.flush()
+                sent += len(piece)
+                time.sleep(pause)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        self.close_connection = True
+
     def do_GET(self):
         self.hits[self.path] = self.hits.get(self.path, 0) + 1
         if self.path == "/missing.txt":
             self.send_error(404, "nope")
+            return
+        if self.path in ("/nolength.txt", "/nolength-drop.txt"):  # HTTP/1.0 style: the body ends at close
+            body = PAYLOAD if self.path == "/nolength.txt" else PAYLOAD[: len(PAYLOAD) // 2]
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(body)
+            self.close_connection = True
+            return
+        if self.path == "/slow.txt":  # 1 KB every 50 ms of a promised PAYLOAD
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(PAYLOAD)))
+            self.end_headers()
+            self._trickle(len(PAYLOAD), 1024, 0.05)
+            return
+        if self.path == "/huge-announced.txt":  # claims 10 GB
+            self.send_response(200)
+            self.send_header("Content-Length", str(10 << 30))
+            self.end_headers()
+            self._trickle(1 << 20, 1 << 16, 0.0)
+            return
+        if self.path == "/endless.txt":  # no length, keeps streaming (bounded: 64 MiB or 20 s)
+            self.send_response(200)
+            self.end_headers()
+            self._trickle(64 << 20, 1 << 16, 0.0)
             return
         body = TEXT.encode() if self.path == "/corpus.txt" else PAYLOAD
         self.send_response(200)
@@ -146,3 +196,114 @@ def test_registry_entry_without_checksum_needs_no_verify(server, tmp_path, monke
     assert list(tmp_path.iterdir()) == []
     assert load_text("unpinned", cache_dir=tmp_path, verify=False) == TEXT
     assert TEXT_SHA in capsys.readouterr().err
+
+
+# ---- left-overs, limits, names --------------------------------------------------------------
+def test_kill_9_mid_download_leaves_a_part_file_that_the_next_call_removes(server, tmp_path):
+    base, _ = server
+    code = ("import sys; from babygpt_ext.data import download; "
+            "download(sys.argv[1], sys.argv[2], sys.argv[3], progress=False)")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-c", code, f"{base}/slow.txt", SHA, str(tmp_path)], env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while not [p for p in tmp_path.glob(".*.part") if p.stat().st_size > 0]:
+            assert proc.poll() is None and time.monotonic() < deadline, "the download never started"
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    parts = list(tmp_path.glob(".*.part"))
+    assert len(parts) == 1  # what kill -9 leaves behind
+    path = download(f"{base}/data.txt", SHA, tmp_path, progress=False)  # any later call cleans up
+    assert _files(tmp_path) == [path.name]
+
+
+def test_a_part_file_of_a_download_in_progress_is_left_alone(tmp_path):
+    live, dead = tmp_path / ".x.live.part", tmp_path / ".x.dead.part"
+    live.write_bytes(b"half")
+    dead.write_bytes(b"half")
+    with open(live, "rb") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # what a running download holds on its own part file
+        assert remove_stale_parts(tmp_path) == [dead]
+    assert _files(tmp_path) == [live.name]
+
+
+def test_part_names_are_unique_per_download(server, tmp_path):
+    base, _ = server
+    seen = set()
+    done = threading.Event()
+
+    def watch():
+        while not done.is_set():
+            seen.update(p.name for p in tmp_path.glob(".*.part"))
+            time.sleep(0.005)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        threads = [threading.Thread(target=download, args=(f"{base}/slow.txt", SHA, tmp_path),
+                                    kwargs={"progress": False}) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        done.set()
+        watcher.join()
+    assert len(seen) == 3  # three concurrent downloads of one file, three part files
+    assert _files(tmp_path) == [f"{SHA[:16]}-slow.txt"]
+
+
+def test_unverified_download_without_length_is_never_served_from_the_cache(server, tmp_path, capsys):
+    base, hits = server
+    for url in (f"{base}/nolength.txt", f"{base}/nolength-drop.txt"):
+        first = download(url, None, tmp_path, verify=False, progress=False)
+        second = download(url, None, tmp_path, verify=False, progress=False)
+        assert first == second and first.name.startswith("unchecked-")
+        assert "may be truncated" in capsys.readouterr().err
+    assert hits["/nolength.txt"] == 2 and hits["/nolength-drop.txt"] == 2  # fetched again each time
+    assert (tmp_path / first.name).read_bytes() == PAYLOAD[: len(PAYLOAD) // 2]  # what arrived, no more
+
+
+def test_unverified_download_with_matching_length_is_cached(server, tmp_path):
+    base, hits = server
+    first = download(f"{base}/data.txt", None, tmp_path, verify=False, progress=False)
+    assert download(f"{base}/data.txt", None, tmp_path, verify=False, progress=False) == first
+    assert hits["/data.txt"] == 1 and not first.name.startswith("unchecked-")
+    with pytest.raises(DownloadError, match="incomplete"):
+        download(f"{base}/drop.txt", None, tmp_path, verify=False, progress=False)
+    assert _files(tmp_path) == [first.name]
+
+
+def test_overall_deadline_stops_a_trickling_server(server, tmp_path):
+    base, _ = server
+    t0 = time.monotonic()
+    with pytest.raises(DownloadError, match="deadline of 0.5 s"):
+        download(f"{base}/slow.txt", SHA, tmp_path, progress=False, timeout=5, deadline=0.5)
+    assert time.monotonic() - t0 < 5  # each read returns within 50 ms, so the deadline is what stops it
+    assert _files(tmp_path) == []
+
+
+def test_size_cap_refuses_an_announced_or_an_endless_body(server, tmp_path):
+    base, _ = server
+    with pytest.raises(DownloadError, match="announces 10,737,418,240 bytes"):
+        download(f"{base}/huge-announced.txt", SHA, tmp_path, progress=False)  # default cap: 1 GiB
+    with pytest.raises(DownloadError, match="more than max_bytes=100,000"):
+        download(f"{base}/endless.txt", None, tmp_path, verify=False, progress=False, max_bytes=100_000)
+    assert _files(tmp_path) == []
+
+
+def test_names_and_limits_are_validated_before_any_request(server, tmp_path):
+    base, hits = server
+    with pytest.raises(ValueError, match="300 characters"):
+        download(f"{base}/{'a' * 296}.txt", SHA, tmp_path, progress=False)
+    for bad, match in ((dict(timeout=0), "timeout"), (dict(deadline=-1), "deadline"),
+                       (dict(max_bytes=0), "max_bytes"), (dict(deadline=float("nan")), "deadline")):
+        with pytest.raises(ValueError, match=match):
+            download(f"{base}/data.txt", SHA, tmp_path, progress=False, **bad)
+    with pytest.raises(ValueError, match="http"):
+        download("file:///etc/passwd", SHA, tmp_path, progress=False)
+    assert hits == {} and _files(tmp_path) == []
+    odd = download(f"{base}/a%20b%3F.txt", SHA, tmp_path, progress=False)  # a legal but awkward name
+    assert odd.name == f"{SHA[:16]}-a_20b_3F.txt"

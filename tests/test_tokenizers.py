@@ -197,3 +197,88 @@ def test_tokenize_cli_trains_reports_saves_and_writes_ids(tmp_path, capsys):
     assert open_tokens(tmp_path / "ids.bin").tolist() == tok.encode(corpus()[:40_000])
     assert _run_cli(["tokenize", "--kind", "char", "--data", str(data), "--show", "snow ☃"]) == 0
     assert "cannot encode 'snow ☃'" in capsys.readouterr().out  # ☃ is not in the data
+
+
+# ---- damaged and foreign files, bad ids ---------------------------------------------------
+def _damaged_files(tmp_path):
+    """(name, bytes) of files that are not, or no longer, a valid tokenizer."""
+    good = CharTokenizer.from_text("abc").save(tmp_path / "good.json").read_bytes()
+    return [
+        ("empty", b""), ("truncated", good[: len(good) // 2]), ("latin-1", b'{"kind": "char", "chars": ["\xe9"]}'),
+        ("a list", b"[1, 2]"), ("hf-style", b'{"model": {"type": "BPE"}}'), ("kind is a list", b'{"kind": [], "format": 1}'),
+        ("no chars", b'{"kind": "char", "format": 1}'), ("chars not a list", b'{"kind": "char", "format": 1, "chars": 5}'),
+        ("duplicate chars", b'{"kind": "char", "format": 1, "chars": ["a", "a"]}'),
+        ("word not a string", b'{"kind": "word", "format": 1, "words": ["the", 7]}'),
+        ("bpe not hf", b'{"kind": "bpe", "format": 1, "hf_tokenizer": {"x": 1}}'),
+        ("newer format", good.replace(b'"format": 1', b'"format": 2')),
+    ]
+
+
+def test_damaged_or_foreign_files_raise_value_error_naming_the_file(tmp_path):
+    for name, data in _damaged_files(tmp_path):
+        path = tmp_path / f"{name.replace(' ', '_')}.json"
+        path.write_bytes(data)
+        with pytest.raises(ValueError) as e:
+            Tokenizer.load(path)
+        assert str(path) in str(e.value), name
+
+
+def test_bpe_file_missing_byte_tokens_is_refused(tmp_path):
+    import json
+
+    path = BPETokenizer.train(corpus()[:20_000], vocab_size=300).save(tmp_path / "bpe.json")
+    state = json.loads(path.read_text(encoding="utf-8"))
+    vocab = state["hf_tokenizer"]["model"]["vocab"]
+    del vocab["ā"]  # byte 0x01 (in no merge): without it, that byte would encode to nothing
+    path.write_text(json.dumps(state), encoding="utf-8")
+    with pytest.raises(ValueError, match="byte tokens are missing"):
+        Tokenizer.load(path)
+
+
+@pytest.mark.parametrize("kind", ["char", "word", "bpe"])
+def test_randomly_mutated_files_load_or_raise_value_error(kind, tmp_path):
+    """60 random byte edits of a saved tokenizer: each one loads and works, or raises ValueError."""
+    import random
+
+    text = corpus()[:20_000]
+    good = get_tokenizer(kind, text, vocab_size=300).save(tmp_path / "good.json").read_bytes()
+    rng = random.Random(kind)
+    path = tmp_path / "mutated.json"
+    for _ in range(60):
+        data = bytearray(good)
+        for _ in range(rng.randint(1, 4)):
+            op, at = rng.random(), rng.randrange(len(data))
+            if op < 0.4:
+                data[at] = rng.randrange(256)
+            elif op < 0.7:
+                del data[at:at + rng.randint(1, 20)]
+            else:
+                data[at:at] = rng.choice([b'"', b",", b"}", b"]", b"null", b"1e999", b"\xff", b"-1"])
+        path.write_bytes(bytes(data))
+        try:
+            tok = Tokenizer.load(path)
+        except ValueError:
+            continue
+        try:
+            tok.decode(tok.encode(text[:500]))
+        except ValueError:  # e.g. a character the damaged vocabulary lost
+            pass
+
+
+def test_decode_refuses_floats_and_bools_and_accepts_integer_scalars():
+    import numpy as np
+    import torch
+
+    tok = CharTokenizer.from_text("abc")
+    assert tok.decode([0, np.int64(1), torch.tensor(2)]) == "abc"
+    assert tok.decode(torch.tensor([2, 1, 0])) == "cba"
+    for kind_tok in (tok, WordTokenizer.from_text("a b"), bpe1000()):
+        for bad in ([1.0], [True], [np.float32(1)], [np.bool_(False)], [torch.tensor(1.0)], ["a"]):
+            with pytest.raises(TypeError, match="integers"):
+                kind_tok.decode(bad)
+
+
+@pytest.mark.parametrize("tok", [CharTokenizer.from_text("abc"), WordTokenizer.from_text("a b")], ids=["char", "word"])
+def test_encode_refuses_non_strings(tok):
+    with pytest.raises(TypeError, match="expects str"):
+        tok.encode(["a", "b"])

@@ -52,7 +52,16 @@ def _read_folder(folder: Path) -> str:
     if not files:
         raise ValueError(f"load_text: folder {folder} holds no {'/'.join(TEXT_SUFFIXES)} files")
     # Plain concatenation in sorted path order: the text is exactly the files' bytes, decoded.
-    return "".join(p.read_text(encoding="utf-8") for p in files)
+    return "".join(read_utf8(p) for p in files)
+
+
+def read_utf8(path: Path) -> str:
+    """A file's text; a file that is not UTF-8 is refused naming the file and the byte offset."""
+    try:
+        return path.read_text(encoding="utf-8")  # one decode of the whole file: e.start is the file offset
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not UTF-8 text: byte 0x{e.object[e.start]:02x} at offset {e.start:,} "
+                         f"({e.reason}); convert it to UTF-8 (e.g. iconv -t utf-8) or pass a text file") from None
 
 
 def load_text(source: str | os.PathLike | None = None, *, verify: bool = True,
@@ -66,14 +75,20 @@ def load_text(source: str | os.PathLike | None = None, *, verify: bool = True,
     if source is None or source == EMBEDDED:
         return embedded_text()
     path = Path(source).expanduser()
-    if path.is_dir():
+    try:
+        is_dir, is_file = path.is_dir(), path.is_file()
+    except OSError as e:  # e.g. a name longer than the filesystem allows
+        raise ValueError(f"load_text: cannot use {str(source)[:60]!r}"
+                         f"{f'... ({len(str(source))} characters)' if len(str(source)) > 60 else ''} "
+                         f"as a file name: {e.strerror}") from None
+    if is_dir:
         return _read_folder(path)
-    if path.is_file():
-        return path.read_text(encoding="utf-8")
+    if is_file:
+        return read_utf8(path)
     name = str(source)
     if name in CORPORA:
         entry = CORPORA[name]
-        return download(entry.url, entry.sha256, cache_dir, verify=verify).read_text(encoding="utf-8")
+        return read_utf8(download(entry.url, entry.sha256, cache_dir, verify=verify))
     raise ValueError(
         f"load_text: {name!r} is not an existing file or folder nor a known corpus; "
         f"known corpora: {[EMBEDDED, *CORPORA]}")

@@ -163,7 +163,11 @@ class GPT(nn.Module):
         if targets is not None:
             if targets.shape != idx.shape:
                 raise ValueError(f"GPT: targets must have idx's shape {tuple(idx.shape)}, got {tuple(targets.shape)}")
-            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1)
+            try:
+                loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1)
+            except IndexError:  # the CPU kernel's range check; looked at only on failure, so no extra host sync
+                raise ValueError(f"GPT: targets must be in [-1, vocab_size={self.config.vocab_size}) (-1 = ignored), "
+                                 f"got min {int(targets.min())}, max {int(targets.max())}") from None
         return logits, loss
 
     def configure_optimizers(self, weight_decay: float, lr: float, betas=(0.9, 0.95), device_type: str = None):

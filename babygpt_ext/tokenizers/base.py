@@ -9,6 +9,7 @@ kind of tokenizer a checkpoint used.
 from __future__ import annotations
 
 import json
+import operator
 import os
 import re
 import tempfile
@@ -77,24 +78,37 @@ class Tokenizer(ABC):
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Tokenizer":
-        """Read a file written by ``save`` and rebuild the right subclass from its ``kind``."""
-        with open(path, encoding="utf-8") as f:
-            payload = json.load(f)
+        """Read a file written by ``save`` and rebuild the right subclass from its ``kind``.
+
+        A file that is not a babygpt tokenizer (not UTF-8, not JSON, no ``kind``) or whose state is
+        damaged raises ``ValueError`` naming the file."""
+        try:
+            with open(path, encoding="utf-8") as f:
+                payload = json.load(f)
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path}: not a babygpt tokenizer file (not UTF-8 text: byte offset {e.start})") from None
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not a babygpt tokenizer file (not JSON: {e})") from None
         if not isinstance(payload, dict) or "kind" not in payload:
             raise ValueError(f"{path}: not a babygpt tokenizer file (no 'kind' field)")
         kind = payload.pop("kind")
         version = payload.pop("format", None)
         if version != FORMAT_VERSION:
             raise ValueError(f"{path}: tokenizer format {version!r}, this version reads {FORMAT_VERSION}")
-        if kind not in _REGISTRY:
+        if not isinstance(kind, str) or kind not in _REGISTRY:
             raise ValueError(f"{path}: unknown tokenizer kind {kind!r}; known: {sorted(_REGISTRY)}")
         sub = _REGISTRY[kind]
         if cls is not Tokenizer and not issubclass(sub, cls):
             raise ValueError(f"{path}: holds a {kind!r} tokenizer, not a {cls.__name__}")
-        return sub._from_state(payload)
+        try:
+            return sub._from_state(payload)
+        except Exception as e:  # a missing field, a wrong type, a vocabulary the subclass refuses
+            raise ValueError(f"{path}: damaged {kind!r} tokenizer file ({type(e).__name__}: {e})") from e
 
     def _check_ids(self, ids: Iterable[int]) -> list[int]:
-        ids = [int(i) for i in ids]
+        """``ids`` as a list of ints, each in [0, vocab_size). Floats and bools are refused
+        (``int(2.7)`` would silently decode token 2); numpy and torch integers are accepted."""
+        ids = [i if type(i) is int else _as_id(i) for i in ids]  # `type(i) is int`: the fast path, bool excluded
         bad = [i for i in ids if not 0 <= i < self.vocab_size]
         if bad:
             raise ValueError(f"decode: ids {bad[:5]} are outside [0, vocab_size={self.vocab_size})")
@@ -102,6 +116,16 @@ class Tokenizer(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(vocab_size={self.vocab_size})"
+
+
+def _as_id(i) -> int:
+    """A numpy/torch integer scalar as an int; anything else (float, bool, str) is a TypeError."""
+    if isinstance(i, bool) or "bool" in str(getattr(i, "dtype", "")):
+        raise TypeError(f"decode: ids must be integers, got a bool {i!r}")
+    try:
+        return operator.index(i)
+    except TypeError:
+        raise TypeError(f"decode: ids must be integers, got {type(i).__name__} {i!r}") from None
 
 
 def registered_kinds() -> list[str]:

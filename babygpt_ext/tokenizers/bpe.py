@@ -138,4 +138,8 @@ class BPETokenizer(Tokenizer):
 
     @classmethod
     def _from_state(cls, state: dict) -> "BPETokenizer":
-        return cls(HFTokenizer.from_str(json.dumps(state["hf_tokenizer"])))
+        hf = HFTokenizer.from_str(json.dumps(state["hf_tokenizer"]))
+        missing = [c for c in _BYTE_OF_CHAR if hf.token_to_id(c) is None]
+        if missing:  # without every byte token, some text would encode to nothing, silently
+            raise ValueError(f"BPETokenizer: {len(missing)} of the 256 byte tokens are missing from the vocabulary")
+        return cls(hf)

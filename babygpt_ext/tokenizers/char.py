@@ -38,6 +38,8 @@ class CharTokenizer(Tokenizer):
         return len(self.itos)
 
     def encode(self, text: str) -> list[int]:
+        if not isinstance(text, str):
+            raise TypeError(f"CharTokenizer.encode expects str, got {type(text).__name__}")
         stoi = self.stoi
         try:
             return [stoi[c] for c in text]

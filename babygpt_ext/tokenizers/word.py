@@ -31,6 +31,8 @@ class WordTokenizer(Tokenizer):
 
     def __init__(self, words: Iterable[str]):
         words = [w for w in words if w != UNK]
+        if any(not isinstance(w, str) or not w for w in words):
+            raise ValueError("WordTokenizer: every vocabulary entry must be a non-empty string")
         if len(set(words)) != len(words):
             raise ValueError("WordTokenizer: vocabulary words must be distinct")
         self.itos: list[str] = [UNK, *words]
@@ -54,6 +56,8 @@ class WordTokenizer(Tokenizer):
         return len(self.itos)
 
     def encode(self, text: str) -> list[int]:
+        if not isinstance(text, str):
+            raise TypeError(f"WordTokenizer.encode expects str, got {type(text).__name__}")
         get = self.stoi.get
         return [get(p, 0) for p in split_words(text)]
 
