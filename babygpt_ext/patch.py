@@ -48,7 +48,7 @@ def check_backend(backend: Optional[str]) -> None:
         raise ValueError(f"patch: unknown backend {backend!r}; known backends: {', '.join(ops.BACKENDS)} "
                          "(or backend=None for the automatic policy)")
     b = ops.BACKENDS[backend]
-    if b.attention is None:
+    if "attention" not in b.impls:
         raise ValueError(f"patch: backend {backend!r} has no attention implementation")
     if (why := b.why_unavailable()) is not None:
         raise ops.BackendUnavailableError(f"patch: backend {backend!r} is not usable here: {why}")

@@ -103,7 +103,7 @@ def autocast_cases():
     if not torch.cuda.is_available():
         return cases + [pytest.param("cuda", None, None, id="cuda", marks=pytest.mark.skip(
             reason="no CUDA device: CUDA autocast (bf16, fp16) is checked where torch.cuda.is_available()"))]
-    cuda = [b for b in ops.available_backends("cuda") if ops.BACKENDS[b].lora is not None]
+    cuda = [b for b in ops.available_backends("cuda") if "lora" in ops.BACKENDS[b].impls]
     return cases + [autocast_case("cuda", dt, b) for dt in (torch.bfloat16, torch.float16) for b in cuda]
 
 
