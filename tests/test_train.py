@@ -9,6 +9,7 @@ import copy
 import csv
 import json
 import math
+import re
 import warnings
 
 import pytest
@@ -361,19 +362,22 @@ def test_cli_sample_refuses_mismatched_tokenizer(tmp_path, capsys):
 
 def test_cli_resume_takes_the_run_from_the_checkpoint(tmp_path, capsys):
     from babygpt_ext.cli import main
-    from babygpt_ext.errors import UserError
+
+    def refused(argv, match):
+        """The CLI turns the refusal (a UserError) into one line on stderr and exit status 1."""
+        capsys.readouterr()
+        assert main(argv) == 1
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and re.search(match, err), err
 
     out = tmp_path / "run"
     common = ["train", "--out", str(out), "--no-progress", "--eval-iters", "1", "--eval-interval", "3"]
     assert main(common + ["--preset", "babygpt", "--tokenizer", "word", "--vocab-size", "300", "--batch-size", "4",
                           "--max-iters", "3", "--lr", "2e-3", "--threads", "1"]) == 0
-    with pytest.raises(UserError, match="already holds a run.*--resume.*--force"):
-        main(common + ["--preset", "babygpt", "--max-iters", "3"])  # a new run would replace it
+    refused(common + ["--preset", "babygpt", "--max-iters", "3"], "already holds a run.*--resume.*--force")
     for bad, match in ((["--lr", "1e-2"], "lr=0.01"), (["--preset", "gpt-mini"], "--preset gpt-mini"),
                        (["--tokenizer", "char"], "--tokenizer char"), (["--seed", "5"], "seed=5")):
-        with pytest.raises(UserError, match=match) as e:
-            main(common + ["--resume", "--max-iters", "6"] + bad)
-        assert "\n" not in str(e.value)
+        refused(common + ["--resume", "--max-iters", "6"] + bad, match)
     capsys.readouterr()
 
     (out / "tokenizer.json").unlink()  # lost: rebuilt from the data only because the rebuild is identical
@@ -389,8 +393,7 @@ def test_cli_resume_takes_the_run_from_the_checkpoint(tmp_path, capsys):
 
     original = (out / "tokenizer.json").read_text()
     (out / "tokenizer.json").write_text(json.dumps(json.loads(original), indent=1))  # same vocabulary, other bytes
-    with pytest.raises(UserError, match="not the tokenizer this run was trained with"):
-        main(common + ["--resume", "--max-iters", "9"])
+    refused(common + ["--resume", "--max-iters", "9"], "not the tokenizer this run was trained with")
     assert main(["sample", "--ckpt", str(out / "ckpt.pt"), "--max-new-tokens", "2"]) == 2
     assert "sha256 differs" in capsys.readouterr().err
     (out / "tokenizer.json").write_text(original)

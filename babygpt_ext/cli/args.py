@@ -86,19 +86,27 @@ def _checked(convert, valid: Range):
 
 # command -> the options naming one backend, or a comma-separated list of them
 BACKEND_OPTIONS = {"train": ("--backend",), "sample": ("--backend",), "bench": ("--backends",)}
+# names an option takes besides the backends: bench's row for the engine's own choice
+EXTRA_BACKEND_NAMES = {"bench": ("auto",)}
 
 
-def _backend_names(text: str) -> str:
-    """An argparse type: every comma-separated name is a registered backend that can run here."""
-    from ..ops import BACKENDS, BackendUnavailableError
+def _backend_names(extra: tuple):
+    """An argparse type: every comma-separated name is a registered backend that can run here (or
+    one of `extra`)."""
+    def check(text: str) -> str:
+        from ..ops import BACKENDS, BackendUnavailableError
 
-    for name in text.split(","):
-        if name not in BACKENDS:
-            raise argparse.ArgumentTypeError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")
-        if (why := BACKENDS[name].why_unavailable()) is not None:
-            # not a usage mistake but this machine's limit: exit 1 with the reason and the fix
-            raise BackendUnavailableError(f"backend {name!r} is not usable here: {why}")
-    return text
+        for name in text.split(","):
+            if name in extra:
+                continue
+            if name not in BACKENDS:
+                raise argparse.ArgumentTypeError(
+                    f"unknown backend {name!r}; choose from {', '.join((*BACKENDS, *extra))}")
+            if (why := BACKENDS[name].why_unavailable()) is not None:
+                # not a usage mistake but this machine's limit: exit 1 with the reason and the fix
+                raise BackendUnavailableError(f"backend {name!r} is not usable here: {why}")
+        return text
+    return check
 
 
 def option_actions(parser: argparse.ArgumentParser) -> dict:
@@ -115,4 +123,4 @@ def add_checks(commands: dict) -> None:
     for command, options in BACKEND_OPTIONS.items():
         actions = option_actions(commands[command])
         for option in options:
-            actions[option].type = _backend_names
+            actions[option].type = _backend_names(EXTRA_BACKEND_NAMES.get(command, ()))
