@@ -2,7 +2,7 @@
 
 import torch
 
-from babygpt_ext.bench.runner import AUTO, bench_attention, bench_backends, bench_lora, runnable
+from babygpt_ext.bench.runner import AUTO, PEER, bench_attention, bench_backends, bench_lora, runnable
 from babygpt_ext.bench.shapes import AttnShape, LoraShape
 from babygpt_ext.cli import main
 from babygpt_ext.cli.bench import format_table
@@ -14,10 +14,10 @@ def test_attention_rows_cover_every_backend_with_small_errors():
     assert backends[-1] == AUTO
     rows = bench_attention(AttnShape("t", B=1, H=2, T=16, D=8), backends, "cpu", torch.float32, backward=True,
                            rounds=2)
-    assert [r.backend for r in rows] == backends
+    assert [r.backend for r in rows] == [PEER, *backends]  # the peer first: raw SDPA, every row's baseline
     for r in rows:
-        assert r.ms > 0 and r.tflops > 0 and r.max_err < 1e-5 and r.baseline == "sdpa"
-    assert abs(next(r for r in rows if r.backend == "sdpa").speedup - 1.0) < 1e-12
+        assert r.ms > 0 and r.tflops > 0 and r.max_err < 1e-5 and r.baseline == PEER
+    assert abs(next(r for r in rows if r.backend == PEER).speedup - 1.0) < 1e-12
     auto = next(r for r in rows if r.backend == AUTO)
     assert auto.runs in backends and f"auto→{auto.runs}" in format_table(rows)
 

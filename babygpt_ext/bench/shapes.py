@@ -44,6 +44,7 @@ ATTENTION_SHAPES = (
     AttnShape("nanogpt-cpu", B=12, H=4, T=64, D=32),
     AttnShape("medium", B=4, H=8, T=512, D=64),
     AttnShape("long", B=1, H=8, T=2048, D=64),
+    AttnShape("xl", B=1, H=16, T=4096, D=128),
 )
 
 LORA_SHAPES = (
