@@ -166,7 +166,10 @@ CASES = [
     ("tokenize --data {d}/empty_dir", 1, "holds no .txt/.md files"),
     ("tokenize --data " + LONG_NAME, 1, "(300 characters) as a file name: File name too long"),
     ("tokenize --kind char --data {d}/corpus.txt --save {d}/a_file/tok.json", 1, "a_file exists and is not a directory"),
-    # ---- gpu-report, demo
+    # ---- tune, gpu-report, demo
+    ("tune --batch-size 0", 2, "--batch-size"),
+    ("tune --budget-ms 0", 2, "--budget-ms"),
+    ("tune --preset gpt5", 2, "invalid choice: 'gpt5'"),
     ("gpu-report --backend rocm", 2, "invalid choice: 'rocm'"),
     ("demo --time-budget 0", 2, "--time-budget: must be > 0"),
     ("demo --max-iters 0", 2, "--max-iters: must be >= 1"),
