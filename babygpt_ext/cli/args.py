@@ -1,6 +1,6 @@
 """The valid range of every numeric `babygpt` option and the options that name attention
 backends, defined once, and the usage error that names them. `add_checks(commands)` wraps each
-listed option's argparse `type`, so an out-of-range value (`--rounds 0`, `--lr nan`) or an unknown
+listed option's argparse `type`, so an out-of-range value (`--batch-size 0`, `--lr nan`) or an unknown
 backend stops at parsing with exit status 2, and a backend that cannot run here stops there with
 its reason (exit 1), before any slow work."""
 
@@ -19,23 +19,21 @@ class UsageError(UserError):
 
 
 class Range:
-    """Values in [lo, hi] (bounds may be open, None = unbounded)."""
+    """Values in [lo, hi] (either bound may be open; hi=None: no upper bound)."""
 
-    def __init__(self, lo=None, hi=None, *, lo_open=False, hi_open=False):
+    def __init__(self, lo, hi=None, *, lo_open=False, hi_open=False):
         self.lo, self.hi, self.lo_open, self.hi_open = lo, hi, lo_open, hi_open
 
     def contains(self, value) -> bool:
         if isinstance(value, float) and not math.isfinite(value):
             return False  # nan compares False both ways, and no option here means infinity
-        above = self.lo is None or (value > self.lo if self.lo_open else value >= self.lo)
+        above = value > self.lo if self.lo_open else value >= self.lo
         below = self.hi is None or (value < self.hi if self.hi_open else value <= self.hi)
         return above and below
 
     def __str__(self) -> str:
         if self.hi is None:
             return f"{'>' if self.lo_open else '>='} {self.lo}"
-        if self.lo is None:
-            return f"{'<' if self.hi_open else '<='} {self.hi}"
         return f"in {'(' if self.lo_open else '['}{self.lo}, {self.hi}{')' if self.hi_open else ']'}"
 
 
