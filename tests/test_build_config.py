@@ -84,3 +84,15 @@ def test_the_installed_extension_was_built_as_setup_py_decides(setup_py):
     from babygpt_ext import _C
     expected = setup_py.want_cuda(torch.version.cuda) is not None
     assert _C.build_info()["cuda"] == expected
+
+
+def test_without_torch_the_build_stops_with_the_commands_to_run(tmp_path):
+    """What plain `pip install .` meets: setup.py runs in an isolated environment with no torch."""
+    import subprocess
+    import sys
+
+    code = ("import runpy, sys; sys.modules['torch'] = None; sys.argv = ['setup.py', 'egg_info']; "
+            f"runpy.run_path({str(ROOT / 'setup.py')!r}, run_name='__main__')")
+    p = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr
+    assert "pip install torch\n" in p.stderr and "pip install --no-build-isolation .\n" in p.stderr

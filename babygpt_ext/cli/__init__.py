@@ -147,12 +147,14 @@ def describe(e: BaseException) -> str:
         return "interrupted (Ctrl-C)"
     if isinstance(e, BrokenPipeError):
         return "output closed before it was all written (broken pipe)"
-    if isinstance(e, UserError) or (_raised_by_us(e) and str(e)):
+    if isinstance(e, UserError):
         return one_line(str(e))
-    if isinstance(e, FileExistsError) and e.filename:
+    if isinstance(e, FileExistsError) and e.filename:  # mkdir(exist_ok=True) on a file
         return f"{e.filename} exists and is not a directory"
-    if isinstance(e, OSError) and e.filename:
-        return f"{e.filename}: {e.strerror}"
+    if isinstance(e, OSError) and e.strerror:  # an errno error: the OS's words, and the file when known
+        return f"{e.filename}: {e.strerror}" if e.filename else e.strerror
+    if _raised_by_us(e) and str(e):
+        return one_line(str(e))
     if isinstance(e, ModuleNotFoundError) and e.name:
         return f"{e} (install it: pip install {e.name.split('.')[0]})"
     return one_line(f"{type(e).__name__}: {e} (unexpected: rerun with --debug or {DEBUG_ENV}=1 for the traceback)")

@@ -1,6 +1,6 @@
 """The valid range of every numeric `babygpt` option and the options that name attention
 backends, defined once, and the usage error that names them. `add_checks(commands)` wraps each
-listed option's argparse `type`, so an out-of-range value (`--rounds 0`, `--lr nan`) or an unknown
+listed option's argparse `type`, so an out-of-range value (`--batch-size 0`, `--lr nan`) or an unknown
 backend stops at parsing with exit status 2, and a backend that cannot run here stops there with
 its reason (exit 1), before any slow work."""
 
@@ -19,23 +19,21 @@ class UsageError(UserError):
 
 
 class Range:
-    """Values in [lo, hi] (bounds may be open, None = unbounded)."""
+    """Values in [lo, hi] (either bound may be open; hi=None: no upper bound)."""
 
-    def __init__(self, lo=None, hi=None, *, lo_open=False, hi_open=False):
+    def __init__(self, lo, hi=None, *, lo_open=False, hi_open=False):
         self.lo, self.hi, self.lo_open, self.hi_open = lo, hi, lo_open, hi_open
 
     def contains(self, value) -> bool:
         if isinstance(value, float) and not math.isfinite(value):
             return False  # nan compares False both ways, and no option here means infinity
-        above = self.lo is None or (value > self.lo if self.lo_open else value >= self.lo)
+        above = value > self.lo if self.lo_open else value >= self.lo
         below = self.hi is None or (value < self.hi if self.hi_open else value <= self.hi)
         return above and below
 
     def __str__(self) -> str:
         if self.hi is None:
             return f"{'>' if self.lo_open else '>='} {self.lo}"
-        if self.lo is None:
-            return f"{'<' if self.hi_open else '<='} {self.hi}"
         return f"in {'(' if self.lo_open else '['}{self.lo}, {self.hi}{')' if self.hi_open else ']'}"
 
 
@@ -62,7 +60,6 @@ RANGES = {
         "--max-new-tokens": at_least(1), "--temperature": at_least(0), "--top-k": at_least(1),
         "--top-p": PROBABILITY_MASS, "--num-samples": at_least(1),
     },
-    "bench": {"--rounds": at_least(1)},
     "tokenize": {"--vocab-size": at_least(2)},
     "demo": {"--time-budget": POSITIVE, "--max-iters": at_least(1)},
 }
@@ -84,29 +81,22 @@ def _checked(convert, valid: Range):
     return parse
 
 
-# command -> the options naming one backend, or a comma-separated list of them
-BACKEND_OPTIONS = {"train": ("--backend",), "sample": ("--backend",), "bench": ("--backends",)}
-# names an option takes besides the backends: bench's row for the engine's own choice
-EXTRA_BACKEND_NAMES = {"bench": ("auto",)}
+# command -> the options naming one backend, or a comma-separated list of them (`bench --backends`
+# checks its own list: it also takes 'auto' and leaves out, with a note, what cannot run here)
+BACKEND_OPTIONS = {"train": ("--backend",), "sample": ("--backend",)}
 
 
-def _backend_names(extra: tuple):
-    """An argparse type: every comma-separated name is a registered backend that can run here (or
-    one of `extra`)."""
-    def check(text: str) -> str:
-        from ..ops import BACKENDS, BackendUnavailableError
+def _backend_names(text: str) -> str:
+    """An argparse type: every comma-separated name is a registered backend that can run here."""
+    from ..ops import BACKENDS, BackendUnavailableError
 
-        for name in text.split(","):
-            if name in extra:
-                continue
-            if name not in BACKENDS:
-                raise argparse.ArgumentTypeError(
-                    f"unknown backend {name!r}; choose from {', '.join((*BACKENDS, *extra))}")
-            if (why := BACKENDS[name].why_unavailable()) is not None:
-                # not a usage mistake but this machine's limit: exit 1 with the reason and the fix
-                raise BackendUnavailableError(f"backend {name!r} is not usable here: {why}")
-        return text
-    return check
+    for name in text.split(","):
+        if name not in BACKENDS:
+            raise argparse.ArgumentTypeError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")
+        if (why := BACKENDS[name].why_unavailable()) is not None:
+            # not a usage mistake but this machine's limit: exit 1 with the reason and the fix
+            raise BackendUnavailableError(f"backend {name!r} is not usable here: {why}")
+    return text
 
 
 def option_actions(parser: argparse.ArgumentParser) -> dict:
@@ -123,4 +113,4 @@ def add_checks(commands: dict) -> None:
     for command, options in BACKEND_OPTIONS.items():
         actions = option_actions(commands[command])
         for option in options:
-            actions[option].type = _backend_names(EXTRA_BACKEND_NAMES.get(command, ()))
+            actions[option].type = _backend_names

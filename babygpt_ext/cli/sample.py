@@ -64,9 +64,6 @@ def load_model(ckpt_path, device: str = "cpu", backend: str | None = None):
     from ..models import GPT, GPTConfig
     from ..train import CheckpointError, load_checkpoint, strip_wrappers
     ckpt = load_checkpoint(ckpt_path, map_location=device)
-    if "model_args" in ckpt and "model_class" not in ckpt:
-        raise ValueError(f"{ckpt_path} is a nanoGPT checkpoint, not one written by babygpt train; load it in "
-                         "Python with GPT.from_nanogpt_state_dict(ckpt['model'], GPTConfig(**ckpt['model_args']))")
     if ckpt.get("model_class") != "GPT" or not ckpt.get("model_config"):
         raise CheckpointError(f"{ckpt_path}: not a GPT checkpoint (model_class={ckpt.get('model_class')!r})")
     model = GPT(GPTConfig(**{**ckpt["model_config"], "backend": backend}))

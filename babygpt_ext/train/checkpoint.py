@@ -170,10 +170,11 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu", mmap: bool = Fa
         first = next((ln for ln in lines if "WeightsUnpickler error" in ln), lines[0])[:200]
         raise CheckpointError(f"refusing to load {path}: it is not a plain-tensor checkpoint "
                               f"(torch.load weights_only=True failed: {first})") from e
+    if isinstance(ckpt, dict) and "model_args" in ckpt and "model_class" not in ckpt:
+        raise CheckpointError(f"{path} is a nanoGPT checkpoint, not one written by babygpt train; load it in Python "
+                              "with GPT.from_nanogpt_state_dict(ckpt['model'], GPTConfig(**ckpt['model_args']))")
     if not isinstance(ckpt, dict) or "model" not in ckpt:
-        hint = (" (a nanoGPT checkpoint? build the model with GPT.from_nanogpt_state_dict(ckpt['model'], config))"
-                if isinstance(ckpt, dict) and "model_args" in ckpt else "")
-        raise CheckpointError(f"{path} is not a babygpt_ext checkpoint (no 'model' entry){hint}")
+        raise CheckpointError(f"{path} is not a babygpt_ext checkpoint (no 'model' entry)")
     stored = ckpt.get("sha256")
     if stored is None:
         if ckpt.get("format", 1) >= 2:
