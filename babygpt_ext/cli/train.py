@@ -245,6 +245,8 @@ def run(args) -> int:
         print("babygpt train: --resume continues the run in --out, --force replaces it: give one", file=sys.stderr)
         return 2
     out = Path(args.out)
+    if args.resume and not out.is_dir():
+        raise TrainError(f"--resume: {out} does not exist; give the --out of the run to continue")
     info = distributed.setup(args.device or "auto")
     # rank 0 writes, so rank 0 owns the directory: before the tokenizer is written into it
     lock = claim_run_dir(out, resume=args.resume, force=args.force) if info.is_main else None

@@ -208,7 +208,7 @@ def load_newest(out_dir: str | os.PathLike, map_location="cpu") -> tuple[Path | 
         except CheckpointError as e:
             others = [q.name for q in found if q != p]
             fix = f"move it away to resume from {others[0]} instead" if others else "no other checkpoint is left"
-            raise CheckpointError(f"{e}; ({fix})") from e
+            raise CheckpointError(f"{e} ({fix})") from e
         if best_ckpt is None or int(ckpt["step"]) > int(best_ckpt["step"]):
             best, best_ckpt = p, ckpt
     return best, best_ckpt
