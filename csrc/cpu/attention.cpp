@@ -218,7 +218,7 @@ void forward_f32(View q, View k, View v, float* o, float* lse, Shape s, float sc
   const auto& K = f32_kernels();
   if (s.Tq == 1) {
     at::parallel_for(0, s.B * s.H, grain(2 * s.Tk * s.D), [&](int64_t begin, int64_t end) {
-      std::vector<float> scores(s.Tk);
+      std::vector<float> scores(s.Tk + s.D);  // fwd_row: the scores, then one row of D
       for (int64_t bh = begin; bh < end; ++bh) {
         const int64_t b = bh / s.H, h = bh % s.H, hk = h / s.group();
         lse[bh] = K.fwd_row(q.at(b, h), k.at(b, hk), k.st, v.at(b, hk), v.st, s.Tk, s.D, scale, o + bh * s.D,
