@@ -37,7 +37,7 @@ class Decision:
     how: str  # one sentence: requested, measured, or static and why
     skipped: list  # [(name, why it cannot take the call)] before the static choice, in policy order
     static: str = ""  # the static policy's choice
-    times: Dict[str, float] = field(default_factory=dict)  # name -> median seconds per step, when measured
+    times: Dict[str, float] = field(default_factory=dict)  # name -> seconds per step (the fastest sample), when measured
     failed: Dict[str, str] = field(default_factory=dict)  # name -> the error it raised while being timed
     rounds: int = 0
 
