@@ -7,6 +7,7 @@ its reason (exit 1), before any slow work."""
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 
 from ..errors import UserError
@@ -86,15 +87,19 @@ def _checked(convert, valid: Range):
 
 # command -> the options naming one backend, or a comma-separated list of them
 BACKEND_OPTIONS = {"train": ("--backend",), "sample": ("--backend",), "bench": ("--backends",)}
+# command -> names its backend options take besides the backends ("auto": bench's row for the engine's choice)
+EXTRA_BACKEND_NAMES = {"bench": ("auto",)}
 
 
-def _backend_names(text: str) -> str:
+def _backend_names(text: str, extra: tuple = ()) -> str:
     """An argparse type: every comma-separated name is a registered backend that can run here."""
     from ..ops import BACKENDS, BackendUnavailableError
 
     for name in text.split(","):
+        if name in extra:
+            continue
         if name not in BACKENDS:
-            raise argparse.ArgumentTypeError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")
+            raise argparse.ArgumentTypeError(f"unknown backend {name!r}; choose from {', '.join((*BACKENDS, *extra))}")
         if (why := BACKENDS[name].why_unavailable()) is not None:
             # not a usage mistake but this machine's limit: exit 1 with the reason and the fix
             raise BackendUnavailableError(f"backend {name!r} is not usable here: {why}")
@@ -115,4 +120,4 @@ def add_checks(commands: dict) -> None:
     for command, options in BACKEND_OPTIONS.items():
         actions = option_actions(commands[command])
         for option in options:
-            actions[option].type = _backend_names
+            actions[option].type = functools.partial(_backend_names, extra=EXTRA_BACKEND_NAMES.get(command, ()))
