@@ -37,7 +37,7 @@ class Decision:
     how: str  # one sentence: requested, measured, or static and why
     skipped: list  # [(name, why it cannot take the call)] before the static choice, in policy order
     static: str = ""  # the static policy's choice
-    times: Dict[str, float] = field(default_factory=dict)  # name -> median seconds per step, when measured
+    times: Dict[str, float] = field(default_factory=dict)  # name -> seconds per step (fastest sample)
     failed: Dict[str, str] = field(default_factory=dict)  # name -> the error it raised while being timed
     rounds: int = 0
 
@@ -152,7 +152,7 @@ def _measured(spec: OpSpec, args: tuple, call: Call, static: str, skipped: list,
         registry.warn_once(f"babygpt_ext: backend {name!r} failed while being timed for {call.label()} ({err}); "
                            "left out of the choice")
     if not times:
-        return Decision(static, f"static policy: every candidate failed while being timed", skipped, static,
+        return Decision(static, "static policy: every candidate failed while being timed", skipped, static,
                         failed=failed)
     best = min(times, key=lambda n: (times[n], takers.index(n)))
     if static in times and (best == static or times[best] * (1 + MARGIN) >= times[static]):
