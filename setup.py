@@ -117,7 +117,10 @@ def extensions():
     macros = []
     if cuda_home is not None:
         archs = os.environ["TORCH_CUDA_ARCH_LIST"]
-        sources += [str(p.relative_to(ROOT)) for p in sorted((CSRC / "cuda").glob("*.cu"))]
+        # The launchers, the glue and one translation unit per attention instance (csrc/cuda/instances.h),
+        # so that ninja compiles the kernels in parallel.
+        cuda_sources = [*sorted((CSRC / "cuda").glob("*.cu")), *sorted((CSRC / "cuda" / "instances").glob("*.cu"))]
+        sources += [str(p.relative_to(ROOT)) for p in cuda_sources]
         macros += [("BABYGPT_WITH_CUDA", None), ("BABYGPT_CUDA_ARCHS", f'"{archs}"'),
                    ("BABYGPT_NVCC_VERSION", f'"{nvcc_version(cuda_home)}"')]
         nvcc = ["-O3", "-std=c++20", "--expt-relaxed-constexpr", "-lineinfo", "-Xptxas=-v,-warn-spills"]
@@ -132,9 +135,11 @@ def extensions():
         if emu_home is None:
             fail("BABYGPT_EXT_EMU=1 needs the CUDA toolkit's headers (cuda_fp16.h, vector_types.h); "
                  "none was found. Set CUDA_HOME.")
+        # The csrc/cuda kernels compiled by g++: csrc/cuda/portable.cuh includes the emulator
+        # (csrc/emu/cudaemu.h) in place of the CUDA runtime, the toolkit gives the types.
         exts.append(CppExtension(
-            "babygpt_ext._C_emu", [str((CSRC / "emu" / "ops_emu.cpp").relative_to(ROOT))],
-            include_dirs=[str(emu_home / "include")],
+            "babygpt_ext._C_emu", [str((CSRC / "cuda" / "ops_emu.cpp").relative_to(ROOT))],
+            include_dirs=[str(emu_home / "include"), str(CSRC / "emu")],
             extra_compile_args={"cxx": ["-O2", "-std=c++20", "-fvisibility=hidden"]}))
     return exts, BuildExtension.with_options(use_ninja=True)
 

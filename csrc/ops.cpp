@@ -4,7 +4,9 @@
 #include <torch/extension.h>
 
 #include <string>
+#include <vector>
 
+#include "cuda/layout.h"
 #include "schemas.h"
 
 namespace babygpt::cpu {
@@ -20,6 +22,24 @@ TORCH_LIBRARY(babygpt, m) { BABYGPT_DEFINE_CONTRACT(m); }
 
 namespace {
 
+// Dynamic shared memory of each CUDA kernel instance (csrc/cuda/layout.h) at the largest D of its
+// head-dim bucket: {kernel: {dtype: {bucket (0: none): bytes}}}, for `babygpt gpu-report`. Exported
+// by every build: the layouts are facts of the source, whether or not nvcc compiled it here.
+py::dict cuda_smem_bytes() {
+  py::dict d;
+  babygpt::cuda::visit_smem([&](const char* kernel, int elem_size, int dmax, size_t bytes) {
+    if (!d.contains(kernel)) d[kernel] = py::dict();
+    py::dict per_dtype = d[kernel];
+    static const std::vector<const char*> four_bytes{"fp32"}, two_bytes{"fp16", "bf16"};
+    for (const char* dtype : elem_size == 4 ? four_bytes : two_bytes) {
+      if (!per_dtype.contains(dtype)) per_dtype[dtype] = py::dict();
+      py::dict per_d = per_dtype[dtype];
+      per_d[py::int_(dmax)] = bytes;
+    }
+  });
+  return d;
+}
+
 // What this binary was built with, so `babygpt info` reports facts rather than guesses.
 py::dict build_info() {
   py::dict d;
@@ -29,6 +49,8 @@ py::dict build_info() {
   d["parallel_threads"] = at::get_num_threads();
   d["parallel_backend"] = at::get_parallel_info();
   d["cpu_attention_isa"] = std::string(babygpt::cpu::attention_isa());
+  d["max_head_dim"] = babygpt::kMaxHeadDim;
+  d["cuda_smem_bytes"] = cuda_smem_bytes();
 #ifdef BABYGPT_WITH_CUDA
   d["cuda"] = true;
   d["cuda_archs"] = std::string(BABYGPT_CUDA_ARCHS);

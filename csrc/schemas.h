@@ -1,11 +1,17 @@
 // The op contract's schemas (docs/design.md §2.2), shared by every namespace that implements it:
-// `babygpt` (csrc/ops.cpp: CPU and CUDA kernels) and `babygpt_emu` (csrc/emu/ops_emu.cpp: the CUDA
+// `babygpt` (csrc/ops.cpp: CPU and CUDA kernels) and `babygpt_emu` (csrc/cuda/ops_emu.cpp: the CUDA
 // kernels run on the CPU). One definition, so the namespaces cannot drift apart.
 //
 // Layouts: q (B, H, Tq, D); k, v (B, Hkv, Tk, D); o like q; lse (B, H, Tq) in float32 (float64
 // when the inputs are float64). LoRA: x (N, in), weight (out, in), lora_a (r, in), lora_b (out, r);
 // xa = x lora_aᵀ (N, r) is kept for the backward, in float32 (float64 for float64 inputs).
 #pragma once
+
+namespace babygpt {
+// The largest head dimension the compiled kernels take (docs/design.md §2.3: D <= 256); Python reads it
+// as build_info()["max_head_dim"].
+constexpr int kMaxHeadDim = 256;
+}  // namespace babygpt
 
 #define BABYGPT_DEFINE_CONTRACT(m)                                                                        \
   do {                                                                                                    \

@@ -7,7 +7,8 @@ another build of _C (e.g. an out-of-tree `setup.py build_ext --build-lib DIR`)."
 
 import pytest
 
-from babygpt_ext.bench import gpu_report_cuda as gr
+from babygpt_ext.gpu_report import cuda as gr
+from babygpt_ext.gpu_report import report
 
 MISSING = gr.cuda_missing()
 pytestmark = pytest.mark.skipif(MISSING is not None,
@@ -24,30 +25,32 @@ SM80_MAX_SMEM = 166912  # bytes per block with the opt-in (cudaFuncAttributeMaxD
 
 @pytest.fixture(scope="module")
 def kernels():
-    return gr.read_kernels(gr.extension_path(), gr.find_cuobjdump())
+    return gr.read_kernels(gr.extension_path())
 
 
 def test_every_kernel_is_built_for_every_arch(kernels):
-    archs = sorted({k.arch for k in kernels})
+    archs = sorted({k.cubin.arch for k in kernels})
     assert archs, "no babygpt::cuda kernel in the extension's cubins"
     for arch in archs:
-        have = {(k.kernel, k.dtype, k.head_dim) for k in kernels if k.arch == arch}
+        have = {(k.kernel, k.dtype, k.head_dim) for k in kernels if k.cubin.arch == arch}
         assert have == EXPECTED, f"sm_{arch}: missing {sorted(EXPECTED - have)}, unexpected {sorted(have - EXPECTED)}"
 
 
 def test_no_kernel_spills(kernels):
-    spilled = [f"{k.kernel} sm_{k.arch} {k.dtype} D{k.head_dim}: {k.local_bytes} B local, {k.regs} regs"
-               for k in kernels if k.local_bytes or k.stack_bytes]
+    spilled = [f"{k.kernel} sm_{k.cubin.arch} {k.dtype} D{k.head_dim}: {k.cubin.spill_bytes} B local+stack, "
+               f"{k.cubin.local_mem_instrs} STL/LDL, {k.cubin.regs} regs"
+               for k in kernels if k.cubin.spill_bytes or k.cubin.local_mem_instrs]
     assert not spilled, "register spills:\n" + "\n".join(spilled)
 
 
 def test_16bit_matmuls_use_tensor_cores_and_fp32_does_not(kernels):
     for k in kernels:
-        what = f"{k.kernel} sm_{k.arch} {k.dtype} D{k.head_dim} ({k.sass_ops})"
+        ops = k.cubin.tensor_core_ops
+        what = f"{k.kernel} sm_{k.cubin.arch} {k.dtype} D{k.head_dim} ({ops})"
         if k.kernel in MATMUL_KERNELS and k.dtype in ("fp16", "bf16"):
-            assert k.sass_ops.get("HMMA", 0) + k.sass_ops.get("HGMMA", 0) > 0, f"no tensor-core instruction in {what}"
+            assert ops.get("HMMA", 0) + ops.get("HGMMA", 0) > 0, f"no tensor-core instruction in {what}"
         else:
-            assert k.tensor_core_instrs == 0, f"unexpected tensor-core instructions in {what}"
+            assert not ops, f"unexpected tensor-core instructions in {what}"
 
 
 def test_shared_memory_fits_sm80_at_the_largest_head_dim(kernels):
@@ -56,9 +59,9 @@ def test_shared_memory_fits_sm80_at_the_largest_head_dim(kernels):
 
 
 def test_gpu_report_rows_cover_every_kernel(kernels):
-    rows = gr.cuda_rows()
+    rows = report.cuda_rows()
     assert all(r.backend == "cuda" and r.error is None for r in rows)
-    assert {(r.kernel, r.arch, r.dtype, r.head_dim) for r in rows} == {(k.kernel, k.arch, k.dtype, k.head_dim)
+    assert {(r.kernel, r.arch, r.dtype, r.head_dim) for r in rows} == {(k.kernel, k.cubin.arch, k.dtype, k.head_dim)
                                                                        for k in kernels}
     predicted = [r for r in rows if r.predicted_ms is not None]
     assert predicted and all(r.predicted_ms > 0 for r in predicted)

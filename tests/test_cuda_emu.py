@@ -4,7 +4,8 @@ NaN bytes, against the float64 reference with the tolerance rule of docs/design.
 
 The shared suite (test_attention.py, test_lora.py, ...) already runs backend cuda_emu in the
 default (forward-order, poisoned) schedule; this file adds the schedules a missing __syncthreads /
-__syncwarp or an unwritten shared tile would fail in, and checks the emulator config switch."""
+__syncwarp or an unwritten shared tile would fail in, checks the emulator config switch, and that
+the strided views a GPT layer hands over are read in place (no copy) with the same results."""
 
 import importlib.util
 
@@ -46,53 +47,55 @@ def test_config_switch_round_trips(emu):
         mod.set_config("sideways", 0, True, 0)
 
 
-def test_module_keeps_its_symbol_table():
-    """cudaemu finds static __shared__ variables through the module's ELF .symtab (to poison them
-    before every block); a build that strips _C_emu would quietly lose that check."""
-    import struct
-
-    import babygpt_ext._C_emu as emu_mod
-    data = open(emu_mod.__file__, "rb").read()
-    assert data[:4] == b"\x7fELF" and data[4] == 2, "expected a 64-bit ELF module"
-    shoff, = struct.unpack_from("<Q", data, 0x28)
-    shentsize, shnum = struct.unpack_from("<HH", data, 0x3A)
-    types = [struct.unpack_from("<I", data, shoff + i * shentsize + 4)[0] for i in range(shnum)]
-    assert 2 in types, f"{emu_mod.__file__} has no .symtab (SHT_SYMTAB): was it stripped?"
-
-
 def _grads(fn, inputs, dout):
     leaves = [t.detach().clone().requires_grad_() for t in inputs]
     out = fn(*leaves)
     return out.detach(), torch.autograd.grad(out, leaves, dout, allow_unused=True)
 
 
-@pytest.mark.parametrize("order,seed", SCHEDULES, ids=[f"{o}{s}" for o, s in SCHEDULES])
-@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d)[6:])
-@pytest.mark.parametrize("shape", ATTN, ids=lambda s: "B{}H{}kv{}-Tq{}Tk{}-D{}-{}".format(*s[:6], "c" if s[6] else "f"))
-def test_attention_in_hostile_schedules(emu, shape, dtype, order, seed):
+def _assert_matches_reference(fn, ref_fn, base, dout, dtype, names, schedule):
+    """fn on `base` rounded to dtype against ref_fn in float64, with eager in dtype as the yardstick;
+    names: the output's, then one per input gradient (None: not checked)."""
+    ref, ref_g = _grads(ref_fn, base, dout)
+    low = [t.to(dtype) for t in base]
+    eager, eager_g = _grads(ref_fn, low, dout.to(dtype))
+    out, g = _grads(fn, low, dout.to(dtype))
+    assert_close(out, ref, eager, f"{names[0]} [{schedule}]", FWD_FACTOR)
+    for name, x, r, e in zip(names[1:], g, ref_g, eager_g):
+        if name is not None:
+            assert_close(x, r, e, f"{name} [{schedule}]", GRAD_FACTOR)
+
+
+@pytest.fixture(params=SCHEDULES, ids=[f"{o}{s}" for o, s in SCHEDULES])
+def hostile(request, emu):
+    """The emulator's ops, run in a reverse or random thread order with poisoned shared memory."""
     mod, ops = emu
+    order, seed = request.param
     mod.set_config(order, seed, True, 0)
+    return ops, order
+
+
+each_dtype = pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d)[6:])
+
+
+@each_dtype
+@pytest.mark.parametrize("shape", ATTN, ids=lambda s: "B{}H{}kv{}-Tq{}Tk{}-D{}-{}".format(*s[:6], "c" if s[6] else "f"))
+def test_attention_in_hostile_schedules(hostile, shape, dtype):
+    ops, order = hostile
     b, h, hkv, tq, tk, d, causal = shape
     base = [torch.randn(b, h, tq, d, dtype=torch.float64), torch.randn(b, hkv, tk, d, dtype=torch.float64),
             torch.randn(b, hkv, tk, d, dtype=torch.float64)]
     dout = torch.randn(b, h, tq, d, dtype=torch.float64)
     scale = d ** -0.5
-    eager_fn = lambda q, k, v: reference.attention(q, k, v, scale, causal)  # noqa: E731
-    ref, ref_g = _grads(eager_fn, base, dout)
-    low = [t.to(dtype) for t in base]
-    eager, eager_g = _grads(eager_fn, low, dout.to(dtype))
-    out, g = _grads(lambda q, k, v: ops.attn_fwd(q, k, v, scale, causal)[0], low, dout.to(dtype))
-    assert_close(out, ref, eager, f"o [{order}]", FWD_FACTOR)
-    for name, x, r, e in zip(("dq", "dk", "dv"), g, ref_g, eager_g):
-        assert_close(x, r, e, f"{name} [{order}]", GRAD_FACTOR)
+    _assert_matches_reference(lambda q, k, v: ops.attn_fwd(q, k, v, scale, causal)[0],
+                              lambda q, k, v: reference.attention(q, k, v, scale, causal),
+                              base, dout, dtype, ("o", "dq", "dk", "dv"), order)
 
 
-@pytest.mark.parametrize("order,seed", SCHEDULES, ids=[f"{o}{s}" for o, s in SCHEDULES])
-@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d)[6:])
+@each_dtype
 @pytest.mark.parametrize("shape", LORA, ids=lambda s: "N{}-in{}-out{}-r{}-{}".format(*s[:4], "b" if s[4] else "nob"))
-def test_lora_in_hostile_schedules(emu, shape, dtype, order, seed):
-    mod, ops = emu
-    mod.set_config(order, seed, True, 0)
+def test_lora_in_hostile_schedules(hostile, shape, dtype):
+    ops, order = hostile
     n, fin, fout, r, has_bias = shape
     base = [torch.randn(n, fin, dtype=torch.float64), torch.randn(fout, fin, dtype=torch.float64),
             torch.randn(fout, dtype=torch.float64), torch.randn(r, fin, dtype=torch.float64),
@@ -110,16 +113,8 @@ def test_lora_in_hostile_schedules(emu, shape, dtype, order, seed):
             return backend_ops.lora_fwd(x, w, bias, a, bm, scale)[0]
         return run
 
-    ref, ref_g = _grads(fn(None), base, dy)
-    low = [t.to(dtype) for t in base]
-    eager, eager_g = _grads(fn(None), low, dy.to(dtype))
-    out, g = _grads(fn(ops), low, dy.to(dtype))
-    assert_close(out, ref, eager, f"y [{order}]", FWD_FACTOR)
-    names = ("dx", "dweight", "dbias", "dlora_a", "dlora_b")
-    for name, x, rr, e in zip(names, g, ref_g, eager_g):
-        if name == "dbias" and not has_bias:
-            continue
-        assert_close(x, rr, e, f"{name} [{order}]", GRAD_FACTOR)
+    names = ("y", "dx", "dweight", "dbias" if has_bias else None, "dlora_a", "dlora_b")
+    _assert_matches_reference(fn(ops), fn(None), base, dy, dtype, names, order)
 
 
 def test_nan_input_propagates_without_crash(emu):
@@ -136,3 +131,42 @@ def test_kernel_refuses_head_dim_over_256(emu):
     q = torch.randn(1, 1, 2, 257)
     with pytest.raises(RuntimeError, match="head dim"):
         ops.attn_fwd(q, q, q, 0.1, True)
+
+
+def _gpt_layer_views(b, t, h, hkv, d, dtype):
+    """q, k, v as a GPT layer makes them: one fused projection (B, T, (H + 2 Hkv) D) split, viewed as
+    heads and transposed to (B, heads, T, D) -- rows contiguous, every other stride foreign."""
+    qkv = torch.randn(b, t, (h + 2 * hkv) * d, dtype=dtype)
+    q, k, v = qkv.split([h * d, hkv * d, hkv * d], dim=2)
+    return tuple(x.view(b, t, -1, d).transpose(1, 2) for x in (q, k, v))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=lambda d: str(d)[6:])
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
+def test_gpt_layer_views_are_read_in_place(emu, dtype, causal):
+    """The glue hands the kernels the strides of q, k, v and dO instead of copying them: no copy
+    runs, and the results are bitwise those of contiguous copies (same values, same arithmetic)."""
+    _, ops = emu
+    q, k, v = _gpt_layer_views(2, 37, 4, 2, 24, dtype)
+    assert not any(x.is_contiguous() for x in (q, k, v))
+    dout = torch.randn(2, 37, 4, 24, dtype=dtype).transpose(1, 2)  # the gradient of y.transpose(1, 2)
+    with torch.profiler.profile() as prof:
+        o, lse = ops.attn_fwd(q, k, v, 0.2, causal)
+        grads = ops.attn_bwd(dout, q, k, v, o, lse, 0.2, causal)
+    copies = [e.name for e in prof.events() if e.name in ("aten::copy_", "aten::clone", "aten::contiguous")]
+    assert not copies, f"the glue copied its inputs: {copies}"
+    contiguous = [x.contiguous() for x in (q, k, v)]
+    o_ref, lse_ref = ops.attn_fwd(*contiguous, 0.2, causal)
+    grads_ref = ops.attn_bwd(dout.contiguous(), *contiguous, o_ref, lse_ref, 0.2, causal)
+    for name, x, r in zip(("o", "lse", "dq", "dk", "dv"), (o, lse, *grads), (o_ref, lse_ref, *grads_ref)):
+        assert torch.equal(x, r), f"{name} differs between the strided views and contiguous copies"
+
+
+def test_inputs_with_strided_rows_are_copied_and_still_right(emu):
+    """A last-dim stride != 1 is the one layout the kernels cannot read: the glue copies it."""
+    _, ops = emu
+    q, k, v = (torch.randn(1, 2, 9, 32)[..., ::2] for _ in range(3))
+    assert q.stride(-1) == 2
+    o, lse = ops.attn_fwd(q, k, v, 0.25, True)
+    o_ref, lse_ref = ops.attn_fwd(q.contiguous(), k.contiguous(), v.contiguous(), 0.25, True)
+    assert torch.equal(o, o_ref) and torch.equal(lse, lse_ref)

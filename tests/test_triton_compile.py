@@ -2,9 +2,9 @@
 
 Every kernel — fp16 and bf16, D in {64, 128} for attention, every configuration of its autotune
 list at the head dims the list keeps it for (configs.head_dims) — is compiled for sm_80 and sm_90
-with triton.compile(ASTSource(...), target=GPUTarget(...)) (babygpt_ext/kernels/triton/aot.py),
-so whatever the autotuner picks on a GPU has been compiled here. The cubin is read back with the
-cuobjdump shipped in the triton wheel. A test fails on any spill (LOCAL or STACK bytes, or STL/LDL
+with triton.compile(ASTSource(...), target=GPUTarget(...)) (babygpt_ext/gpu_report/triton_aot.py),
+so whatever the autotuner picks on a GPU has been compiled here. The cubin is read back with
+cuobjdump (babygpt_ext/gpu_report/cubin.py). A test fails on any spill (LOCAL or STACK bytes, or STL/LDL
 in the SASS) and when a matmul kernel's SASS has no tensor-core instruction (HMMA; HGMMA, wgmma,
 on sm_90).
 
@@ -22,10 +22,10 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None,
                                 reason="triton is not installed (it comes with CUDA builds of torch)")
 
 if importlib.util.find_spec("triton") is not None:
-    from babygpt_ext.kernels.triton import aot
+    from babygpt_ext.gpu_report import cubin, triton_aot as aot
     SPECS = aot.default_specs(all_configs=True)
 else:  # collected but skipped
-    aot, SPECS = None, []
+    cubin, aot, SPECS = None, None, []
 
 
 def _id(s):
@@ -34,8 +34,8 @@ def _id(s):
 
 @pytest.fixture(scope="module")
 def compiled():
-    if not os.path.exists(aot._cuobjdump()):
-        pytest.skip(f"cuobjdump is missing from the triton wheel ({aot._cuobjdump()})")
+    if cubin.find_cuobjdump() is None:
+        pytest.skip("cuobjdump not found (CUDA toolkit bin/, triton's backends/nvidia/bin, or PATH)")
     return {_id(r.spec): r for r in aot.compile_many(SPECS, workers=2)}
 
 
@@ -49,8 +49,8 @@ def test_compiles_without_spills_and_with_tensor_cores(compiled, spec):
         f"({r.regs} registers, config {r.meta})")
     if spec.kernel in aot.USES_TENSOR_CORES:
         want = ("HMMA", "HGMMA") if spec.arch >= 90 else ("HMMA",)
-        assert any(r.sass_tensor_ops.get(op, 0) > 0 for op in want), (
-            f"{_id(spec)} has no tensor-core instruction ({' or '.join(want)}) in its SASS: {r.sass_tensor_ops}")
+        assert any(r.tensor_core_ops.get(op, 0) > 0 for op in want), (
+            f"{_id(spec)} has no tensor-core instruction ({' or '.join(want)}) in its SASS: {r.tensor_core_ops}")
 
 
 def test_inspection_detects_spills_and_tensor_cores():
@@ -59,36 +59,17 @@ def test_inspection_detects_spills_and_tensor_cores():
     import sys
     code = ("import triton\n"
             "from triton.backends.compiler import GPUTarget\n"
-            "from babygpt_ext.kernels.triton import aot, configs as C\n"
+            "from babygpt_ext.gpu_report import triton_aot as aot\n"
+            "from babygpt_ext.kernels.triton import configs as C\n"
             "fn, fam, build, _ = aot.kernel_table()['attn_fwd']\n"
             "sig, const = build('fp16', 128, fn.arg_names)\n"
             "const.update(C.configs(fam, 80)[0].kwargs)\n"
             "sig.update({n: 'constexpr' for n in const})\n"
             "k = triton.compile(triton.compiler.ASTSource(fn, sig, constexprs=const), target=GPUTarget('cuda', 80, 32),"
             " options={'num_warps': 8, 'num_stages': 2, 'maxnreg': 32})\n"
-            "regs, smem, spill, local_instrs, ops = aot.inspect_cubin(k.asm['cubin'])\n"
-            "assert regs <= 32 and spill > 0 and local_instrs > 0 and ops.get('HMMA', 0) > 0, (regs, spill, ops)\n")
+            "c = aot.inspect_cubin(k.asm['cubin'])\n"
+            "assert c.regs <= 32 and c.spill_bytes > 0 and c.local_mem_instrs > 0, c\n"
+            "assert c.tensor_core_ops.get('HMMA', 0) > 0, c\n")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
-
-
-def test_gpu_report_rows_roofline_and_json():
-    """Roofline arithmetic and the JSON contract of `babygpt gpu-report --json` (no compile here)."""
-    import json
-    from babygpt_ext.bench import gpu_report as G
-    from babygpt_ext.bench.shapes import AttnShape
-    long = AttnShape("long", B=1, H=8, T=2048, D=64)
-    ms, tflops, bound, dev = G.predict("attn_fwd", long, "bf16", 90)
-    flops = 4 * 8 * 2048 * 2048 * 64 / 2
-    assert bound == "compute" and dev == "H100-SXM"
-    assert abs(ms - flops / 790e12 * 1e3) < 1e-9 and abs(tflops - 790.0) < 1e-6
-    ms_dq, *_ = G.predict("attn_bwd_dq", long, "bf16", 90)
-    assert abs(ms_dq / ms - 1.5) < 1e-9  # dQ does 3 of the forward's 2 matmuls
-    tiny = AttnShape("babygpt", B=16, H=4, T=32, D=4)
-    assert G.predict("attn_fwd", tiny, "fp16", 90)[2] == "memory"
-    row = G.Row("attn_fwd", "triton", 90, "bf16", 122, 32768, 0, 16, ms, tflops, shape="long", head_dim=64)
-    data = json.loads(G.to_json([row]))
-    assert {"kernel", "backend", "arch", "dtype", "regs", "smem", "spill_bytes", "tensor_core_instrs",
-            "predicted_ms"} <= set(data[0])
-    assert "attn_fwd" in G.format_table([row]) and data[0]["predicted_ms"] == ms

@@ -10,7 +10,7 @@ what it does:
   kernel x arch x dtype: registers per thread, shared memory per block, spilled bytes (must be 0),
   tensor-core instructions in the SASS (HMMA, or HGMMA = wgmma on sm_90), and the roofline time
   max(FLOPs / peak, bytes / bandwidth) for the benchmark shapes of docs/design.md §14.2.
-  CUDA C++ kernels join the table when babygpt_ext.bench.gpu_report_cuda is importable.
+  CUDA C++ kernels join the table from the built extension's cubins (babygpt_ext._C with CUDA).
   The first run compiles ~40 kernels (92 with --all-configs) in 2 processes (~1-2 min here);
   Triton's cache makes reruns fast. --all-configs shows each configuration at the head dims its
   autotune list offers it at (configs that spill elsewhere are restricted, see configs.py).
@@ -35,7 +35,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from ..bench.gpu_report import collect_rows, format_table, to_json
+    from ..gpu_report.report import collect_rows, format_table, to_json
     rows, notes = collect_rows(args.all_configs, tuple(args.backend or ("triton", "cuda")))
     if args.json:
         print(to_json(rows))

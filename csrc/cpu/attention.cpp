@@ -21,6 +21,8 @@
 #include <string>
 #include <vector>
 
+#include "../checks.h"
+
 namespace babygpt::cpu {
 
 // One copy of the float32 kernels per instruction set (see attention_simd.h for why).
@@ -295,18 +297,11 @@ void backward_f32(View dout, View q, View k, View v, View o, const float* lse, f
 }
 
 Shape check_shapes(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, bool causal) {
-  TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4, "babygpt::attn: q, k, v must be 4-D");
-  Shape s{q.size(0), q.size(1), k.size(1), q.size(2), k.size(2), q.size(3)};
-  TORCH_CHECK(k.sizes() == v.sizes(), "babygpt::attn: k and v shapes differ");
-  TORCH_CHECK(k.size(0) == s.B && k.size(3) == s.D, "babygpt::attn: k does not match q in B or D");
-  TORCH_CHECK(s.Hkv > 0 && s.H % s.Hkv == 0, "babygpt::attn: H must be a multiple of Hkv");
-  TORCH_CHECK(!causal || s.Tq <= s.Tk, "babygpt::attn: causal attention needs Tq <= Tk");
-  TORCH_CHECK(q.scalar_type() == k.scalar_type() && q.scalar_type() == v.scalar_type(),
-              "babygpt::attn: q, k, v dtypes differ");
-  return s;
+  checks::attn(q, k, v, causal);
+  return Shape{q.size(0), q.size(1), k.size(1), q.size(2), k.size(2), q.size(3)};
 }
 
-at::ScalarType acc_type(const at::Tensor& t) { return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
+using checks::acc_type;
 
 // An input in the accumulation dtype, read in place when its rows are contiguous (the float32
 // views a GPT layer makes of its qkv projection cost no copy); float64 takes the contiguous path.
@@ -339,9 +334,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attn_bwd(const at::Tensor& dout, 
                                                         const at::Tensor& o, const at::Tensor& lse, double scale,
                                                         bool causal) {
   const Shape s = check_shapes(q, k, v, causal);
-  TORCH_CHECK(dout.sizes() == q.sizes() && o.sizes() == q.sizes(), "babygpt::attn_bwd: dout/o must match q");
-  TORCH_CHECK(lse.dim() == 3 && lse.size(0) == s.B && lse.size(1) == s.H && lse.size(2) == s.Tq,
-              "babygpt::attn_bwd: lse must be (B, H, Tq)");
+  checks::attn_bwd(dout, q, o, lse);
   const auto acc = acc_type(q);
   auto qa = as_input(q, acc), ka = as_input(k, acc), va = as_input(v, acc);
   auto da = as_input(dout, acc), oa = as_input(o, acc), la = lse.to(acc).contiguous();

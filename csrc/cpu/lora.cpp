@@ -21,6 +21,8 @@
 #include <string>
 #include <vector>
 
+#include "../checks.h"
+
 namespace babygpt::cpu {
 
 // One copy of the float32 kernel per instruction set (see lora_simd.h).
@@ -136,13 +138,6 @@ void fused(const T* x, long M, long K, long n, long r, Operand<T> w, Operand<T> 
   });
 }
 
-void check(const at::Tensor& x, const at::Tensor& w, const at::Tensor& a, const at::Tensor& bm) {
-  TORCH_CHECK(x.dim() == 2 && w.dim() == 2 && a.dim() == 2 && bm.dim() == 2,
-              "babygpt::lora: x, weight, lora_a, lora_b must be 2-D");
-  TORCH_CHECK(w.size(1) == x.size(1) && a.size(1) == x.size(1), "babygpt::lora: in_features mismatch");
-  TORCH_CHECK(bm.size(0) == w.size(0) && bm.size(1) == a.size(0), "babygpt::lora: lora_b must be (out, r)");
-}
-
 template <typename T>
 Operand<T> op(const at::Tensor& t, bool transposed) {
   const T* p = t.data_ptr<T>();
@@ -152,7 +147,7 @@ Operand<T> op(const at::Tensor& t, bool transposed) {
 std::tuple<at::Tensor, at::Tensor> lora_fwd(const at::Tensor& x_in, const at::Tensor& w,
                                             const std::optional<at::Tensor>& bias, const at::Tensor& a,
                                             const at::Tensor& bm, double scale) {
-  check(x_in, w, a, bm);
+  checks::lora(x_in, w, a, bm);
   if (x_in.scalar_type() == at::kDouble) {
     auto xa = at::mm(x_in, a.t());
     auto y = bias.has_value() ? at::addmm(*bias, x_in, w.t()) : at::mm(x_in, w.t());
@@ -174,9 +169,9 @@ std::tuple<at::Tensor, at::Tensor> lora_fwd(const at::Tensor& x_in, const at::Te
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lora_bwd(
     const at::Tensor& dy_in, const at::Tensor& x, const at::Tensor& w, const at::Tensor& a, const at::Tensor& bm,
     const at::Tensor& xa, double scale, bool need_dweight, bool need_dbias) {
-  check(x, w, a, bm);
+  checks::lora(x, w, a, bm);
   const auto dt = x.scalar_type();
-  const auto acc = dt == at::kDouble ? at::kDouble : at::kFloat;
+  const auto acc = checks::acc_type(x);
   at::Tensor dx, dy_b;
   if (dt == at::kDouble) {
     dy_b = at::mm(dy_in, bm);

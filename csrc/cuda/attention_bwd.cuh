@@ -20,31 +20,26 @@ __global__ void __launch_bounds__(128) attn_delta_kernel(AttnParams p) {
   const int64_t rows = (int64_t)p.B * p.H * p.Tq;
   const int64_t row = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
   if (row >= rows) return;
-  const T* o = static_cast<const T*>(p.o) + row * p.D;
-  const T* d = static_cast<const T*>(p.dout) + row * p.D;
+  const int t = (int)(row % p.Tq), h = (int)(row / p.Tq % p.H), b = (int)(row / p.Tq / p.H);
+  const auto o = head_rows<const T>(p.o, b, h, p.Tq, p.D), d = head_rows<const T>(p.dout, b, h, p.Tq, p.D);
   float s = 0.f;
-  for (int c = 0; c < p.D; ++c) s += to_float(o[c]) * to_float(d[c]);
+  for (int c = 0; c < p.D; ++c) s += to_float(o(t, c)) * to_float(d(t, c));
   p.delta[row] = s;
 }
 
 // dQ for BM query rows of one (batch, head); the structure of the forward, with dP = dO Vᵀ next to S.
 template <class T, int DMAX>
 __global__ void __launch_bounds__(128) attn_dq_kernel(AttnParams p) {
-  using Cfg = AttnTiles<T, DMAX>;
-  constexpr int BM = Cfg::BM, BN = Cfg::BN, NT = Cfg::kThreads, NO = DMAX / 8;
-  CUDAEMU_DYNAMIC_SHARED(T, smem);
-  const int dp = round_up(p.D, 16), ld = Cfg::ld(p.D), ldp = Cfg::ldp();
-  T* sQ = smem;
-  T* sdO = sQ + BM * ld;
-  T* sK = sdO + BM * ld;
-  T* sV = sK + BN * ld;
-  T* sS = sV + BN * ld;
-  const int m0 = blockIdx.x * BM, h = blockIdx.y, b = blockIdx.z, hk = h / (p.H / p.Hkv);
-  const int warp = threadIdx.x / 32, shift = p.Tk - p.Tq;
-  const T* k = head_ptr<T>(p.k, b, hk, p.Hkv, p.Tk, p.D);
-  const T* v = head_ptr<T>(p.v, b, hk, p.Hkv, p.Tk, p.D);
-  load_rows<T, NT>(sQ, ld, head_ptr<T>(p.q, b, h, p.H, p.Tq, p.D), p.D, m0, BM, p.Tq, dp, p.D);
-  load_rows<T, NT>(sdO, ld, head_ptr<T>(p.dout, b, h, p.H, p.Tq, p.D), p.D, m0, BM, p.Tq, dp, p.D);
+  using Tiles = AttnTiles<sizeof(T), DMAX>;
+  constexpr int BM = Tiles::BM, BN = Tiles::BN, NT = Tiles::kThreads, NO = DMAX / 8;
+  BABYGPT_DYNAMIC_SHARED(smem);
+  const QueryTileCta<T, DMAX> cta(smem, p, /*with_dout=*/true);
+  const auto& L = cta.L;
+  const int dp = L.dp, ld = L.q.ld, ldp = L.p.ld, m0 = cta.m0, h = cta.h, b = cta.b;
+  T *sQ = cta.sQ, *sdO = cta.sdO, *sK = cta.sK, *sV = cta.sV, *sS = cta.sP;
+  const int warp = threadIdx.x / 32;
+  load_rows<T, NT>(sQ, L.q, head_rows<const T>(p.q, b, h, p.Tq, p.D), m0);
+  load_rows<T, NT>(sdO, L.dout, head_rows<const T>(p.dout, b, h, p.Tq, p.D), m0);
   const T *sQw = sQ + warp * 16 * ld, *sdOw = sdO + warp * 16 * ld;
   T* sSw = sS + warp * 16 * ldp;
 
@@ -60,25 +55,14 @@ __global__ void __launch_bounds__(128) attn_dq_kernel(AttnParams p) {
 #pragma unroll
   for (int n = 0; n < NO; ++n) dq[n][0] = dq[n][1] = dq[n][2] = dq[n][3] = 0.f;
 
-  const int last_row = min(m0 + BM, p.Tq) - 1;
-  const int n_end = p.causal ? min(p.Tk, last_row + shift + 1) : p.Tk;
+  const int n_end = visible_key_end(p, m0, BM);
   for (int n0 = 0; n0 < n_end; n0 += BN) {
     __syncthreads();
-    load_rows<T, NT>(sK, ld, k, p.D, n0, BN, p.Tk, dp, p.D);
-    load_rows<T, NT>(sV, ld, v, p.D, n0, BN, p.Tk, dp, p.D);
+    load_rows<T, NT>(sK, L.k, cta.k, n0);
+    load_rows<T, NT>(sV, L.v, cta.v, n0);
     __syncthreads();
     float s[BN / 8][4], dpv[BN / 8][4];
-#pragma unroll
-    for (int n = 0; n < BN / 8; ++n)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) s[n][i] = dpv[n][i] = 0.f;
-    for (int kk = 0; kk < dp; kk += 16) {
-#pragma unroll
-      for (int n = 0; n < BN / 8; ++n) {
-        warp_mma(s[n], sQw + kk, ld, 1, sK + n * 8 * ld + kk, 1, ld);
-        warp_mma(dpv[n], sdOw + kk, ld, 1, sV + n * 8 * ld + kk, 1, ld);
-      }
-    }
+    warp_scores2(s, dpv, sQw, sK, sdOw, sV, ld, dp);  // S = Q Kᵀ, dP = dO Vᵀ
 #pragma unroll
     for (int n = 0; n < BN / 8; ++n) {
 #pragma unroll
@@ -98,50 +82,36 @@ __global__ void __launch_bounds__(128) attn_dq_kernel(AttnParams p) {
     __syncwarp();
   }
 
-  T* out = static_cast<T*>(p.dq) + ((int64_t)b * p.H + h) * p.Tq * p.D;
+  const auto out = head_rows<T>(p.dq, b, h, p.Tq, p.D);
 #pragma unroll
   for (int n = 0; n < NO; ++n) {
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
       const int row = m0 + warp * 16 + acc_row(i), col = n * 8 + acc_col(i);
-      if (row < p.Tq && col < p.D) out[(int64_t)row * p.D + col] = from_float<T>(dq[n][i] * p.scale);
+      if (row < p.Tq && col < p.D) out(row, col) = from_float<T>(dq[n][i] * p.scale);
     }
   }
 }
 
-// Tiles of the dK/dV kernel: BNK keys per CTA (16 per warp) against BMQ-query tiles. dK and dV
-// accumulate in registers, DCH columns at a time (two passes over the queries when D > 128, so
-// the two accumulators stay at <= 128 registers per thread instead of spilling).
 template <class T, int DMAX>
-struct DkDvTiles {
-  static constexpr int BNK = (sizeof(T) == 4 && DMAX > 128) ? 32 : 64, kWarps = BNK / 16, kThreads = 32 * kWarps;
-  static constexpr int BMQ = 32, DCH = DMAX < 128 ? DMAX : 128;
-  static constexpr int kPad = 16 / int(sizeof(T));
-  __host__ __device__ static int ld(int D) { return round_up(D, 16) + kPad; }
-  __host__ __device__ static int ldq() { return BMQ + kPad; }
-  // floats: lse + delta of the query tile; then T: sK, sV, sQ, sdO, sPᵀ, sdSᵀ
-  __host__ __device__ static size_t smem_bytes(int D) {
-    return 2 * BMQ * sizeof(float) + sizeof(T) * ((2 * BNK + 2 * BMQ) * ld(D) + 2 * BNK * ldq());
-  }
-};
-
-template <class T, int DMAX>
-__global__ void __launch_bounds__(DkDvTiles<T, DMAX>::kThreads) attn_dkdv_kernel(AttnParams p) {
-  using Cfg = DkDvTiles<T, DMAX>;
-  constexpr int BNK = Cfg::BNK, BMQ = Cfg::BMQ, NT = Cfg::kThreads, DCH = Cfg::DCH;
-  CUDAEMU_DYNAMIC_SHARED(float, sLse);
-  float* sDelta = sLse + BMQ;
-  const int dp = round_up(p.D, 16), ld = Cfg::ld(p.D), ldq = Cfg::ldq();
-  T* sK = reinterpret_cast<T*>(sDelta + BMQ);
-  T* sV = sK + BNK * ld;
-  T* sQ = sV + BNK * ld;
-  T* sdO = sQ + BMQ * ld;
-  T* sP = sdO + BMQ * ld;
-  T* sdS = sP + BNK * ldq;
+__global__ void __launch_bounds__(DkDvTiles<sizeof(T), DMAX>::kThreads) attn_dkdv_kernel(AttnParams p) {
+  using Tiles = DkDvTiles<sizeof(T), DMAX>;
+  constexpr int BNK = Tiles::BNK, BMQ = Tiles::BMQ, NT = Tiles::kThreads, DCH = Tiles::DCH;
+  BABYGPT_DYNAMIC_SHARED(smem);
+  const DkDvSmem<sizeof(T), DMAX> L(p.D);
+  const int dp = L.dp, ld = L.k.ld, ldq = L.pt.ld;
+  float* sLse = region<float>(smem, L.lse);
+  float* sDelta = region<float>(smem, L.delta);
+  T* sK = region<T>(smem, L.k);
+  T* sV = region<T>(smem, L.v);
+  T* sQ = region<T>(smem, L.q);
+  T* sdO = region<T>(smem, L.dout);
+  T* sP = region<T>(smem, L.pt);
+  T* sdS = region<T>(smem, L.dst);
   const int n0 = blockIdx.x * BNK, hk = blockIdx.y, b = blockIdx.z, group = p.H / p.Hkv;
   const int warp = threadIdx.x / 32, shift = p.Tk - p.Tq;
-  load_rows<T, NT>(sK, ld, head_ptr<T>(p.k, b, hk, p.Hkv, p.Tk, p.D), p.D, n0, BNK, p.Tk, dp, p.D);
-  load_rows<T, NT>(sV, ld, head_ptr<T>(p.v, b, hk, p.Hkv, p.Tk, p.D), p.D, n0, BNK, p.Tk, dp, p.D);
+  load_rows<T, NT>(sK, L.k, head_rows<const T>(p.k, b, hk, p.Tk, p.D), n0);
+  load_rows<T, NT>(sV, L.v, head_rows<const T>(p.v, b, hk, p.Tk, p.D), n0);
   const T *sKw = sK + warp * 16 * ld, *sVw = sV + warp * 16 * ld;
   T *sPw = sP + warp * 16 * ldq, *sdSw = sdS + warp * 16 * ldq;
   // The first query that sees key n0, rounded down to a query tile.
@@ -158,8 +128,8 @@ __global__ void __launch_bounds__(DkDvTiles<T, DMAX>::kThreads) attn_dkdv_kernel
       const int64_t stat0 = ((int64_t)b * p.H + h) * p.Tq;
       for (int m0 = m_begin; m0 < p.Tq; m0 += BMQ) {
         __syncthreads();  // the previous query tile is no longer read
-        load_rows<T, NT>(sQ, ld, head_ptr<T>(p.q, b, h, p.H, p.Tq, p.D), p.D, m0, BMQ, p.Tq, dp, p.D);
-        load_rows<T, NT>(sdO, ld, head_ptr<T>(p.dout, b, h, p.H, p.Tq, p.D), p.D, m0, BMQ, p.Tq, dp, p.D);
+        load_rows<T, NT>(sQ, L.q, head_rows<const T>(p.q, b, h, p.Tq, p.D), m0);
+        load_rows<T, NT>(sdO, L.dout, head_rows<const T>(p.dout, b, h, p.Tq, p.D), m0);
         for (int i = threadIdx.x; i < BMQ; i += NT) {
           sLse[i] = m0 + i < p.Tq ? p.lse[stat0 + m0 + i] : 0.f;
           sDelta[i] = m0 + i < p.Tq ? p.delta[stat0 + m0 + i] : 0.f;
@@ -167,17 +137,7 @@ __global__ void __launch_bounds__(DkDvTiles<T, DMAX>::kThreads) attn_dkdv_kernel
         __syncthreads();
         // Sᵀ = K Qᵀ and dPᵀ = V dOᵀ for this warp's 16 keys x BMQ queries.
         float st[BMQ / 8][4], dpt[BMQ / 8][4];
-#pragma unroll
-        for (int n = 0; n < BMQ / 8; ++n)
-#pragma unroll
-          for (int i = 0; i < 4; ++i) st[n][i] = dpt[n][i] = 0.f;
-        for (int kk = 0; kk < dp; kk += 16) {
-#pragma unroll
-          for (int n = 0; n < BMQ / 8; ++n) {
-            warp_mma(st[n], sKw + kk, ld, 1, sQ + n * 8 * ld + kk, 1, ld);
-            warp_mma(dpt[n], sVw + kk, ld, 1, sdO + n * 8 * ld + kk, 1, ld);
-          }
-        }
+        warp_scores2(st, dpt, sKw, sQ, sVw, sdO, ld, dp);
 #pragma unroll
         for (int n = 0; n < BMQ / 8; ++n) {
 #pragma unroll
@@ -205,17 +165,15 @@ __global__ void __launch_bounds__(DkDvTiles<T, DMAX>::kThreads) attn_dkdv_kernel
       }
     }
 
-    const int64_t kv0 = ((int64_t)b * p.Hkv + hk) * p.Tk;
-    T* dkp = static_cast<T*>(p.dk) + kv0 * p.D;
-    T* dvp = static_cast<T*>(p.dv) + kv0 * p.D;
+    const auto dk_out = head_rows<T>(p.dk, b, hk, p.Tk, p.D), dv_out = head_rows<T>(p.dv, b, hk, p.Tk, p.D);
 #pragma unroll
     for (int n = 0; n < DCH / 8; ++n) {
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
         const int row = n0 + warp * 16 + acc_row(i), col = d0 + n * 8 + acc_col(i);
         if (row < p.Tk && col < p.D) {
-          dkp[(int64_t)row * p.D + col] = from_float<T>(dk[n][i] * p.scale);
-          dvp[(int64_t)row * p.D + col] = from_float<T>(dv[n][i]);
+          dk_out(row, col) = from_float<T>(dk[n][i] * p.scale);
+          dv_out(row, col) = from_float<T>(dv[n][i]);
         }
       }
     }

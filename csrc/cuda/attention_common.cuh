@@ -1,10 +1,10 @@
-// Parameters, tile sizes and the causal rule shared by the attention kernels.
+// The causal rule and the warp reductions shared by the attention kernels (their tile shapes and
+// shared-memory layouts are in layout.h).
 #pragma once
 
 #include "mma.cuh"
 
 namespace babygpt::cuda {
-
 
 // Query i sees key j iff j <= i + (Tk - Tq) (bottom-right causal, docs/design.md §2.3). Rows and columns
 // past the ends are never visible, which is how ragged edge tiles are masked.
@@ -12,30 +12,46 @@ __device__ __forceinline__ bool visible(const AttnParams& p, int i, int j) {
   return i < p.Tq && j < p.Tk && (!p.causal || j <= i + (p.Tk - p.Tq));
 }
 
-// Tile shapes. Warps own 16 query rows each (the M of one m16n8k16), so BM = 16 * warps.
-// Key tiles are 64 wide for 16-bit types up to D = 128, else 32: that keeps the fp32 score tile
-// (BN/2 registers per thread) next to the O accumulator (DMAX/2 registers per thread) under 255
-// registers, and shared memory within sm_80's 163 KiB for fp32 at D = 256.
-// fp32 at D > 128 takes 2 warps (BM = 32): the dQ kernel's four fp32 tiles of 64 x 264 would need
-// 204 KiB of shared memory, over sm_80's 163 KiB per block.
+// The keys [0, end) some query row of [m0, m0 + rows) sees.
+__device__ __forceinline__ int visible_key_end(const AttnParams& p, int m0, int rows) {
+  const int last_row = min(m0 + rows, p.Tq) - 1;
+  return p.causal ? min(p.Tk, last_row + (p.Tk - p.Tq) + 1) : p.Tk;
+}
+
+// What attn_fwd_kernel and attn_dq_kernel share: the CTA's query tile (blockIdx.x: which BM rows,
+// .y: the query head, .z: the batch), its kv head (GQA), its keys and values in global memory, and
+// its shared tiles (AttnSmem; dout only in the dQ kernel).
 template <class T, int DMAX>
-struct AttnTiles {
-  static constexpr int kWarps = (sizeof(T) == 4 && DMAX > 128) ? 2 : 4, kThreads = 32 * kWarps, BM = 16 * kWarps;
-  static constexpr int BN = (sizeof(T) == 4 || DMAX > 128) ? 32 : 64;
-  // Row padding of shared tiles (16 bytes) so rows start in different banks.
-  static constexpr int kPad = 16 / int(sizeof(T));
-  __host__ __device__ static int ld(int D) { return round_up(D, 16) + kPad; }
-  __host__ __device__ static int ldp() { return BN + kPad; }
-  // sQ (or sQ + sdO), sK, sV, and the warp-private score tile sP.
-  __host__ __device__ static int smem_elems(int D, int q_tiles) {
-    return (q_tiles * BM + 2 * BN) * ld(D) + BM * ldp();
-  }
+struct QueryTileCta {
+  AttnSmem<sizeof(T), DMAX> L;
+  T *sQ, *sdO, *sK, *sV, *sP;
+  int m0, h, b, hk;
+  HeadRows<const T> k, v;
+  __device__ QueryTileCta(unsigned char* smem, const AttnParams& p, bool with_dout)
+      : L(p.D, with_dout),
+        sQ(region<T>(smem, L.q)), sdO(region<T>(smem, L.dout)), sK(region<T>(smem, L.k)),
+        sV(region<T>(smem, L.v)), sP(region<T>(smem, L.p)),
+        m0(blockIdx.x * AttnTiles<sizeof(T), DMAX>::BM), h(blockIdx.y), b(blockIdx.z), hk(h / (p.H / p.Hkv)),
+        k(head_rows<const T>(p.k, b, hk, p.Tk, p.D)), v(head_rows<const T>(p.v, b, hk, p.Tk, p.D)) {}
 };
 
-// A tensor's row r of batch b, head h, for a (B, heads, T, D) contiguous layout.
-template <class T>
-__device__ __forceinline__ const T* head_ptr(const void* p, int b, int h, int heads, int T_, int D) {
-  return static_cast<const T*>(p) + ((int64_t)b * heads + h) * T_ * D;
+// The backward's two score tiles of one warp, zeroed then accumulated over the first dp columns:
+// s = A Bᵀ and s2 = A2 B2ᵀ, with A, A2 16 rows and B, B2 8 * N8 rows, all rows ld apart in shared
+// memory (S and dP of the dQ kernel; Sᵀ and dPᵀ of the dK/dV kernel).
+template <int N8, class T>
+__device__ __forceinline__ void warp_scores2(float (&s)[N8][4], float (&s2)[N8][4], const T* a, const T* b,
+                                             const T* a2, const T* b2, int ld, int dp) {
+#pragma unroll
+  for (int n = 0; n < N8; ++n)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) s[n][i] = s2[n][i] = 0.f;
+  for (int kk = 0; kk < dp; kk += 16) {
+#pragma unroll
+    for (int n = 0; n < N8; ++n) {
+      warp_mma(s[n], a + kk, ld, 1, b + n * 8 * ld + kk, 1, ld);
+      warp_mma(s2[n], a2 + kk, ld, 1, b2 + n * 8 * ld + kk, 1, ld);
+    }
+  }
 }
 
 // Sum over the 4 lanes that share an accumulator row (lanes 4g..4g+3).

@@ -18,23 +18,18 @@ namespace babygpt::cuda {
 
 template <class T, int DMAX>
 __global__ void __launch_bounds__(128) attn_fwd_kernel(AttnParams p) {
-  using Cfg = AttnTiles<T, DMAX>;
-  constexpr int BM = Cfg::BM, BN = Cfg::BN, NT = Cfg::kThreads, NO = DMAX / 8;
-  CUDAEMU_DYNAMIC_SHARED(T, smem);
-  const int dp = round_up(p.D, 16), ld = Cfg::ld(p.D), ldp = Cfg::ldp();
-  T* sQ = smem;
-  T* sK = sQ + BM * ld;
-  T* sV = sK + BN * ld;
-  T* sP = sV + BN * ld;
-  const int m0 = blockIdx.x * BM, h = blockIdx.y, b = blockIdx.z, hk = h / (p.H / p.Hkv);
+  using Tiles = AttnTiles<sizeof(T), DMAX>;
+  constexpr int BM = Tiles::BM, BN = Tiles::BN, NT = Tiles::kThreads, NO = DMAX / 8;
+  BABYGPT_DYNAMIC_SHARED(smem);
+  const QueryTileCta<T, DMAX> cta(smem, p, /*with_dout=*/false);
+  const auto& L = cta.L;
+  const int dp = L.dp, ld = L.q.ld, ldp = L.p.ld, m0 = cta.m0, h = cta.h, b = cta.b;
+  T *sQ = cta.sQ, *sK = cta.sK, *sV = cta.sV, *sP = cta.sP;
   const int warp = threadIdx.x / 32, lane = threadIdx.x & 31, shift = p.Tk - p.Tq;
-  const T* q = head_ptr<T>(p.q, b, h, p.H, p.Tq, p.D);
-  const T* k = head_ptr<T>(p.k, b, hk, p.Hkv, p.Tk, p.D);
-  const T* v = head_ptr<T>(p.v, b, hk, p.Hkv, p.Tk, p.D);
   T* sPw = sP + warp * 16 * ldp;        // this warp's P rows
   const T* sQw = sQ + warp * 16 * ld;   // this warp's Q rows
 
-  load_rows<T, NT>(sQ, ld, q, p.D, m0, BM, p.Tq, dp, p.D);
+  load_rows<T, NT>(sQ, L.q, head_rows<const T>(p.q, b, h, p.Tq, p.D), m0);
 
   float o[NO][4];
 #pragma unroll
@@ -43,8 +38,8 @@ __global__ void __launch_bounds__(128) attn_fwd_kernel(AttnParams p) {
 
   auto tile = [&](int n0, auto masked) {
     __syncthreads();  // every warp is done with the previous K/V tile (and sQ is loaded)
-    load_rows<T, NT>(sK, ld, k, p.D, n0, BN, p.Tk, dp, p.D);
-    load_rows<T, NT>(sV, ld, v, p.D, n0, BN, p.Tk, dp, p.D);
+    load_rows<T, NT>(sK, L.k, cta.k, n0);
+    load_rows<T, NT>(sV, L.v, cta.v, n0);
     __syncthreads();
 
     float s[BN / 8][4];
@@ -101,14 +96,13 @@ __global__ void __launch_bounds__(128) attn_fwd_kernel(AttnParams p) {
   };
 
   // Keys [0, n_end) are visible to some row of this CTA; tiles below n_full to all of them.
-  const int last_row = min(m0 + BM, p.Tq) - 1;
-  const int n_end = p.causal ? min(p.Tk, last_row + shift + 1) : p.Tk;
+  const int n_end = visible_key_end(p, m0, BM);
   const int n_full = (min(n_end, p.causal ? m0 + shift + 1 : p.Tk) / BN) * BN;
   int n0 = 0;
   for (; n0 < n_full; n0 += BN) tile(n0, std::false_type{});
   for (; n0 < n_end; n0 += BN) tile(n0, std::true_type{});
 
-  T* out = static_cast<T*>(p.out) + ((int64_t)b * p.H + h) * p.Tq * p.D;
+  const auto out = head_rows<T>(p.out, b, h, p.Tq, p.D);
 #pragma unroll
   for (int r = 0; r < 2; ++r) l_run[r] = quad_sum(l_run[r]);
 #pragma unroll
@@ -116,7 +110,7 @@ __global__ void __launch_bounds__(128) attn_fwd_kernel(AttnParams p) {
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
       const int row = m0 + warp * 16 + acc_row(i), col = n * 8 + acc_col(i);
-      if (row < p.Tq && col < p.D) out[(int64_t)row * p.D + col] = from_float<T>(o[n][i] / l_run[i >> 1]);
+      if (row < p.Tq && col < p.D) out(row, col) = from_float<T>(o[n][i] / l_run[i >> 1]);
     }
   }
   if ((lane & 3) == 0) {

@@ -1,24 +1,21 @@
 // Small device helpers shared by the attention and LoRA kernels: element conversions, 16-bit
-// packing for tensor-core fragments, and cooperative global->shared tile loads with zero padding.
+// packing for tensor-core fragments, shared-memory regions, and cooperative global->shared tile
+// loads with zero padding.
 //
-// No torch headers here (docs/design.md §6.1): raw pointers only, so nvcc compiles this quickly and
-// csrc/emu/cudaemu.h can run the very same code on the CPU.
+// No torch headers here (docs/design.md §6.1): raw pointers only, so nvcc compiles this quickly and the
+// CPU emulator (through portable.cuh) can run the very same code.
 #pragma once
 
-#include "../emu/cudaemu.h"  // CUDAEMU_LAUNCH / CUDAEMU_DYNAMIC_SHARED (plain CUDA under nvcc)
-#include "params.h"
+#include "portable.cuh"
 
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
+#include "layout.h"
+#include "params.h"
 
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
 
 namespace babygpt::cuda {
-
-__host__ __device__ constexpr int ceil_div(int a, int b) { return (a + b - 1) / b; }
-__host__ __device__ constexpr int round_up(int a, int b) { return ceil_div(a, b) * b; }
 
 // fp32 is the accumulation type of every kernel; these convert to and from the element type.
 __device__ __forceinline__ float to_float(float x) { return x; }
@@ -49,35 +46,52 @@ __device__ __forceinline__ float2 unpack2(uint32_t r) {
   return make_float2(to_float(lo), to_float(hi));
 }
 
+// The array of a layout.h Region inside the block's dynamic shared memory.
+template <class T>
+__device__ __forceinline__ T* region(unsigned char* smem, const Region& r) {
+  return reinterpret_cast<T*>(smem + r.offset);
+}
 
-// Copies rows [r0, r0 + rows) x cols [c0, c0 + cols) of `src` into shared memory (row stride
-// `ld`), multiplied by `alpha`, as T. Everything outside [0, nrows) x [0, ncols) becomes 0, so
-// tiles at the edges need no masks in the math (0 contributes nothing to a dot product) -- and
-// the padding is written on purpose, never left as whatever the shared memory held.
+// Copies rows [at.x, at.x + tile.rows) x cols [at.y, at.y + tile.cols) of `src` into the shared
+// tile `dst`, multiplied by `alpha`, as T. Everything outside [0, extent.x) x [0, extent.y)
+// becomes 0, so tiles at the edges need no masks in the math (0 contributes nothing to a dot
+// product) -- and the padding is written on purpose, never left as whatever the shared memory held.
 template <class T, int NTHREADS>
-__device__ __forceinline__ void load_tile(T* dst, int ld, Mat src, int r0, int c0, int rows, int cols, int nrows,
-                                          int ncols, float alpha = 1.f) {
-  for (int idx = threadIdx.x; idx < rows * cols; idx += NTHREADS) {
-    const int r = idx / cols, c = idx % cols;
-    const int gr = r0 + r, gc = c0 + c;
+__device__ __forceinline__ void load_tile(T* dst, const Region& tile, const Mat& src, int2 at, int2 extent,
+                                          float alpha = 1.f) {
+  for (int idx = threadIdx.x; idx < tile.rows * tile.cols; idx += NTHREADS) {
+    const int r = idx / tile.cols, c = idx % tile.cols;
+    const int gr = at.x + r, gc = at.y + c;
     float v = 0.f;
-    if (gr < nrows && gc < ncols) {
+    if (gr < extent.x && gc < extent.y) {
       const int64_t off = gr * src.rs + gc * src.cs;
       v = src.f32 ? static_cast<const float*>(src.p)[off] : to_float(static_cast<const T*>(src.p)[off]);
       v *= alpha;
     }
-    dst[r * ld + c] = from_float<T>(v);
+    dst[r * tile.ld + c] = from_float<T>(v);
   }
 }
 
-// Same for a contiguous (rows, ncols) slab of T with row stride `g_ld`, the attention case:
-// copies without a round trip through float.
+// The rows of one (batch, head) of a Heads tensor: n rows of d elements, `st` elements apart.
+template <class T>
+struct HeadRows {
+  T* p;
+  int64_t st;
+  int n, d;
+  __device__ T& operator()(int row, int col) const { return p[row * st + col]; }
+};
+template <class T>
+__device__ __forceinline__ HeadRows<T> head_rows(const Heads& t, int b, int h, int n, int d) {
+  return {static_cast<T*>(t.p) + b * t.sb + h * t.sh, t.st, n, d};
+}
+
+// Rows [r0, r0 + tile.rows) of `src` into the shared tile `dst` (tile.cols >= src.d columns), zero
+// past the last row and column: the attention case, copied without a round trip through float.
 template <class T, int NTHREADS>
-__device__ __forceinline__ void load_rows(T* dst, int ld, const T* src, int64_t g_ld, int r0, int rows, int nrows,
-                                          int cols, int ncols) {
-  for (int idx = threadIdx.x; idx < rows * cols; idx += NTHREADS) {
-    const int r = idx / cols, c = idx % cols;
-    dst[r * ld + c] = (r0 + r < nrows && c < ncols) ? src[(int64_t)(r0 + r) * g_ld + c] : from_float<T>(0.f);
+__device__ __forceinline__ void load_rows(T* dst, const Region& tile, const HeadRows<const T>& src, int r0) {
+  for (int idx = threadIdx.x; idx < tile.rows * tile.cols; idx += NTHREADS) {
+    const int r = idx / tile.cols, c = idx % tile.cols;
+    dst[r * tile.ld + c] = (r0 + r < src.n && c < src.d) ? src(r0 + r, c) : from_float<T>(0.f);
   }
 }
 

@@ -14,23 +14,15 @@
 
 namespace babygpt::cuda {
 
-struct GemmTiles {
-  static constexpr int BM = 64, BN = 64, BK = 32, kWarps = 4, kThreads = 128;  // warp tile: 16 x 64
-  template <class T>
-  __host__ __device__ static constexpr int pad() { return 16 / int(sizeof(T)); }
-  template <class T>
-  __host__ __device__ static constexpr size_t smem_bytes() {
-    return sizeof(T) * (BM * (BK + pad<T>()) + BK * (BN + pad<T>()));
-  }
-};
-
 template <class T>
 __global__ void __launch_bounds__(128) gemm_kernel(GemmParams p) {
   using G = GemmTiles;
-  constexpr int BM = G::BM, BN = G::BN, BK = G::BK, lda = BK + G::pad<T>(), ldb = BN + G::pad<T>();
-  CUDAEMU_DYNAMIC_SHARED(T, smem);
-  T* sA = smem;            // BM x BK, row-major
-  T* sB = sA + BM * lda;   // BK x BN, row-major (k, n)
+  constexpr int BM = G::BM, BN = G::BN, BK = G::BK;
+  constexpr GemmSmem<sizeof(T)> L;
+  constexpr int lda = L.a.ld, ldb = L.b.ld;
+  BABYGPT_DYNAMIC_SHARED(smem);
+  T* sA = region<T>(smem, L.a);  // BM x BK, row-major
+  T* sB = region<T>(smem, L.b);  // BK x BN, row-major (k, n)
   const int m0 = blockIdx.x * BM, n0 = blockIdx.y * BN, warp = threadIdx.x / 32;
   float acc[BN / 8][4];
 #pragma unroll
@@ -41,8 +33,8 @@ __global__ void __launch_bounds__(128) gemm_kernel(GemmParams p) {
       __syncthreads();  // the previous slab is no longer read
       // alpha scales A while it is staged (exact for fp32; one rounding for 16-bit types, as
       // eager PyTorch does when it multiplies in that precision).
-      load_tile<T, G::kThreads>(sA, lda, a, m0, k0, BM, BK, p.M, K, alpha);
-      load_tile<T, G::kThreads>(sB, ldb, b, k0, n0, BK, BN, K, p.N);
+      load_tile<T, G::kThreads>(sA, L.a, a, make_int2(m0, k0), make_int2(p.M, K), alpha);
+      load_tile<T, G::kThreads>(sB, L.b, b, make_int2(k0, n0), make_int2(K, p.N));
       __syncthreads();
 #pragma unroll
       for (int kk = 0; kk < BK; kk += 16) {
@@ -70,12 +62,13 @@ __global__ void __launch_bounds__(128) gemm_kernel(GemmParams p) {
 
 // out[j] = Σ_i x[i, j] in fp32, one thread per column (the bias gradient: rows = tokens).
 template <class T>
-__global__ void __launch_bounds__(128) colsum_kernel(const T* x, T* out, int rows, int cols) {
+__global__ void __launch_bounds__(128) colsum_kernel(ColsumParams p) {
   const int j = blockIdx.x * blockDim.x + threadIdx.x;
-  if (j >= cols) return;
+  if (j >= p.cols) return;
+  const T* x = static_cast<const T*>(p.x);
   float s = 0.f;
-  for (int i = 0; i < rows; ++i) s += to_float(x[(int64_t)i * cols + j]);
-  out[j] = from_float<T>(s);
+  for (int i = 0; i < p.rows; ++i) s += to_float(x[(int64_t)i * p.cols + j]);
+  static_cast<T*>(p.out)[j] = from_float<T>(s);
 }
 
 }  // namespace babygpt::cuda

@@ -1,8 +1,8 @@
 // CUDA side of the extension: the op contract on CUDA tensors (TORCH_LIBRARY_IMPL(babygpt, CUDA))
-// on top of the launchers in kernels.cu, plus build facts for `babygpt info`.
+// on top of the launchers in launchers.cu, plus build facts for `babygpt info`.
 //
-// Every op runs on the current CUDA stream of the inputs' device (CUDAGuard makes it current),
-// with contiguous inputs, and checks every launch: the launchers return the launch status, which
+// Every op runs on the current CUDA stream of the inputs' device (CUDAGuard makes it current)
+// and checks every launch: the launchers return the launch status, which
 // C10_CUDA_CHECK turns into an exception naming the op (C10_CUDA_KERNEL_LAUNCH_CHECK's check,
 // applied to the status the launcher captured right after its launches).
 #include <ATen/ATen.h>
@@ -32,10 +32,4 @@ int runtime_version() { return CUDART_VERSION; }
 
 }  // namespace babygpt::cuda
 
-TORCH_LIBRARY_IMPL(babygpt, CUDA, m) {
-  namespace g = babygpt::cuda::glue;
-  m.impl("attn_fwd", &g::attn_fwd);
-  m.impl("attn_bwd", &g::attn_bwd);
-  m.impl("lora_fwd", &g::lora_fwd);
-  m.impl("lora_bwd", &g::lora_bwd);
-}
+TORCH_LIBRARY_IMPL(babygpt, CUDA, m) { BABYGPT_GLUE_IMPL(m); }

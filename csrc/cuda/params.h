@@ -1,6 +1,6 @@
 // Plain-C++ descriptions of a kernel call (no CUDA, no torch): what the torch glue fills in and
 // the launchers (launchers.cuh) turn into grids. Shared by csrc/cuda/ops_cuda.cu (real GPU) and
-// csrc/emu/ops_emu.cpp (the same kernels under the CPU emulator).
+// csrc/cuda/ops_emu.cpp (the same kernels under the CPU emulator).
 #pragma once
 
 #include <cstdint>
@@ -9,13 +9,22 @@ namespace babygpt::cuda {
 
 enum class DType { f32, f16, bf16 };
 
-// q, o, dout, dq: (B, H, Tq, D); k, v, dk, dv: (B, Hkv, Tk, D); lse, delta: (B, H, Tq) fp32.
-// All contiguous (the torch glue makes them so), element type per DType; lse/delta fp32.
+// A (B, heads, T, D) tensor whose rows are contiguous: element (b, h, t, d) is at
+// p[b * sb + h * sh + t * st + d]. The views a GPT layer hands over (a fused qkv projection split
+// into q, k, v, each transposed to (B, H, T, D); the gradient of such a transpose) have this form,
+// so the kernels read them in place, as FlashAttention's params do.
+struct Heads {
+  void* p;
+  int64_t sb, sh, st;
+};
+
+// q, o, dout, dq: (B, H, Tq, D); k, v, dk, dv: (B, Hkv, Tk, D), element type per DType;
+// lse, delta: (B, H, Tq) fp32, contiguous.
 struct AttnParams {
-  const void *q, *k, *v, *o, *dout;
+  Heads q, k, v, o, dout;  // inputs (o and dout: the backward's)
+  Heads out, dq, dk, dv;   // outputs (out: the forward's o)
   const float* lse;
-  void *out, *dq, *dk, *dv;  // out: the forward's o
-  float *lse_out, *delta;    // delta: (B, H, Tq) fp32 scratch of the backward
+  float *lse_out, *delta;  // delta: (B, H, Tq) fp32 scratch of the backward
   int B, H, Hkv, Tq, Tk, D;
   float scale;
   bool causal;
@@ -41,6 +50,13 @@ struct GemmParams {
   void* c;
   int64_t ldc;
   bool c_f32;
+};
+
+// out[j] = Σ_i x[i, j] for x (rows, cols) contiguous, written as T (the bias gradient).
+struct ColsumParams {
+  const void* x;
+  void* out;
+  int rows, cols;
 };
 
 }  // namespace babygpt::cuda

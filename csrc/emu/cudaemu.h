@@ -11,13 +11,20 @@
 //   CUDAEMU_DYNAMIC_SHARED(T, name)
 //       instead of extern __shared__ T name[]; (gives a T* to the dynamic shared memory).
 //
-// Emulated: threadIdx/blockIdx/blockDim/gridDim/warpSize; static and dynamic __shared__;
+// Emulated: threadIdx/blockIdx/blockDim/gridDim/warpSize; dynamic shared memory;
 // __syncthreads(_count/_and/_or); __syncwarp; __shfl(_up/_down/_xor)_sync; __ballot/__any/
-// __all_sync; __reduce_*_sync; __activemask; atomics (CUDA's overload set); __threadfence*;
-// __nanosleep; math intrinsics; half/bfloat16 from the toolkit's cuda_fp16.h/cuda_bf16.h plus
-// the device-only intrinsics (__hfma, hexp, hsqrt, ...); cudaMalloc/Free/Memcpy/Memset(+Async),
-// streams, cudaGetLastError/PeekAtLastError/DeviceSynchronize/GetErrorString,
-// cudaFuncSetAttribute.
+// __all_sync; __reduce_*_sync; __activemask; math intrinsics; half/bfloat16 from the toolkit's
+// cuda_fp16.h/cuda_bf16.h plus the device-only intrinsics (__hfma, hexp, hsqrt, ...);
+// cudaMalloc/Free/Memcpy/Memset(+Async), streams, cudaGetLastError/PeekAtLastError/
+// DeviceSynchronize/GetErrorString, cudaFuncSetAttribute.
+// Opt-in, each with its own switch (define it before including this header):
+//   CUDAEMU_STATIC_SHARED  static __shared__ variables: one copy per running block, poisoned before
+//                          each block and counted toward the limit through the module's ELF symbol
+//                          table (cudaemu/static_smem.h); without it __shared__ does not compile.
+//   CUDAEMU_SPIN_WAITS     threads that wait for each other by polling memory: atomics (CUDA's
+//                          overload set), __threadfence*, __nanosleep as spin points
+//                          (cudaemu/spin.h), and a watchdog that preempts a fiber spinning on a
+//                          plain load (cudaemu/watchdog.h).
 // __CUDA_ARCH__ is NOT defined, so '#ifdef __CUDA_ARCH__' (e.g. mma.sync PTX) takes the
 // portable path. The macro CUDAEMU_EMULATED is defined to 1.
 //
@@ -25,13 +32,12 @@
 // message naming kernel, block, thread and source lines; the launch returns, never hangs):
 //   divergent __syncthreads (threads at different calls, or a thread exits while others wait),
 //   deadlocks, stalls (threads run but none reaches a barrier, collective or its end for
-//   CUDAEMU_TIMEOUT s: a spin nobody releases; atomics, fences and __nanosleep are spin points
-//   where the other threads run, and a watchdog preempts a thread spinning on a plain load),
+//   CUDAEMU_TIMEOUT s: a spin nobody releases, with CUDAEMU_SPIN_WAITS),
 //   shuffle masks (a lane not in the mask does not take part; reading from a lane outside the
 //   mask or an exited lane is an error), mismatched warp collectives, bad launch
 //   configurations (> 1024 threads, empty grid, shared memory over the 48 KiB default or the
-//   cudaFuncSetAttribute opt-in up to 227 KiB). Static and dynamic shared memory (before each
-//   block) and cudaMalloc memory are poisoned with 0xFF (NaN) bytes; threads resume in
+//   cudaFuncSetAttribute opt-in up to 227 KiB). Shared memory (before each block) and
+//   cudaMalloc memory are poisoned with 0xFF (NaN) bytes; threads resume in
 //   forward/reverse/random order.
 //
 // Runtime configuration: cudaemu::config() (see cudaemu/config.h), read from CUDAEMU_ORDER,
@@ -91,17 +97,29 @@ constexpr int warpSize = 32;
 
 #include "cudaemu/config.h"
 #include "cudaemu/fiber.h"
+#ifdef CUDAEMU_STATIC_SHARED
 #include "cudaemu/static_smem.h"
+#endif
 #include "cudaemu/block.h"
+#ifdef CUDAEMU_SPIN_WAITS
 #include "cudaemu/watchdog.h"
+#endif
 #include "cudaemu/launch.h"
 #include "cudaemu/device.h"
+#ifdef CUDAEMU_SPIN_WAITS
+#include "cudaemu/spin.h"
+#endif
 #include "cudaemu/runtime.h"
+#undef CUDAEMU_HERE  // device.h's default argument, used by spin.h too
 
+#undef __shared__
+#ifndef CUDAEMU_STATIC_SHARED
+#define __shared__ static_assert(false, "cudaemu: static __shared__ variables need -DCUDAEMU_STATIC_SHARED " \
+                                        "(or use CUDAEMU_DYNAMIC_SHARED)");
+#else
 // __shared__ also declares a marker beside the variable, so the harness can find it in the
 // symbol table and poison it before each block (cudaemu/static_smem.h). The marker is
 // 'thread_local' without 'static' so that 'static __shared__ T x;' works too.
-#undef __shared__
 #define CUDAEMU_CAT2(a, b) a##b
 #define CUDAEMU_CAT(a, b) CUDAEMU_CAT2(a, b)
 #define CUDAEMU_SHARED_MARK thread_local char CUDAEMU_CAT(cudaemu_shared_mark_, __COUNTER__) [[gnu::used, maybe_unused]];
@@ -110,6 +128,7 @@ constexpr int warpSize = 32;
 #else
 #define __shared__ CUDAEMU_SHARED_MARK static thread_local  // a worker runs one block at a time
 #endif
+#endif  // CUDAEMU_STATIC_SHARED
 #ifndef __launch_bounds__
 #define __launch_bounds__(...)
 #endif

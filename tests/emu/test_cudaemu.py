@@ -36,7 +36,9 @@ if shutil.which(CXX) is None:
 if not (CUDA_INC / "cuda_fp16.h").exists():
     pytest.skip(f"CUDA toolkit headers not found in {CUDA_INC} (set CUDA_HOME)", allow_module_level=True)
 
-BASE = ["-std=c++20", "-pthread", f"-I{CUDA_INC}", f"-I{EMU}", f"-I{HERE}", "-x", "c++"]
+# The self-tests exercise every part of the emulator, the opt-in ones too (cudaemu.h's switches).
+SWITCHES = ["-DCUDAEMU_STATIC_SHARED", "-DCUDAEMU_SPIN_WAITS"]
+BASE = ["-std=c++20", "-pthread", f"-I{CUDA_INC}", f"-I{EMU}", f"-I{HERE}", *SWITCHES, "-x", "c++"]
 SAN = ["-O1", "-g", "-fno-omit-frame-pointer"]
 # name -> (source, extra flags). -O2 for speed, -O1 -g under sanitizers for useful reports.
 PROGRAMS = {
@@ -329,3 +331,29 @@ def test_header_compiles_after_torch_extension(builds):
     if p is None:
         pytest.skip("torch is not importable in this interpreter")
     assert p.returncode == 0, p.stderr[-4000:]
+
+
+# ------------------------------------------------------------------ the opt-in parts
+CORE_KERNEL = """#include "cudaemu.h"
+__global__ void k(float* x) {
+  extern_dynamic_or_static
+  t[threadIdx.x] = 1.f;
+  __syncthreads();
+  x[threadIdx.x] = t[31 - threadIdx.x];
+}
+"""
+
+
+@pytest.mark.parametrize("decl,switch,ok", [
+    ("CUDAEMU_DYNAMIC_SHARED(float, t);", None, True),   # the core: what the project's kernels use
+    ("__shared__ float t[32];", None, False),            # refused, naming the switch
+    ("__shared__ float t[32];", "-DCUDAEMU_STATIC_SHARED", True),
+])
+def test_static_shared_memory_is_behind_its_switch(tmp_path, decl, switch, ok):
+    src = tmp_path / "k.cu"
+    src.write_text(CORE_KERNEL.replace("extern_dynamic_or_static", decl))
+    core = [a for a in BASE if a not in SWITCHES] + ([switch] if switch else [])
+    p = subprocess.run([CXX, "-fsyntax-only", *core, str(src)], capture_output=True, text=True, timeout=TIMEOUT)
+    assert (p.returncode == 0) == ok, p.stderr[-3000:]
+    if not ok:
+        assert "-DCUDAEMU_STATIC_SHARED" in p.stderr, p.stderr[-3000:]

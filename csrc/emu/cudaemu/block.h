@@ -64,7 +64,9 @@ struct LaunchInfo {
   const char* kernel = "?";
   dim3 grid, block;
   size_t dyn_smem = 0;
+#ifdef CUDAEMU_STATIC_SHARED
   const ModuleSmem* statics = nullptr;  // the static __shared__ variables of the kernel's module
+#endif
   void (*invoke)(const void*) = nullptr;
   const void* body = nullptr;
 };
@@ -82,8 +84,9 @@ struct Thread {
   uint64_t result = 0;  // filled in by whoever completes the rendezvous
   unsigned group = 0;   // lanes of the rendezvous it took part in
   char tsan_sync = 0;   // thread mode: its address is a ThreadSanitizer sync object
+  // CUDAEMU_SPIN_WAITS (spin.h, watchdog.h):
   Site spin;            // its latest spin point (atomic, fence, __nanosleep), for stall reports
-  volatile bool preempted = false;  // fiber mode: switched out by the watchdog signal (watchdog.h)
+  volatile bool preempted = false;  // fiber mode: switched out by the watchdog signal
   volatile int in_harness = 0;      // fiber mode: inside harness code, which must not be preempted
 #ifndef CUDAEMU_THREADS
   Context ctx;
@@ -294,27 +297,6 @@ struct StallClock {
 // Fiber mode: hand control back to the block scheduler; returns when resumed.
 inline void to_scheduler(Block& b, Thread& me) { switch_context(me.ctx, b.scheduler); }
 #endif
-
-// A spin point: an atomic, a memory fence or __nanosleep. Fibers are not preempted at any other
-// point (but see the watchdog in launch.h), so here a thread that polls memory written by
-// another thread of its block steps aside for one scheduling round and lets that thread run.
-// In thread mode the OS schedules; yielding just helps on few cores.
-inline void spin_point(const char* what, const std::source_location& l) {
-  Block* b = tl_block;
-  if (b == nullptr) return;  // called from host code
-#ifdef CUDAEMU_THREADS
-  {
-    Lock lk(*b);  // a stalled launch reads it from another thread
-    tl_thread->spin = site(what, l);
-  }
-  std::this_thread::yield();
-#else
-  tl_thread->spin = site(what, l);
-  if (b->failed) unwind();
-  to_scheduler(*b, *tl_thread);
-  if (b->failed) unwind();
-#endif
-}
 
 // Parks the calling thread until a rendezvous releases it (me.wait == none) or the block fails.
 inline void park(Block& b, Thread& me, Lock& lk) {

@@ -1,5 +1,6 @@
-// cudaemu/device.h -- the device-side API kernels call: barriers, warp intrinsics, atomics,
-// math intrinsics, and the half/bfloat16 intrinsics the toolkit only declares for the device.
+// cudaemu/device.h -- the device-side API kernels call: barriers, warp intrinsics, math
+// intrinsics, and the half/bfloat16 intrinsics the toolkit only declares for the device
+// (atomics and fences: spin.h).
 // Part of csrc/emu/cudaemu.h. Everything here is in the global namespace, like in CUDA.
 #pragma once
 
@@ -28,25 +29,6 @@ inline int __syncthreads_or(int pred, CUDAEMU_HERE) {
 inline void __syncwarp(unsigned mask = 0xffffffffu, CUDAEMU_HERE) {
   cudaemu::warp_collective(cudaemu::WarpOp::sync, mask, 0, -1, cudaemu::site("__syncwarp", loc));
 }
-// Memory fences, __nanosleep and the atomics are spin points (cudaemu::spin_point): a thread
-// polling memory that another thread of its block writes lets that thread run there.
-inline void __threadfence(CUDAEMU_HERE) {
-  std::atomic_thread_fence(std::memory_order_seq_cst);
-  cudaemu::spin_point("__threadfence", loc);
-}
-inline void __threadfence_block(CUDAEMU_HERE) {
-  std::atomic_thread_fence(std::memory_order_seq_cst);
-  cudaemu::spin_point("__threadfence_block", loc);
-}
-inline void __threadfence_system(CUDAEMU_HERE) {
-  std::atomic_thread_fence(std::memory_order_seq_cst);
-  cudaemu::spin_point("__threadfence_system", loc);
-}
-inline void __nanosleep(unsigned ns, CUDAEMU_HERE) {
-  (void)ns;  // the GPU sleeps "approximately" ns, at most ~1 ms; here: let the others run
-  cudaemu::spin_point("__nanosleep", loc);
-}
-
 // --------------------------------------------------------------------------- warp shuffles
 namespace cudaemu {
 // One shuffle: 'src' is the lane this lane reads, or -1 when CUDA says it keeps its own value.
@@ -135,52 +117,6 @@ CUDAEMU_REDUCE(__reduce_or_sync, bor, unsigned)
 CUDAEMU_REDUCE(__reduce_xor_sync, bxor, unsigned)
 #undef CUDAEMU_REDUCE
 
-// ------------------------------------------------------------------------------ atomics
-// The overload set of CUDA's device_atomic_functions.h / sm_*_atomic_functions.h, so code
-// that compiles here also compiles with nvcc (there is e.g. no float atomicMax in CUDA).
-namespace cudaemu {
-template <class T> inline std::atomic_ref<T> aref(T* p) { return std::atomic_ref<T>(*p); }
-template <class T, class F> inline T atomic_update(T* p, F f) {
-  auto a = aref(p);
-  T old = a.load();
-  while (!a.compare_exchange_weak(old, f(old))) {}
-  return old;
-}
-}  // namespace cudaemu
-// Each atomic is a spin point first (see __threadfence), then one seq_cst operation.
-#define CUDAEMU_ATOMIC(name, T, params, expr)                    \
-  inline T name(T* p, CUDAEMU_UNPAREN params, CUDAEMU_HERE) {     \
-    cudaemu::spin_point(#name, loc);                              \
-    return expr;                                                  \
-  }
-#define CUDAEMU_UNPAREN(...) __VA_ARGS__
-#define CUDAEMU_ATOMIC_ADD(T) CUDAEMU_ATOMIC(atomicAdd, T, (T v), cudaemu::aref(p).fetch_add(v))
-CUDAEMU_ATOMIC_ADD(int) CUDAEMU_ATOMIC_ADD(unsigned) CUDAEMU_ATOMIC_ADD(unsigned long long)
-CUDAEMU_ATOMIC_ADD(float) CUDAEMU_ATOMIC_ADD(double)
-#undef CUDAEMU_ATOMIC_ADD
-CUDAEMU_ATOMIC(atomicSub, int, (int v), cudaemu::aref(p).fetch_sub(v))
-CUDAEMU_ATOMIC(atomicSub, unsigned, (unsigned v), cudaemu::aref(p).fetch_sub(v))
-#define CUDAEMU_ATOMIC_MINMAX(T)                                                                             \
-  CUDAEMU_ATOMIC(atomicMax, T, (T v), cudaemu::atomic_update(p, [v](T o) { return o < v ? v : o; }))      \
-  CUDAEMU_ATOMIC(atomicMin, T, (T v), cudaemu::atomic_update(p, [v](T o) { return v < o ? v : o; }))
-CUDAEMU_ATOMIC_MINMAX(int) CUDAEMU_ATOMIC_MINMAX(unsigned) CUDAEMU_ATOMIC_MINMAX(long long)
-CUDAEMU_ATOMIC_MINMAX(unsigned long long)
-#undef CUDAEMU_ATOMIC_MINMAX
-// atomicCAS returns the old value whether or not the swap happened.
-#define CUDAEMU_ATOMIC_BITS(T)                                                                                 \
-  CUDAEMU_ATOMIC(atomicExch, T, (T v), cudaemu::aref(p).exchange(v))                                         \
-  CUDAEMU_ATOMIC(atomicCAS, T, (T compare, T v), (cudaemu::aref(p).compare_exchange_strong(compare, v), compare)) \
-  CUDAEMU_ATOMIC(atomicAnd, T, (T v), cudaemu::aref(p).fetch_and(v))                                         \
-  CUDAEMU_ATOMIC(atomicOr, T, (T v), cudaemu::aref(p).fetch_or(v))                                           \
-  CUDAEMU_ATOMIC(atomicXor, T, (T v), cudaemu::aref(p).fetch_xor(v))
-CUDAEMU_ATOMIC_BITS(int) CUDAEMU_ATOMIC_BITS(unsigned) CUDAEMU_ATOMIC_BITS(unsigned long long)
-#undef CUDAEMU_ATOMIC_BITS
-CUDAEMU_ATOMIC(atomicExch, float, (float v), cudaemu::aref(p).exchange(v))
-CUDAEMU_ATOMIC(atomicCAS, unsigned short, (unsigned short compare, unsigned short v),
-               (cudaemu::aref(p).compare_exchange_strong(compare, v), compare))
-#undef CUDAEMU_ATOMIC
-#undef CUDAEMU_UNPAREN
-
 // ------------------------------------------------------------------- math intrinsics
 // The fast-math intrinsics are computed exactly here (the GPU's __expf etc. are less precise);
 // tolerances must therefore come from the GPU's documented error bounds, not from this file.
@@ -265,4 +201,3 @@ inline __nv_bfloat162 __hfma2(__nv_bfloat162 a, __nv_bfloat162 b, __nv_bfloat162
                             __hfma(__high2bfloat16(a), __high2bfloat16(b), __high2bfloat16(c)));
 }
 
-#undef CUDAEMU_HERE

@@ -3,9 +3,10 @@
 //
 // Fiber mode (default): blocks are handed out to CUDAEMU_WORKERS OS threads (the launching
 // thread is one of them); a worker runs one block at a time, all of that block's CUDA threads
-// as fibers on its own stack pool. Static __shared__ is 'static thread_local', i.e. one copy
-// per worker, which is exactly one copy per running block; the worker poisons its copy before
-// each block (static_smem.h).
+// as fibers on its own stack pool. Static __shared__ (CUDAEMU_STATIC_SHARED) is 'static
+// thread_local', i.e. one copy per worker, which is exactly one copy per running block; the
+// worker poisons its copy before each block (static_smem.h). With CUDAEMU_SPIN_WAITS a
+// watchdog preempts fibers that spin (watchdog.h).
 // Thread mode (-DCUDAEMU_THREADS, for ThreadSanitizer): blocks run one after another, each
 // CUDA thread is a std::thread, static __shared__ is a plain 'static'.
 #pragma once
@@ -52,7 +53,9 @@ inline size_t dyn_smem_limit(const void* fn) {
 }
 
 // The checks a real launch does; returns "" when the configuration is valid.
-inline std::string check_config(const void* fn, const ModuleSmem& statics, dim3 g, dim3 b, size_t smem) {
+inline std::string check_config(const LaunchInfo& li, const void* fn) {
+  const dim3 g = li.grid, b = li.block;
+  const size_t smem = li.dyn_smem;
   unsigned long long threads = 1ull * b.x * b.y * b.z;
   if (g.x == 0 || g.y == 0 || g.z == 0) return format("grid (%u,%u,%u) is empty", g.x, g.y, g.z);
   if (b.x == 0 || b.y == 0 || b.z == 0) return format("block (%u,%u,%u) is empty", b.x, b.y, b.z);
@@ -66,15 +69,17 @@ inline std::string check_config(const void* fn, const ModuleSmem& statics, dim3 
                                                 "cudaFuncAttributeMaxDynamicSharedMemorySize, n), up to 232448)" : "";
   if (smem > limit)
     return format("%zu bytes of dynamic shared memory requested; the limit is %zu%s", smem, limit, hint);
+#ifdef CUDAEMU_STATIC_SHARED
   // Static shared memory shares the block's budget: 48 KiB in all, or static + the opted-in
   // dynamic size up to 227 KiB (a kernel's own __shared__ variables; see static_smem.h).
-  size_t stat = static_smem_bytes(statics, fn);
+  size_t stat = static_smem_bytes(*li.statics, fn);
   if (stat > kDefaultDynSmem)
     return format("the kernel declares %zu bytes of static __shared__ memory; the limit is %zu", stat, kDefaultDynSmem);
   size_t total_limit = limit == kDefaultDynSmem ? kDefaultDynSmem : kMaxDynSmemOptIn;
   if (stat + smem > total_limit)
     return format("%zu bytes of static plus %zu bytes of dynamic shared memory exceed the limit of %zu%s", stat,
                   smem, total_limit, hint);
+#endif
   return "";
 }
 
@@ -120,14 +125,18 @@ inline void resume(Block& b, Thread& t) {
   tl_thread = &t;
   threadIdx = t.tid;
   t.started = true;
+#ifdef CUDAEMU_SPIN_WAITS
   Watch* w = tl_watch;
   if (w) {
     w->block.store(&b, std::memory_order_relaxed);
     w->thread.store(&t, std::memory_order_relaxed);
     w->slice.store(++w->slices, std::memory_order_relaxed);
   }
+#endif
   switch_context(b.scheduler, t.ctx);
+#ifdef CUDAEMU_SPIN_WAITS
   if (w) w->slice.store(0, std::memory_order_relaxed);
+#endif
 }
 
 // Runs one block to completion: rounds in which every runnable fiber runs until it blocks,
@@ -164,8 +173,10 @@ inline void run_block(Block& b, const StackPool& stacks, unsigned long long bloc
 
 struct GridRun {
   const LaunchInfo* info;
+#ifdef CUDAEMU_SPIN_WAITS
   Watch* watches;  // one per worker
   Watchdog* watchdog;
+#endif
   unsigned long long nblocks;
   std::atomic<unsigned long long> next{0};
   std::atomic<bool> stop{false};
@@ -175,6 +186,7 @@ struct GridRun {
 
 inline void worker(GridRun& run, unsigned k) {
   const LaunchInfo& li = *run.info;
+#ifdef CUDAEMU_SPIN_WAITS
   Watch& watch = run.watches[k];
   run.watchdog->enlist(watch);
   tl_watch = &watch;
@@ -186,6 +198,9 @@ inline void worker(GridRun& run, unsigned k) {
       run.watchdog->retire(watch);
     }
   } retire{run, watch};
+#else
+  (void)k;
+#endif
   StackPool stacks;
   const unsigned n = li.block.x * li.block.y * li.block.z;
   if (!stacks.reserve(n, config().stack_bytes)) {
@@ -204,7 +219,9 @@ inline void worker(GridRun& run, unsigned k) {
     blockIdx = unflatten(i, li.grid);
     b.reset(&li, blockIdx);
     smem.poison();
+#ifdef CUDAEMU_STATIC_SHARED
     poison_static_smem(*li.statics);
+#endif
     run_block(b, stacks, i);
     if (b.failed) {
       std::lock_guard<std::mutex> g(run.mu);
@@ -221,10 +238,12 @@ inline std::string run_grid(const LaunchInfo& li) {
   run.info = &li;
   run.nblocks = 1ull * li.grid.x * li.grid.y * li.grid.z;
   const unsigned nw = (unsigned)std::min<unsigned long long>((unsigned long long)std::max(1, config().workers), run.nblocks);
+#ifdef CUDAEMU_SPIN_WAITS
   std::unique_ptr<Watch[]> watches(new Watch[nw]);
   Watchdog watchdog(watches.get(), nw);
   run.watches = watches.get();
   run.watchdog = &watchdog;
+#endif
   std::vector<std::thread> helpers;
   for (unsigned i = 1; i < nw; ++i) helpers.emplace_back([&run, i] { worker(run, i); });
   worker(run, 0);
@@ -260,7 +279,9 @@ inline std::string run_grid(const LaunchInfo& li) {
     Block b;
     b.reset(&li, unflatten(i, li.grid));
     smem.poison();
+#ifdef CUDAEMU_STATIC_SHARED
     poison_static_smem(*li.statics);
+#endif
     std::vector<unsigned> order(b.n);
     for (unsigned t = 0; t < b.n; ++t) order[t] = t;
     if (config().order == Order::reverse) std::reverse(order.begin(), order.end());
@@ -301,19 +322,20 @@ template <class Body>
 inline void launch(const char* kernel, const void* fn, dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
                    const Body& body, std::source_location loc = std::source_location::current()) {
   (void)stream;
-  const ModuleSmem& statics = module_smem(fn);
-  std::string bad = check_config(fn, statics, grid, block, smem);
-  if (!bad.empty()) {
-    record_error(cudaErrorInvalidConfiguration,
-                 format("launch of kernel '%s' at %s:%u: %s", kernel, loc.file_name(), (unsigned)loc.line(), bad.c_str()));
-    return;
-  }
   LaunchInfo li;
   li.kernel = kernel;
   li.grid = grid;
   li.block = block;
   li.dyn_smem = smem;
-  li.statics = &statics;
+#ifdef CUDAEMU_STATIC_SHARED
+  li.statics = &module_smem(fn);
+#endif
+  std::string bad = check_config(li, fn);
+  if (!bad.empty()) {
+    record_error(cudaErrorInvalidConfiguration,
+                 format("launch of kernel '%s' at %s:%u: %s", kernel, loc.file_name(), (unsigned)loc.line(), bad.c_str()));
+    return;
+  }
   li.body = &body;
   li.invoke = [](const void* p) { (*static_cast<const Body*>(p))(); };
   std::string err = run_grid(li);

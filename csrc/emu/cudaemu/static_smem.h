@@ -1,6 +1,6 @@
 // cudaemu/static_smem.h -- finds the static __shared__ variables of a kernel's module, so they
 // can be poisoned before every block and counted toward the shared-memory limit.
-// Part of csrc/emu/cudaemu.h.
+// Part of csrc/emu/cudaemu.h, included with -DCUDAEMU_STATIC_SHARED.
 //
 // A prefix macro never learns the address of the variable it declares, so __shared__ leaves a
 // trace instead: it declares a marker next to each variable,

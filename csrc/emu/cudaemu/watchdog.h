@@ -1,5 +1,6 @@
 // cudaemu/watchdog.h -- fiber mode: preempts a CUDA thread that has run for a long time without
-// reaching a barrier, warp collective, spin point or its end. Part of csrc/emu/cudaemu.h.
+// reaching a barrier, warp collective, spin point or its end. Part of csrc/emu/cudaemu.h,
+// included with -DCUDAEMU_SPIN_WAITS.
 //
 // Fibers only switch where the harness is called, so a thread polling a plain (volatile) load
 // for a value another thread of its block will write would spin forever: the writer never

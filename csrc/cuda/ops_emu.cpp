@@ -1,5 +1,7 @@
-// babygpt_ext._C_emu: the CUDA kernels of csrc/cuda, unchanged, run on the CPU by csrc/emu/cudaemu.h
-// and registered as torch.ops.babygpt_emu.* on CPU tensors (backend "cuda_emu").
+// babygpt_ext._C_emu: the CUDA kernels of csrc/cuda, unchanged, run on the CPU by the emulator
+// csrc/emu/cudaemu.h (through portable.cuh) and registered as torch.ops.babygpt_emu.* on CPU
+// tensors (backend "cuda_emu"). The twin of ops_cuda.cu: the same glue (torch_glue.h), the same
+// launchers and every attention instance in this one translation unit.
 //
 // The kernels see CPU tensors' memory as "device" memory; launches run synchronously, so a
 // launch error (divergent barrier, bad shuffle, bad configuration...) is known when the launcher
@@ -8,12 +10,17 @@
 // kernels in reverse / random order with poisoned shared memory.
 #include <torch/extension.h>
 
-#include "../emu/cudaemu.h"  // after torch (cudaemu.h's rule)
+#include "portable.cuh"  // the emulator, after torch (cudaemu.h's rule)
 
 #include <string>
 
-#include "../cuda/launchers.cuh"
 #include "../schemas.h"
+#include "instances.cuh"
+#include "launchers.cuh"
+
+namespace babygpt::cuda {
+BABYGPT_ATTN_INSTANCES(BABYGPT_ATTN_INSTANCE)
+}  // namespace babygpt::cuda
 
 #define BABYGPT_GLUE_STREAM() (cudaStream_t) nullptr
 #define BABYGPT_GLUE_GUARD(t) (void)0
@@ -25,17 +32,11 @@
     TORCH_CHECK(err_ == cudaSuccess, op, " (cudaemu): ", cudaGetErrorName(err_), ": ",           \
                 cudaemu::last_error_message());                                                   \
   } while (0)
-#include "../cuda/torch_glue.h"
+#include "torch_glue.h"
 
 TORCH_LIBRARY(babygpt_emu, m) { BABYGPT_DEFINE_CONTRACT(m); }
 
-TORCH_LIBRARY_IMPL(babygpt_emu, CPU, m) {
-  namespace g = babygpt::cuda::glue;
-  m.impl("attn_fwd", &g::attn_fwd);
-  m.impl("attn_bwd", &g::attn_bwd);
-  m.impl("lora_fwd", &g::lora_fwd);
-  m.impl("lora_bwd", &g::lora_bwd);
-}
+TORCH_LIBRARY_IMPL(babygpt_emu, CPU, m) { BABYGPT_GLUE_IMPL(m); }
 
 namespace {
 

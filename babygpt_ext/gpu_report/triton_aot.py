@@ -1,13 +1,12 @@
 """Compile the Triton kernels for real GPUs without one, and read back what ptxas made of them.
 
-    python -m babygpt_ext.kernels.triton.aot            # every kernel, first config, sm_80 + sm_90
-    python -m babygpt_ext.kernels.triton.aot --all-configs --json
+    python -m babygpt_ext.gpu_report.triton_aot            # every kernel, first config, sm_80 + sm_90
+    python -m babygpt_ext.gpu_report.triton_aot --all-configs --json
 
 `triton.compile(ASTSource(fn, signature, constexprs, attrs), target=GPUTarget("cuda", cap, 32))`
 runs Triton's whole pipeline (TTIR → TTGIR → LLVM → PTX → ptxas cubin) on the host. The cubin is
-then inspected with the cuobjdump that ships in the triton wheel: `-res-usage` gives registers,
-shared memory and local (spill) memory, `-sass` the machine code, where tensor-core instructions
-are HMMA (mma.sync, sm_80/sm_90) and HGMMA (wgmma, sm_90).
+then read with cuobjdump (cubin.py): registers, shared memory, spills, and the tensor-core
+instructions of the SASS.
 
 Each compile takes seconds, and Triton's interpreter mode (TRITON_INTERPRET=1, set by the test
 suite) replaces @triton.jit functions with Python objects that cannot be compiled, so `compile_many`
@@ -18,17 +17,17 @@ Compiled kernels land in Triton's on-disk cache (~/.triton/cache), so a second r
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
 from dataclasses import asdict, dataclass
 from typing import Optional
 
+from . import cubin
+
 ARCHS = (80, 90)
 DTYPES = ("fp16", "bf16")
 HEAD_DIMS = (64, 128)
-TENSOR_CORE_OPS = ("HMMA", "HGMMA", "IMMA")  # SASS mnemonics of tensor-core instructions
 
 
 @dataclass
@@ -46,10 +45,10 @@ class Result:
     spec: Spec
     regs: int
     smem: int  # static + dynamic shared memory of one block, bytes
-    spill_bytes: int  # per-thread LOCAL + STACK bytes: where ptxas puts spilled registers
+    spill_bytes: int  # cubin.Kernel.spill_bytes
     local_mem_instrs: int  # STL/LDL in the SASS (a spill shows up here even when counted as STACK)
     tensor_core_instrs: int
-    sass_tensor_ops: dict  # mnemonic -> count
+    tensor_core_ops: dict  # mnemonic -> count
     num_warps: int
     num_stages: int
     meta: dict  # the constexprs the kernel was compiled with
@@ -58,7 +57,7 @@ class Result:
 
 def kernel_table():
     """name -> (jit function, config family or None, builder of (signature, constexprs))."""
-    from . import attention, configs as C, lora
+    from ..kernels.triton import attention, configs as C, lora
 
     def attn(n_ptrs):
         # Pointers first, then int strides/sizes, the float scale, the SEQ_BUCKET int, constexprs.
@@ -124,7 +123,7 @@ USES_TENSOR_CORES = ("attn_fwd", "attn_bwd_dkdv", "attn_bwd_dq", "lora_matmul")
 def default_specs(all_configs: bool = False) -> list:
     """fp16 + bf16 x sm_80 + sm_90 x (D in {64, 128} for attention) x (first config | all configs),
     each configuration only at the head dims its autotune list keeps it for (configs.head_dims)."""
-    from . import attention, configs as C
+    from ..kernels.triton import attention, configs as C
     table = kernel_table()
     specs = []
     for arch in ARCHS:
@@ -146,40 +145,22 @@ def _divisibility_attrs(fn, sig):
             if t.startswith("*") or (t == "i32" and n.startswith("stride") and not n.endswith(("k", "r", "n")))}
 
 
-def _cuobjdump() -> str:
-    import triton
-    return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
-
-
-def inspect_cubin(cubin: bytes) -> tuple:
-    """(regs, smem, local+stack bytes, STL/LDL count, {tensor-core mnemonic: count}) from cuobjdump.
-
-    Spills are counted twice over on purpose: ptxas reports them as LOCAL or (seen here, with
-    REG:32 STACK:3128 LOCAL:0 on a kernel with 3839 STL/LDL) as STACK, so both sizes are added and
-    the local-memory instructions are counted from the SASS as well."""
+def inspect_cubin(data: bytes) -> cubin.Kernel:
+    """The one kernel of a Triton-compiled cubin, read with cuobjdump."""
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-        f.write(cubin)
+        f.write(data)
         f.flush()
-        res = subprocess.run([_cuobjdump(), "-res-usage", f.name], capture_output=True, text=True, check=True).stdout
-        sass = subprocess.run([_cuobjdump(), "-sass", f.name], capture_output=True, text=True, check=True).stdout
-    m = re.search(r"REG:(\d+)\s+STACK:(\d+)\s+SHARED:(\d+)\s+LOCAL:(\d+)", res)
-    if not m:
-        raise RuntimeError(f"cannot parse cuobjdump -res-usage output:\n{res}")
-    regs, stack, smem, local = (int(g) for g in m.groups())
-    ops, local_instrs = {}, 0
-    for mnem in re.findall(r"^\s+/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)", sass, re.M):
-        base = mnem.split(".")[0]
-        if base in TENSOR_CORE_OPS:
-            ops[base] = ops.get(base, 0) + 1
-        local_instrs += base in ("STL", "LDL")
-    return regs, smem, local + stack, local_instrs, ops
+        kernels = cubin.read(f.name)
+    if len(kernels) != 1:
+        raise RuntimeError(f"expected one kernel in the cubin, cuobjdump lists {[k.name for k in kernels]}")
+    return kernels[0]
 
 
 def compile_one(spec: Spec) -> Result:
     """Compile one Spec in this process (TRITON_INTERPRET must be unset)."""
     import triton
     from triton.backends.compiler import GPUTarget
-    from . import configs as C
+    from ..kernels.triton import configs as C
     fn, family, build, _ = kernel_table()[spec.kernel]
     sig, const = build(spec.dtype, spec.head_dim, fn.arg_names)
     num_warps, num_stages = 4, 2
@@ -192,10 +173,10 @@ def compile_one(spec: Spec) -> Result:
     src = triton.compiler.ASTSource(fn, sig, constexprs=const, attrs=_divisibility_attrs(fn, sig))
     kernel = triton.compile(src, target=GPUTarget("cuda", spec.arch, 32),
                             options={"num_warps": num_warps, "num_stages": num_stages})
-    regs, static_smem, spill, local_instrs, ops = inspect_cubin(kernel.asm["cubin"])
-    smem = max(static_smem, int(kernel.metadata.shared))  # Triton's smem is dynamic: take its figure
-    return Result(spec, regs, smem, spill, local_instrs, sum(ops.values()), ops, num_warps, num_stages,
-                  {k: v for k, v in const.items() if k.isupper()})
+    k = inspect_cubin(kernel.asm["cubin"])
+    smem = max(k.static_smem, int(kernel.metadata.shared))  # Triton's smem is dynamic: take its figure
+    return Result(spec, k.regs, smem, k.spill_bytes, k.local_mem_instrs, k.tensor_core_instrs, k.tensor_core_ops,
+                  num_warps, num_stages, {n: v for n, v in const.items() if n.isupper()})
 
 
 def _safe_compile(spec: Spec) -> Result:
@@ -210,7 +191,7 @@ def compile_many(specs: list, workers: int = 2) -> list:
     workers = max(1, min(workers, 2, len(specs)))
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     chunks = [specs[i::workers] for i in range(workers)]
-    procs = [subprocess.Popen([sys.executable, "-m", "babygpt_ext.kernels.triton.aot", "--worker"], stdin=subprocess.PIPE,
+    procs = [subprocess.Popen([sys.executable, "-m", "babygpt_ext.gpu_report.triton_aot", "--worker"], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
              for _ in chunks]
     outs = []
@@ -247,7 +228,7 @@ def main(argv=None) -> int:
         for r in results:
             s = r.spec
             print(f"{s.kernel:20s} sm_{s.arch} {s.dtype} D={s.head_dim:<3d} cfg{s.config_index} regs={r.regs:<3d} "
-                  f"smem={r.smem:<6d} spill={r.spill_bytes}/{r.local_mem_instrs} tc={r.sass_tensor_ops} {r.error or ''}")
+                  f"smem={r.smem:<6d} spill={r.spill_bytes}/{r.local_mem_instrs} tc={r.tensor_core_ops} {r.error or ''}")
     return 0
 
 
