@@ -86,3 +86,25 @@ def format_decode_table(results: List[DecodeResult]) -> str:
         rows.append(f"{r.shape:<22} {r.backend:<8} {r.cache_ms_per_step:>12.3f} {r.recompute_ms_per_step:>16.2f} "
                     f"{r.speedup:>7.1f}x {r.cache_tok_s:>11,.0f} {str(r.same_tokens):>11}")
     return "\n".join(rows)
+
+
+def run_cli(args) -> int:
+    """`babygpt bench --op decode`: ms per token with the KV cache and with recompute."""
+    from tqdm import tqdm
+
+    from ..train.precision import cpu_name
+    if args.backends and "," in args.backends:
+        raise SystemExit(f"babygpt bench --op decode: --backends takes one attention backend for our model, "
+                         f"got {args.backends!r}")
+    shapes = [s for s in DECODE_SHAPES if not args.quick or s.batch == 1]
+    results = [bench_decode(s, rounds=min(args.rounds, 3), backend=args.backends)
+               for s in tqdm(shapes, desc="bench decode", unit="shape")]
+    print(f"\nCPU: {cpu_name()} ({torch.get_num_threads()} threads); gpt-mini with a 1024-position context, "
+          f"prompt {shapes[0].prompt} tokens, {shapes[0].new_tokens} new tokens, greedy, fp32")
+    print(format_decode_table(results))
+    if args.json:
+        import json
+        with open(args.json, "w") as f:
+            json.dump([r.as_dict() for r in results], f, indent=1)
+        print(f"\nwrote {args.json}")
+    return 0

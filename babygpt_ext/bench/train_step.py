@@ -12,6 +12,7 @@ bench_curves() trains the reference and ours (fp32 and bf16) for many steps on a
 reports each one's validation loss, plotting the three curves in one PNG.
 """
 
+import contextlib
 import statistics
 import tempfile
 import time
@@ -31,6 +32,8 @@ class TrainShape:
     batch: int
     block: int
     vocab: int  # the tokenizer's size in the run this shape stands for
+    steps_per_round: int = 4  # optimizer steps per timed block (1 where a step takes seconds)
+    overrides: tuple = ()  # (GPTConfig field, value) pairs replacing the preset's (e.g. tiny test models)
 
     @property
     def tokens(self) -> int:
@@ -41,7 +44,7 @@ TRAIN_SHAPES = [
     TrainShape("shakespeare-cpu B12xT64", "shakespeare-cpu", 12, 64, 103),  # char tokens of the pydoc corpus
     TrainShape("shakespeare-cpu B16xT64", "shakespeare-cpu", 16, 64, 103),  # the demo's batch
     TrainShape("gpt-mini B8xT128", "gpt-mini", 8, 128, 1000),
-    TrainShape("gpt2 B1xT1024", "gpt2", 1, 1024, 50257),
+    TrainShape("gpt2 B1xT1024", "gpt2", 1, 1024, 50257, steps_per_round=1),
 ]
 QUICK_TRAIN = ("shakespeare-cpu B12xT64",)
 
@@ -72,28 +75,31 @@ def _peak_rss_gb() -> Optional[float]:
         return None
 
 
-def make_pair(shape: TrainShape, dtype: str = "auto", backend: Optional[str] = None, seed: int = 0,
-              max_iters: int = 1000):
-    """(ours: a Trainer on a fresh GPT, ref: a ReferenceLoop on a copy of its initial weights)."""
+def make_pair(shape: TrainShape, dtype: str = "auto", backend: Optional[str] = None, seed: int = 0, **schedule):
+    """(ours: a Trainer on a fresh GPT, ref: a ReferenceLoop on a copy of its initial weights).
+    schedule: TrainConfig fields (default: a constant learning rate of 1e-3)."""
     from ..train import TrainConfig, Trainer
-    cfg = GPTConfig.from_preset(shape.preset, vocab_size=shape.vocab, block_size=shape.block, backend=backend)
+    cfg = GPTConfig.from_preset(shape.preset, **{"vocab_size": shape.vocab, "block_size": shape.block,
+                                                 "backend": backend, **dict(shape.overrides)})
     torch.manual_seed(seed)
     model = GPT(cfg)
     ref_model = ReferenceGPT(cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.block_size, cfg.vocab_size)
     ref_model.load_state_dict(model.state_dict())
     tokens = torch.randint(0, shape.vocab, (shape.block + 2,))  # the Trainer wants data; batches come from us
-    tcfg = TrainConfig(batch_size=shape.batch, block_size=shape.block, max_iters=max_iters, warmup_iters=0,
-                       lr=1e-3, min_lr=1e-3, autocast_dtype=dtype, progress=False, seed=seed)
+    schedule = {"max_iters": 1000, "warmup_iters": 0, "lr": 1e-3, "min_lr": 1e-3, **schedule}
+    tcfg = TrainConfig(batch_size=shape.batch, block_size=shape.block, autocast_dtype=dtype, progress=False,
+                       seed=seed, **schedule)
     trainer = Trainer(model, tokens, tokens, tcfg, out_dir=tempfile.mkdtemp(prefix="babygpt-bench-"))
     ref = ReferenceLoop(ref_model, lr=tcfg.lr, weight_decay=tcfg.weight_decay, betas=(tcfg.beta1, tcfg.beta2),
                         grad_clip=tcfg.grad_clip)
     return trainer, ref
 
 
-def bench_train(shape: TrainShape, rounds: int = 5, steps_per_round: int = 4, warmup: int = 3,
-                dtype: str = "auto", backend: Optional[str] = None) -> TrainResult:
+def bench_train(shape: TrainShape, rounds: int = 5, dtype: str = "auto", backend: Optional[str] = None) -> TrainResult:
     """Median ms per optimizer step of ours and of the reference, timed in alternating blocks."""
     trainer, ref = make_pair(shape, dtype, backend)
+    steps_per_round = shape.steps_per_round
+    warmup = min(3, steps_per_round)
     g = torch.Generator().manual_seed(1)
     batches = [(torch.randint(0, shape.vocab, (shape.batch, shape.block), generator=g),
                 torch.randint(0, shape.vocab, (shape.batch, shape.block), generator=g)) for _ in range(8)]
@@ -134,3 +140,105 @@ def format_train_table(results: List[TrainResult]) -> str:
                     f"{r.ref_tok_s:>10,.0f} {r.speedup:>7.2f}x {r.cpu_speedup:>9.2f}x {r.ours_loss:>7.3f}/{r.ref_loss:.3f}"
                     + (f"  peak RSS {r.peak_rss_gb:.1f} GiB" if r.peak_rss_gb else ""))
     return "\n".join(rows)
+
+
+# ------------------------------------------------------------------------------ loss curves
+def bench_curves(steps: int, out_png, batch: int = 12, block: int = 64, eval_interval: int = 100,
+                 eval_iters: int = 20, backend: Optional[str] = None, seed: int = 0) -> dict:
+    """Train the reference, ours in fp32 and ours in bf16 from the same weights on the same batches
+    of the embedded corpus (char tokens, shakespeare-cpu shape) with the Trainer's schedule.
+    Returns {run name: [(step, val loss), ...]} and plots the three curves into out_png."""
+    from ..data import get_batch, load_text, split
+    from ..tokenizers import get_tokenizer
+    from ..train import lr_for_config
+    text = load_text(None)
+    ids = torch.tensor(get_tokenizer("char", text).encode(text), dtype=torch.int64)
+    train_ids, val_ids = split(ids)
+    vocab = int(ids.max()) + 1
+    shape = TrainShape("curves", "shakespeare-cpu", batch, block, vocab)
+    val_g = torch.Generator().manual_seed(seed + 1)
+    val_batches = [get_batch(val_ids, batch, block, generator=val_g) for _ in range(eval_iters)]
+    curves = {}
+    for run, dtype in (("reference fp32", "fp32"), ("ours fp32", "fp32"), ("ours bf16", "bf16")):
+        trainer, ref = make_pair(shape, dtype, backend, seed=seed, max_iters=steps, warmup_iters=100, min_lr=1e-4)
+        model = ref.model if run.startswith("reference") else trainer.raw_model
+        autocast = trainer.autocast if run.startswith("ours") else contextlib.nullcontext
+        data_g = torch.Generator().manual_seed(seed)
+        points = []
+        for step in range(steps + 1):
+            if step % eval_interval == 0 or step == steps:
+                points.append((step, _mean_loss(model, val_batches, autocast)))
+            if step == steps:
+                break
+            x, y = get_batch(train_ids, batch, block, generator=data_g)
+            if run.startswith("reference"):
+                for group in ref.optimizer.param_groups:
+                    group["lr"] = lr_for_config(step, trainer.cfg)
+                ref(x, y)
+            else:
+                trainer.train_step([(x, y)])
+        curves[run] = points
+    _plot_curves(curves, out_png, f"shakespeare-cpu B{batch}xT{block}, char tokens of the embedded corpus")
+    return curves
+
+
+@torch.no_grad()
+def _mean_loss(model, batches, autocast) -> float:
+    model.eval()
+    total = 0.0
+    for x, y in batches:
+        with autocast():
+            total += float(model(x, y)[1])
+    model.train()
+    return total / len(batches)
+
+
+def _plot_curves(curves: dict, path, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")  # no display on servers; must precede pyplot's import
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=100)
+    for run, points in curves.items():
+        ax.plot(*zip(*points), "o-", lw=1.2, ms=2.5, label=run)
+    ax.set_xlabel("step")
+    ax.set_ylabel("validation cross-entropy (nats/token)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------------------ CLI
+def run_cli(args) -> int:
+    """`babygpt bench --op train`: the table, then (--curve-steps N) the loss curves."""
+    from tqdm import tqdm
+
+    from ..train.precision import cpu_name, resolve_dtype
+    dtype = args.dtype or "auto"
+    if args.backends and "," in args.backends:
+        raise SystemExit(f"babygpt bench --op train: --backends takes one attention backend for our model, "
+                         f"got {args.backends!r}")
+    backend = args.backends
+    shapes = [s for s in TRAIN_SHAPES if not args.quick or s.name in QUICK_TRAIN]
+    results = [bench_train(s, rounds=args.rounds, dtype=dtype, backend=backend)
+               for s in tqdm(shapes, desc="bench train", unit="shape")]
+    name, reason = resolve_dtype(dtype, "cpu")
+    print(f"\nCPU: {cpu_name()} ({torch.get_num_threads()} threads); ours: babygpt train's step in {name} "
+          f"({reason}), attention backend {backend or 'auto'}; reference: plain PyTorch, fp32, SDPA, AdamW(foreach)")
+    print(format_train_table(results))
+    if args.curve_steps:
+        from pathlib import Path
+        png = Path(args.curve_png)
+        curves = bench_curves(args.curve_steps, png, backend=backend)
+        final = {run: points[-1][1] for run, points in curves.items()}
+        print(f"\nvalidation loss after {args.curve_steps} steps: "
+              + ", ".join(f"{run} {loss:.4f}" for run, loss in final.items())
+              + f"; curves: {png}")
+    if args.json:
+        import json
+        with open(args.json, "w") as f:
+            json.dump([r.as_dict() for r in results], f, indent=1)
+        print(f"\nwrote {args.json}")
+    return 0

@@ -37,3 +37,14 @@ def resolve_dtype(name: str, device_type: str) -> tuple:
     if unit is not None:
         return "bf16", f"auto: this CPU multiplies bf16 natively ({unit})"
     return "fp32", "auto: this CPU has no native bf16 units (amx_bf16 / avx512_bf16), where bf16 is slower"
+
+
+def cpu_name() -> str:
+    """The CPU's model name, for benchmark headers (numbers mean little without it)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    import platform
+    return platform.processor() or platform.machine()
