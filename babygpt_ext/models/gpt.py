@@ -158,7 +158,9 @@ class GPT(nn.Module):
                                  f"min {lo}, max {hi}")
         # positions past .. past+T-1 are consecutive rows of the position table: a slice, no lookup
         pos_emb = self.transformer.wpe.weight[past:past + T]  # (T, C)
-        x = self.transformer.drop(self.transformer.wte(idx) + pos_emb)  # (B, T, C)
+        x = self.transformer.wte(idx) + pos_emb  # (B, T, C)
+        if self.config.dropout > 0.0:
+            x = self.transformer.drop(x)
         for i, block in enumerate(self.transformer.h):
             x = block(x, kv_cache=None if kv_cache is None else kv_cache[i])
         x = self.transformer.ln_f(x)

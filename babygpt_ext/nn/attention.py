@@ -74,8 +74,8 @@ class KVCache:
         if self.length + t > self.max_len:
             raise ValueError(f"KVCache is full: holds {self.length} of {self.max_len} positions, "
                              f"cannot append {t} more")
-        self.k[:, :, self.length:self.length + t] = k.to(self.k.dtype)
-        self.v[:, :, self.length:self.length + t] = v.to(self.v.dtype)
+        self.k[:, :, self.length:self.length + t] = k  # copy_ casts when the cache's dtype differs
+        self.v[:, :, self.length:self.length + t] = v
         self.length += t
         return self.k[:, :, :self.length], self.v[:, :, :self.length]
 
@@ -148,8 +148,8 @@ class CausalSelfAttention(nn.Module):
             # A single query is the last position and sees every key: causal and non-causal agree,
             # and the non-causal call needs no mask (decoding is this case at every step).
             y = ops.causal_attention(q, k, v, causal=T > 1, backend=self.backend)  # (B, nh, T, hs)
-        y = y.transpose(1, 2).reshape(B, T, C)  # re-assemble the heads side by side
-        return self.resid_dropout(self.c_proj(y))
+        y = self.c_proj(y.transpose(1, 2).reshape(B, T, C))  # re-assemble the heads side by side, mix them
+        return self.resid_dropout(y) if self.dropout > 0.0 else y
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # nanoGPT registers its causal mask as a buffer `attn.bias` (when flash attention is off);
