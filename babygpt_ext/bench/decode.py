@@ -17,6 +17,7 @@ from typing import List, Optional
 import torch
 
 from ..models import GPT, GPTConfig
+from .runner import AUTO
 
 
 @dataclass(frozen=True)
@@ -97,7 +98,7 @@ def run_cli(args) -> int:
         raise SystemExit(f"babygpt bench --op decode: --backends takes one attention backend for our model, "
                          f"got {args.backends!r}")
     shapes = [s for s in DECODE_SHAPES if not args.quick or s.batch == 1]
-    results = [bench_decode(s, rounds=min(args.rounds, 3), backend=args.backends)
+    results = [bench_decode(s, rounds=min(args.rounds, 3), backend=None if args.backends == AUTO else args.backends)
                for s in tqdm(shapes, desc="bench decode", unit="shape")]
     print(f"\nCPU: {cpu_name()} ({torch.get_num_threads()} threads); gpt-mini with a 1024-position context, "
           f"prompt {shapes[0].prompt} tokens, {shapes[0].new_tokens} new tokens, greedy, fp32")

@@ -13,6 +13,7 @@ reports each one's validation loss, plotting the three curves in one PNG.
 """
 
 import contextlib
+import shutil
 import statistics
 import tempfile
 import time
@@ -23,6 +24,7 @@ import torch
 
 from ..models import GPT, GPTConfig
 from .reference_loop import ReferenceGPT, ReferenceLoop
+from .runner import AUTO
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,12 @@ def make_pair(shape: TrainShape, dtype: str = "auto", backend: Optional[str] = N
     return trainer, ref
 
 
+def discard(trainer) -> None:
+    """Release and delete a benchmark Trainer's scratch run directory."""
+    trainer.close()
+    shutil.rmtree(trainer.out_dir, ignore_errors=True)
+
+
 def bench_train(shape: TrainShape, rounds: int = 5, dtype: str = "auto", backend: Optional[str] = None) -> TrainResult:
     """Median ms per optimizer step of ours and of the reference, timed in alternating blocks."""
     trainer, ref = make_pair(shape, dtype, backend)
@@ -124,6 +132,7 @@ def bench_train(shape: TrainShape, rounds: int = 5, dtype: str = "auto", backend
             wall[name].append(w)
             cpu[name].append(c)
         n += steps_per_round  # both saw the same batches in this round
+    discard(trainer)
     ms = {name: statistics.median(s) * 1e3 for name, s in wall.items()}
     cpu_ms = {name: statistics.median(s) for name, s in cpu.items()}
     return TrainResult(shape.name, trainer.dtype_name, ms["ours"], ms["ref"], shape.tokens / ms["ours"] * 1e3,
@@ -178,6 +187,7 @@ def bench_curves(steps: int, out_png, batch: int = 12, block: int = 64, eval_int
             else:
                 trainer.train_step([(x, y)])
         curves[run] = points
+        discard(trainer)
     _plot_curves(curves, out_png, f"shakespeare-cpu B{batch}xT{block}, char tokens of the embedded corpus")
     return curves
 
@@ -220,7 +230,7 @@ def run_cli(args) -> int:
     if args.backends and "," in args.backends:
         raise SystemExit(f"babygpt bench --op train: --backends takes one attention backend for our model, "
                          f"got {args.backends!r}")
-    backend = args.backends
+    backend = None if args.backends == AUTO else args.backends  # None: the engine's choice
     shapes = [s for s in TRAIN_SHAPES if not args.quick or s.name in QUICK_TRAIN]
     results = [bench_train(s, rounds=args.rounds, dtype=dtype, backend=backend)
                for s in tqdm(shapes, desc="bench train", unit="shape")]
