@@ -161,3 +161,31 @@ def test_prompt_model_returns_the_prompt_and_its_continuation():
     assert text.startswith("hello") and len(text) == 12
     with pytest.raises(ValueError, match="no tokens"):
         prompt_model(m, "", 3, 5, tok)
+
+
+# ------------------------------------------------------------------------------- the decode loop
+def test_batched_decoding_equals_each_row_alone():
+    # `babygpt sample --num-samples N` decodes N rows as one batch: each row must come out as if alone.
+    m = model(None, block_size=24)
+    idx = torch.randint(0, 29, (8, 4), generator=torch.Generator().manual_seed(3))
+    together = run(m, idx, True, max_new_tokens=12, temperature=0.0)
+    for row in range(8):
+        assert torch.equal(together[row:row + 1], run(m, idx[row:row + 1], True, max_new_tokens=12, temperature=0.0))
+
+
+def test_decode_loop_has_no_cat_and_checks_ids_only_at_prefill():
+    from torch.profiler import ProfilerActivity, profile
+    m = model(None, block_size=40)
+    idx = torch.randint(0, 29, (2, 5), generator=torch.Generator().manual_seed(4))
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        out = run(m, idx, True, max_new_tokens=20, temperature=0.0)
+    names = [e.name for e in prof.events()]
+    assert "aten::cat" not in names  # the cache and the output are preallocated
+    assert names.count("aten::aminmax") == 1  # the prompt's ids are checked once, not at every step
+    assert out.shape == (2, 25) and not out.is_inference()  # an ordinary tensor, usable with autograd
+
+
+def test_decode_steps_skip_the_id_check_but_the_prompt_is_checked():
+    m = model(None)
+    with pytest.raises(ValueError, match="vocab_size=29.*max 29"):
+        m.generate(torch.tensor([[1, 29]]), 3)

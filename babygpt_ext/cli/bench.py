@@ -31,6 +31,8 @@ examples:
   babygpt bench --device cuda --dtype bf16    # on a GPU: cuda vs triton vs sdpa vs eager
   babygpt bench --json bench.json             # the rows as JSON as well
   babygpt bench --backends eager,sdpa,cpu,auto --quick
+  babygpt bench --op train --quick            # tokens/s of babygpt train's step vs a plain PyTorch loop
+  babygpt bench --op decode                   # ms/token: KV cache vs recompute, batch 1 and 8
 """
 
 
@@ -45,6 +47,9 @@ def format_table(results) -> str:
 
 
 def run(args) -> int:
+    if args.op in ("train", "decode"):  # whole-model benchmarks: babygpt_ext/bench/train_step.py, decode.py
+        from ..bench import decode, train_step
+        return (train_step if args.op == "train" else decode).run_cli(args)
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("babygpt bench: --device cuda but no CUDA device is visible to torch")
@@ -97,7 +102,13 @@ def register(sub) -> None:
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: cuda if visible")
     p.add_argument("--dtype", choices=tuple(DTYPES), help="default: fp32 on the CPU, bf16 on CUDA")
-    p.add_argument("--op", choices=(*BENCHES, "all"), default="all")
+    p.add_argument("--op", choices=(*BENCHES, "all", "train", "decode"), default="all",
+                   help="train: babygpt train's step vs a plain-PyTorch loop (tokens/s); decode: KV cache vs "
+                        "recompute (ms/token); neither is part of all")
+    p.add_argument("--curve-steps", type=int, default=0, metavar="N",
+                   help="--op train: also train reference, ours fp32 and ours bf16 for N steps and plot the "
+                        "validation losses into --curve-png")
+    p.add_argument("--curve-png", default="train_curves.png", help="where --curve-steps writes its plot")
     p.add_argument("--mode", choices=("fwd", "fwd+bwd", "both"), default="both")
     p.add_argument("--quick", action="store_true", help="only the small shapes")
     p.add_argument("--backends", help=f"comma-separated backends to compare, '{AUTO}' for the engine's choice "

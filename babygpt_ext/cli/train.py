@@ -113,7 +113,8 @@ def register(subparsers) -> None:
     r.add_argument("--seed", type=int, help=f"seeds model init, data order, dropout ({d.seed})")
     r.add_argument("--device", choices=["auto", "cpu", "cuda"], help="auto (default) = cuda if available")
     r.add_argument("--dtype", choices=["auto", "fp32", "bf16", "fp16"],
-                   help="autocast dtype: auto (default) = bf16 on CUDA when supported, fp32 on CPU")
+                   help="autocast dtype: auto (default) = bf16 where the GPU or CPU (AMX / AVX512-BF16) "
+                        "multiplies bf16 natively, else fp32")
     r.add_argument("--threads", type=int,
                    help="torch CPU threads per process (default: torch's choice, or the checkpoint's on --resume; "
                         "1 is often faster for small models on a busy machine, where spinning OpenMP threads "
@@ -285,6 +286,7 @@ def run(args) -> int:
                                  "preset": run_args["preset"], "data": run_args["data"]})
         if info.is_main:
             start = f"resuming {trainer.resumed_from} at step {trainer.step}" if trainer.resumed_from else "starting"
+            print(f"dtype: {trainer.dtype_name} ({trainer.dtype_reason})")
             print(f"{start}: {trainer.tokens_per_step:,} tokens/step, {trainer.cfg.max_iters} steps"
                   + (f", time budget {cfg.time_budget:g} s" if cfg.time_budget else ""))
         try:

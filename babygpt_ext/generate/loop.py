@@ -40,7 +40,6 @@ def _stop_rule(stop, device) -> Optional[Callable[[torch.Tensor, torch.Tensor], 
     return lambda idx, tok: torch.isin(tok, ids)
 
 
-@torch.no_grad()
 def generate(model, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: Optional[int] = None,
              top_p: Optional[float] = None,
              stop: Union[int, Sequence[int], Callable[[torch.Tensor], object], None] = None, kv_cache: bool = True,
@@ -64,37 +63,52 @@ def generate(model, idx: torch.Tensor, max_new_tokens: int, temperature: float =
                          f"{tuple(idx.shape) if isinstance(idx, torch.Tensor) else type(idx).__name__}")
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise ValueError(f"generate: max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
-    block_size, vocab_size = model.config.block_size, model.config.vocab_size
-    check_sampling_args(temperature, top_k, top_p, vocab_size)
-    rows_done = _stop_rule(stop, idx.device)
-    B = idx.shape[0]
+    check_sampling_args(temperature, top_k, top_p, model.config.vocab_size)
     was_training = model.training
     model.eval()
     try:
-        cache = model.new_kv_cache(B) if kv_cache and hasattr(model, "new_kv_cache") else None
-        if cache is not None:
-            logits, _ = model(idx[:, -block_size:], kv_cache=cache)  # prefill: (B, T, V)
-        done = torch.zeros(B, dtype=torch.bool, device=idx.device)
-        last = idx[:, -1]
-        for _ in range(max_new_tokens):
-            if cache is None:
-                logits, _ = model(idx[:, -block_size:])  # recompute over the (cropped) context
-            tok = sample_next(logits[:, -1, :], temperature, top_k, top_p, generator)  # (B,)
-            if rows_done is not None:
-                tok = torch.where(done, last, tok)  # finished rows repeat their last token
-            last = tok
-            idx = torch.cat([idx, tok[:, None]], dim=1)  # (B, T + 1)
-            if rows_done is not None:
-                done = done | rows_done(idx, tok)
-            if stream is not None:
-                stream(tok)
-            if rows_done is not None and bool(done.all()):
-                break
-            if cache is not None:
-                if cache[0].length < block_size:
-                    logits, _ = model(tok[:, None], kv_cache=cache)  # decode: one query, Tq = 1
-                else:
-                    cache = None  # the window starts sliding: cached positions are stale (see above)
-        return idx
+        # inference_mode: no autograd bookkeeping (version counters, views) on the ~100 small ops
+        # of every step; the result is cloned outside it so callers get an ordinary tensor.
+        with torch.inference_mode():
+            out, n = _generate(model, idx, max_new_tokens, temperature, top_k, top_p, stop, kv_cache,
+                               generator, stream)
+        return out[:, :n].clone()
     finally:
         model.train(was_training)
+
+
+def _generate(model, idx, max_new_tokens, temperature, top_k, top_p, stop, kv_cache, generator, stream):
+    """The loop of generate(): (the output buffer (B, T + max_new_tokens), how many columns are filled)."""
+    block_size = model.config.block_size
+    rows_done = _stop_rule(stop, idx.device)
+    B, n = idx.shape
+    # Every token lands in one preallocated buffer (no torch.cat per token); the model reads
+    # views of it.
+    out = idx.new_empty(B, n + max_new_tokens)
+    out[:, :n] = idx
+    cache = model.new_kv_cache(B) if kv_cache and hasattr(model, "new_kv_cache") else None
+    if cache is not None:
+        logits, _ = model(out[:, max(0, n - block_size):n], kv_cache=cache)  # prefill: (B, T, V)
+    done = torch.zeros(B, dtype=torch.bool, device=idx.device)
+    last = idx[:, -1]
+    for _ in range(max_new_tokens):
+        if cache is None:
+            logits, _ = model(out[:, max(0, n - block_size):n])  # recompute over the (cropped) context
+        tok = sample_next(logits[:, -1, :], temperature, top_k, top_p, generator)  # (B,)
+        if rows_done is not None:
+            tok = torch.where(done, last, tok)  # finished rows repeat their last token
+        last = tok
+        out[:, n] = tok
+        n += 1
+        if rows_done is not None:
+            done = done | rows_done(out[:, :n], tok)
+        if stream is not None:
+            stream(tok)
+        if rows_done is not None and bool(done.all()):
+            break
+        if cache is not None:
+            if cache[0].length < block_size:
+                logits, _ = model(out[:, n - 1:n], kv_cache=cache)  # decode: one query, Tq = 1
+            else:
+                cache = None  # the window starts sliding: cached positions are stale (see above)
+    return out, n

@@ -11,7 +11,6 @@ buffers `attn.bias` are ignored; see CausalSelfAttention) or with GPT.from_nanog
 """
 
 import dataclasses
-import inspect
 import math
 from dataclasses import dataclass
 from typing import Optional
@@ -134,6 +133,8 @@ class GPT(nn.Module):
         With kv_cache (from new_kv_cache), idx holds only the new tokens: their positions continue
         after the cached ones, and their keys/values are appended to the cache.
         targets (B, T): next-token ids; -1 marks positions to ignore in the loss.
+        Token ids are range-checked (one host sync) except while decoding (a non-empty kv_cache):
+        those tokens come from the model's own sampling, and the check would stall every step.
         """
         if not isinstance(idx, torch.Tensor) or idx.dim() != 2 or idx.dtype not in (torch.int64, torch.int32):
             raise ValueError(f"GPT: idx must be a (B, T) int64 tensor of token ids, got "
@@ -150,11 +151,16 @@ class GPT(nn.Module):
             raise ValueError(f"GPT: sequence of length {past + T} (idx {tuple(idx.shape)}"
                              f"{f' after {past} cached' if past else ''}) does not fit block_size="
                              f"{self.config.block_size}; crop the context to the last block_size tokens")
-        if not torch.compiler.is_compiling() and idx.numel() and (idx.min() < 0 or idx.max() >= self.config.vocab_size):
-            raise ValueError(f"GPT: token ids must be in [0, vocab_size={self.config.vocab_size}), got "
-                             f"min {int(idx.min())}, max {int(idx.max())}")
-        pos = torch.arange(past, past + T, dtype=torch.long, device=idx.device)  # (T,)
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
+        if past == 0 and idx.numel() and not torch.compiler.is_compiling():
+            lo, hi = (int(t) for t in torch.aminmax(idx))
+            if lo < 0 or hi >= self.config.vocab_size:
+                raise ValueError(f"GPT: token ids must be in [0, vocab_size={self.config.vocab_size}), got "
+                                 f"min {lo}, max {hi}")
+        # positions past .. past+T-1 are consecutive rows of the position table: a slice, no lookup
+        pos_emb = self.transformer.wpe.weight[past:past + T]  # (T, C)
+        x = self.transformer.wte(idx) + pos_emb  # (B, T, C)
+        if self.config.dropout > 0.0:
+            x = self.transformer.drop(x)
         for i, block in enumerate(self.transformer.h):
             x = block(x, kv_cache=None if kv_cache is None else kv_cache[i])
         x = self.transformer.ln_f(x)
@@ -172,16 +178,16 @@ class GPT(nn.Module):
 
     def configure_optimizers(self, weight_decay: float, lr: float, betas=(0.9, 0.95), device_type: str = None):
         """AdamW with two groups, as nanoGPT: every parameter with >= 2 dims (matmul weights and
-        embeddings) decays; biases and LayerNorm gains (1-D) do not. Frozen parameters are left out."""
+        embeddings) decays; biases and LayerNorm gains (1-D) do not. Frozen parameters are left out.
+
+        The fused implementation (one kernel over all parameters instead of a dozen elementwise
+        passes per tensor list) runs on CUDA and, since torch 2.4, on the CPU."""
         params = [p for p in self.parameters() if p.requires_grad]
         decay = [p for p in params if p.dim() >= 2]
         no_decay = [p for p in params if p.dim() < 2]
         groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         device_type = device_type or next(self.parameters()).device.type
-        extra = {}
-        if device_type == "cuda" and "fused" in inspect.signature(torch.optim.AdamW).parameters:
-            extra["fused"] = True
-        return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), **extra)
+        return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), fused=device_type in ("cuda", "cpu"))
 
     @classmethod
     def from_nanogpt_state_dict(cls, state_dict: dict, config: GPTConfig) -> "GPT":
@@ -204,7 +210,6 @@ class GPT(nn.Module):
         model.load_state_dict(sd)
         return model
 
-    @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: Optional[int] = None,
                  top_p: Optional[float] = None, stop=None, kv_cache: bool = True,
                  generator: Optional[torch.Generator] = None, stream=None) -> torch.Tensor:

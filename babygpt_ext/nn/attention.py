@@ -38,9 +38,10 @@ def _warn_eager_dropout() -> None:
 class KVCache:
     """Keys and values of the positions seen so far, for one attention layer.
 
-    Buffers are preallocated (B, Hkv, max_len, D) so decoding never reallocates; `length` is the
-    number of positions filled. append() writes the new keys/values and returns views of
-    everything cached so far.
+    Buffers are preallocated (B, Hkv, max_len, D) so decoding never reallocates (no torch.cat per
+    token); `length` is the number of positions filled. append() writes the new keys/values in
+    place and returns views of everything cached so far: (B, Hkv, length, D), strided along the
+    positions' axis whenever length < max_len, which the attention op takes as it is.
     """
 
     def __init__(self, batch_size: int, n_kv_head: int, max_len: int, head_dim: int,
@@ -50,8 +51,10 @@ class KVCache:
             if not isinstance(val, int) or val < 1:
                 raise ValueError(f"KVCache: {name} must be a positive int, got {val!r}")
         shape = (batch_size, n_kv_head, max_len, head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        # empty, not zeros: positions >= length are never read, and zero-filling the whole context
+        # up front costs more than a short generation (first-touch page faults included).
+        self.k = torch.empty(shape, dtype=dtype, device=device)
+        self.v = torch.empty(shape, dtype=dtype, device=device)
         self.length = 0
 
     @property
@@ -71,8 +74,8 @@ class KVCache:
         if self.length + t > self.max_len:
             raise ValueError(f"KVCache is full: holds {self.length} of {self.max_len} positions, "
                              f"cannot append {t} more")
-        self.k[:, :, self.length:self.length + t] = k.to(self.k.dtype)
-        self.v[:, :, self.length:self.length + t] = v.to(self.v.dtype)
+        self.k[:, :, self.length:self.length + t] = k  # copy_ casts when the cache's dtype differs
+        self.v[:, :, self.length:self.length + t] = v
         self.length += t
         return self.k[:, :, :self.length], self.v[:, :, :self.length]
 
@@ -142,9 +145,11 @@ class CausalSelfAttention(nn.Module):
             _warn_eager_dropout()
             y = eager_attention_with_dropout(q, k, v, True, self.attn_dropout)
         else:
-            y = ops.causal_attention(q, k, v, causal=True, backend=self.backend)  # (B, nh, T, hs)
-        y = y.transpose(1, 2).reshape(B, T, C)  # re-assemble the heads side by side
-        return self.resid_dropout(self.c_proj(y))
+            # A single query is the last position and sees every key: causal and non-causal agree,
+            # and the non-causal call needs no mask (decoding is this case at every step).
+            y = ops.causal_attention(q, k, v, causal=T > 1, backend=self.backend)  # (B, nh, T, hs)
+        y = self.c_proj(y.transpose(1, 2).reshape(B, T, C))  # re-assemble the heads side by side, mix them
+        return self.resid_dropout(y) if self.dropout > 0.0 else y
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # nanoGPT registers its causal mask as a buffer `attn.bias` (when flash attention is off);

@@ -39,7 +39,7 @@ class TrainConfig:
     # ---- reproducibility, hardware
     seed: int = 1337
     device: str = "auto"           # auto = cuda if available else cpu
-    autocast_dtype: str = "auto"   # auto = bf16 on CUDA when supported, else fp32; fp32|bf16|fp16
+    autocast_dtype: str = "auto"   # auto = bf16 where the GPU/CPU multiplies bf16 natively, else fp32
     compile: bool = False          # torch.compile the model
     resume: bool = False           # continue from the newest checkpoint in out_dir
     time_budget: Optional[float] = None  # seconds of training; stop cleanly (eval + checkpoint) when spent

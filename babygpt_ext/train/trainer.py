@@ -51,6 +51,7 @@ from .interrupt import RunInterrupted, StopOnSignal
 from .metrics import FIELDS, MetricsWriter, plot_loss_curve
 from .resume import ResumeConflict, data_fingerprint, resolve_config
 from .rundir import claim_run_dir
+from .precision import resolve_dtype
 from .schedule import lr_for_config
 
 AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
@@ -154,9 +155,9 @@ class Trainer:
 
     # ---------------------------------------------------------------------------- setup helpers
     def _resolve_autocast(self):
-        name = self.cfg.autocast_dtype
-        if name == "auto":
-            name = "bf16" if self.device_type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+        """torch dtype for autocast (None: fp32); the name and the reason stay for the run's log."""
+        name, reason = resolve_dtype(self.cfg.autocast_dtype, self.device_type)
+        self.dtype_name, self.dtype_reason = name, reason
         if name == "fp16" and self.device_type != "cuda":
             raise ValueError("TrainConfig.autocast_dtype='fp16' needs CUDA; on the CPU use 'bf16' or 'fp32'")
         return AUTOCAST[name]
