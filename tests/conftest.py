@@ -119,3 +119,17 @@ OP_SAMPLES = {
     "attention": [_attn_call(2, 1, 5, 5, 8, True), _attn_call(2, 2, 3, 7, 16, True), _attn_call(4, 2, 6, 3, 8, False)],
     "lora": [_lora_call(5, 8, 6, 2, True, False), _lora_call(5, 8, 6, 2, False, False), _lora_call(5, 8, 6, 2, True, True)],
 }
+
+
+@pytest.fixture
+def fresh_engine(monkeypatch):
+    """No BABYGPT_BACKEND override, no decided call keys and no spent one-time warnings, before and
+    after the test (the engine's state is per process)."""
+    from babygpt_ext.ops import engine, registry
+
+    monkeypatch.delenv(registry.ENV_VAR, raising=False)
+    engine.reset()
+    registry._warned.clear()
+    yield
+    engine.reset()
+    registry._warned.clear()

@@ -12,15 +12,7 @@ from babygpt_ext.ops import engine, registry
 from babygpt_ext.ops.spec import Call
 
 
-@pytest.fixture(autouse=True)
-def fresh_engine(monkeypatch):
-    """Each test starts with no env override, no cached decisions and no spent warnings."""
-    monkeypatch.delenv(registry.ENV_VAR, raising=False)
-    engine.reset()
-    registry._warned.clear()
-    yield
-    engine.reset()
-    registry._warned.clear()
+pytestmark = pytest.mark.usefixtures("fresh_engine")  # conftest.py: no env override, nothing decided or warned
 
 
 def qkv(d=16, dtype=torch.float32):

@@ -14,16 +14,10 @@ from babygpt_ext.ops.registry import Backend, limits
 
 
 @pytest.fixture(autouse=True)
-def tuning_on(monkeypatch, tmp_path):
-    """Measuring on, a private cache directory, nothing decided or warned yet."""
+def tuning_on(monkeypatch, tmp_path, fresh_engine):
+    """Measuring on, a private cache directory, nothing decided or warned yet (fresh_engine: conftest.py)."""
     monkeypatch.setenv("BABYGPT_TUNE", "1")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    monkeypatch.delenv(registry.ENV_VAR, raising=False)
-    engine.reset()
-    registry._warned.clear()
-    yield
-    engine.reset()
-    registry._warned.clear()
 
 
 class FakeClock(measure.WallClock):
