@@ -11,6 +11,7 @@
 
 namespace babygpt::cpu {
 const char* attention_isa();  // csrc/cpu/attention.cpp
+const char* lora_isa();       // csrc/cpu/lora.cpp
 }
 #ifdef BABYGPT_WITH_CUDA
 namespace babygpt::cuda {
@@ -51,6 +52,7 @@ py::dict build_info() {
   d["cpu_attention_isa"] = std::string(babygpt::cpu::attention_isa());
   d["max_head_dim"] = babygpt::kMaxHeadDim;
   d["cuda_smem_bytes"] = cuda_smem_bytes();
+  d["cpu_lora_isa"] = std::string(babygpt::cpu::lora_isa());
 #ifdef BABYGPT_WITH_CUDA
   d["cuda"] = true;
   d["cuda_archs"] = std::string(BABYGPT_CUDA_ARCHS);

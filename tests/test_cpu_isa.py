@@ -1,6 +1,6 @@
-"""The CPU attention kernels exist in one copy per instruction set (AVX-512, AVX2+FMA, baseline
-x86-64), and each process uses the widest its CPU has (csrc/cpu/attention.cpp). The shared suite
-therefore only sees one copy; this file re-runs the CPU attention tests in a subprocess for every
+"""The CPU attention and LoRA kernels exist in one copy per instruction set (AVX-512, AVX2+FMA, baseline
+x86-64), and each process uses the widest its CPU has (csrc/cpu/attention.cpp, lora.cpp). The shared suite
+therefore only sees one copy; this file re-runs the CPU attention and LoRA tests in a subprocess for every
 copy this CPU can execute, forced with BABYGPT_CPU_ISA."""
 
 import os
@@ -32,11 +32,13 @@ def test_attention_suite_on_each_instruction_set(isa):
     if missing:
         pytest.skip(f"this CPU lacks {', '.join(missing)} (from /proc/cpuinfo), so the {isa} copy cannot run here")
     env = {**os.environ, "BABYGPT_CPU_ISA": isa}
-    used = subprocess.run([sys.executable, "-c", "import babygpt_ext._C as C; print(C.build_info()['cpu_attention_isa'])"],
+    used = subprocess.run([sys.executable, "-c", "import babygpt_ext._C as C; i = C.build_info(); "
+                           "print(i['cpu_attention_isa'], i['cpu_lora_isa'])"],
                           capture_output=True, text=True, env=env, cwd=ROOT)
-    assert used.returncode == 0 and used.stdout.strip() == isa, (used.stdout, used.stderr[-2000:])
+    assert used.returncode == 0 and used.stdout.split() == [isa, isa], (used.stdout, used.stderr[-2000:])
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "tests/test_attention.py",
-                        "tests/test_properties.py", "-k", "cpu"], capture_output=True, text=True, env=env, cwd=ROOT)
+                        "tests/test_properties.py", "tests/test_lora.py", "-k", "cpu"], capture_output=True, text=True,
+                       env=env, cwd=ROOT)
     assert r.returncode == 0, f"the {isa} copy failed:\n{r.stdout[-4000:]}\n{r.stderr[-2000:]}"
 
 

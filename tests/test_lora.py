@@ -90,3 +90,29 @@ def test_zero_tokens_give_an_empty_output(backend):
     x, w, b, a, bm = (t.float() for t in make_inputs(((0, 3), 8, 6, 2, True)))
     y = ops.lora_linear(x, w, b, a, bm, 1.0, backend=backend)
     assert y.shape == (0, 3, 6)
+
+
+# Several row blocks with a ragged last one (the fused kernel), and one above csrc/cpu/lora.cpp's
+# FUSED_MAX_MACS (ATen's GEMMs).
+@pytest.mark.parametrize("shape", [((300,), 96, 200, 8, True), ((1100,), 512, 480, 8, True)], ids=lora_id)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_cpu_kernels_are_deterministic_across_calls_and_thread_counts(dtype, shape):
+    """Bit-identical output and gradients over repeated calls and with 1 vs 2 threads (each output
+    element is one fixed-order sum, however the rows are split between threads)."""
+    if "cpu" not in CPU_BACKENDS:
+        pytest.skip("the cpu backend is unavailable here (babygpt_ext._C is not built)")
+    inputs = [t.to(dtype) for t in make_inputs(shape)]
+    dy = torch.randn(*shape[0], shape[2]).to(dtype)
+    fn = lambda x, w, b, a, bm: ops.lora_linear(x, w, b, a, bm, 2.0, backend="cpu")
+    threads = torch.get_num_threads()
+    try:
+        results = []
+        for n in (1, 2, 2):
+            torch.set_num_threads(n)
+            results.append(run(fn, inputs, dy, trainable_base=True))
+    finally:
+        torch.set_num_threads(threads)
+    (y0, g0), rest = results[0], results[1:]
+    for y, g in rest:
+        assert torch.equal(y, y0)
+        assert all(torch.equal(a, b) for a, b in zip(g, g0))

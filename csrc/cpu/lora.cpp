@@ -9,7 +9,8 @@
 //
 // The backward's dx = dy W + scale · (dy B) A is the same fused product with the roles renamed
 // (K = out, columns = in, rank factors B then A), and yields dy B for dlora_a. The reductions over
-// the rows (dlora_a, dlora_b, dweight) stay ATen GEMMs. float64 (gradcheck) keeps plain ATen GEMMs.
+// the rows (dlora_a, dlora_b, dweight) stay ATen GEMMs. Large problems (FUSED_MAX_MACS) and float64
+// (gradcheck) take ATen's GEMMs for the products too.
 //
 // Parallelism: at::parallel_for over blocks of rows; every output element is one fixed-order sum,
 // so results do not depend on the number of threads.
@@ -144,17 +145,30 @@ Operand<T> op(const at::Tensor& t, bool transposed) {
   return transposed ? Operand<T>{p, t.stride(1), t.stride(0)} : Operand<T>{p, t.stride(0), t.stride(1)};
 }
 
+// Above this many multiply-adds the fused kernel loses to MKL's GEMM (0.75x at the gpt2 c_attn
+// shape on a Zen 3 core, where MKL blocks for the caches better than a single-level row block),
+// and the extra passes the fused kernel saves are a few percent of the GEMM: large problems take
+// ATen's GEMMs, in float32.
+constexpr double FUSED_MAX_MACS = 1 << 28;
+
+bool use_fused(const at::Tensor& rows, long K, long n, long r) {
+  return rows.scalar_type() != at::kDouble && double(rows.size(0)) * K * (n + r) <= FUSED_MAX_MACS;
+}
+
 std::tuple<at::Tensor, at::Tensor> lora_fwd(const at::Tensor& x_in, const at::Tensor& w,
                                             const std::optional<at::Tensor>& bias, const at::Tensor& a,
                                             const at::Tensor& bm, double scale) {
   checks::lora(x_in, w, a, bm);
-  if (x_in.scalar_type() == at::kDouble) {
-    auto xa = at::mm(x_in, a.t());
-    auto y = bias.has_value() ? at::addmm(*bias, x_in, w.t()) : at::mm(x_in, w.t());
-    return {y.addmm_(xa, bm.t(), 1.0, scale), xa};
+  const long N = x_in.size(0), in = x_in.size(1), out = w.size(0), r = a.size(0);
+  if (!use_fused(x_in, in, out, r)) {
+    const auto acc = checks::acc_type(x_in);
+    const auto xf = x_in.to(acc);
+    auto xa = at::mm(xf, a.to(acc).t());
+    auto y = bias.has_value() ? at::addmm(bias->to(acc), xf, w.to(acc).t()) : at::mm(xf, w.to(acc).t());
+    y.addmm_(xa, bm.to(acc).t(), 1.0, scale);
+    return {y.to(x_in.scalar_type()), xa};
   }
   const auto x = x_in.contiguous();
-  const long N = x.size(0), in = x.size(1), out = w.size(0), r = a.size(0);
   auto y = at::empty({N, out}, x.options());
   auto xa = at::empty({N, r}, x.options().dtype(at::kFloat));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "babygpt_lora_fwd_cpu", [&] {
@@ -172,13 +186,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lora_bwd(
   checks::lora(x, w, a, bm);
   const auto dt = x.scalar_type();
   const auto acc = checks::acc_type(x);
+  const long N = dy_in.size(0), in = w.size(1), out = w.size(0), r = a.size(0);
   at::Tensor dx, dy_b;
-  if (dt == at::kDouble) {
-    dy_b = at::mm(dy_in, bm);
-    dx = at::mm(dy_in, w).addmm_(dy_b, a, 1.0, scale);
+  if (!use_fused(dy_in, out, in, r)) {
+    const auto dyf = dy_in.to(acc);
+    dy_b = at::mm(dyf, bm.to(acc));
+    dx = at::mm(dyf, w.to(acc)).addmm_(dy_b, a.to(acc), 1.0, scale).to(dt);
   } else {
     const auto dy = dy_in.contiguous();
-    const long N = dy.size(0), in = w.size(1), out = w.size(0), r = a.size(0);
     dx = at::empty({N, in}, dy.options());
     dy_b = at::empty({N, r}, dy.options().dtype(at::kFloat));
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dt, "babygpt_lora_bwd_cpu", [&] {

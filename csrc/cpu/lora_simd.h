@@ -1,9 +1,9 @@
 // Fused LoRA row-block kernel for the CPU, float32: for rows of x,
 //   xa = x Aᵀ                      (the rank-r projection, kept for the backward)
 //   y  = x Wᵀ + bias + s · xa Bᵀ   (written once)
-// x is read once for both products: one GEMM against the packed concatenation [Wᵀ | Aᵀ], and the
-// low-rank term and the bias are the starting value of each y accumulator tile, so y is never
-// re-read. The backward's dx = dy W + s (dy B) A is the same computation with the roles renamed
+// x is read once from memory for both products: one GEMM against the packed concatenation
+// [Wᵀ | Aᵀ]. The low-rank term and the bias are the starting value of each y accumulator tile, so
+// y takes no second pass (with K beyond one chunk, a tile's partial sums come back from cache). The backward's dx = dy W + s (dy B) A is the same computation with the roles renamed
 // (lora.cpp).
 //
 // Included several times by lora.cpp, each time in a different namespace under a different
@@ -21,8 +21,9 @@ typedef float vf __attribute__((vector_size(W * 4)));
 
 constexpr int NR = 2 * W;  // panel width: two vectors
 constexpr int MR = 6;      // rows per micro-tile: 6 x 2 accumulators + 2 panel loads + 1 splat <= 16 registers
-constexpr long MB = 8 * MR;  // rows per task: the x block (MB x K floats) stays in L2 across all panels
-constexpr long L2_PANEL_BYTES = 192 * 1024;  // packed-panel bytes reused by one sweep of the row block
+constexpr long MB = 8 * MR;  // rows per task: an x chunk (MB x KC floats) stays in L2 across all panels
+constexpr long KC = 4096 / NR;  // k per chunk: a panel chunk (KC x NR floats, 16 KB) stays in L1 across
+                                // the MB rows
 
 #define BG_INLINE static inline __attribute__((always_inline))
 
@@ -65,30 +66,32 @@ BG_INLINE void store_tile(const vf (&acc)[MR][2], long n, float* out, long ldo) 
   }
 }
 
-// R rows (R <= MR) of the fused product; see the header comment. sxa is scratch of MR x rpad floats
-// (rpad: r rounded up to NR), receiving s · xa for the y tiles. Columns of y are swept in chunks of
-// panels that fit L2 (chunk_panels), so a chunk is reused by every row of the block.
+// s · xa = s · x Aᵀ for R rows (R <= MR): xa to out (ldxa), s · xa to sxa (MR x rpad scratch,
+// rpad: r rounded up to NR) for the y tiles.
 template <int R>
-void rows(const float* x, long ldx, long K, long n, long r, const float* wp, const float* ap, const float* bp,
-          const float* bias_pad, float s, float* y, long ldy, float* xa, long ldxa, float* sxa, long p0, long p1) {
+void xa_rows(const float* x, long ldx, long K, long r, const float* ap, float s, float* xa, long ldxa, float* sxa) {
   const long rpad = (r + NR - 1) / NR * NR;
-  if (p0 == 0) {  // the rank-r projection, once per row group (before its first y chunk)
-    for (long q = 0; q < rpad / NR; ++q) {
-      vf acc[MR][2] = {};
-      tile_k_loop<R>(x, ldx, K, ap + q * K * NR, acc);
-      store_tile<R>(acc, lmin(NR, r - q * NR), xa + q * NR, ldxa);
-      for (int m = 0; m < R; ++m) {
-        st(sxa + m * rpad + q * NR, acc[m][0] * splat(s));
-        st(sxa + m * rpad + q * NR + W, acc[m][1] * splat(s));
-      }
+  for (long q = 0; q < rpad / NR; ++q) {
+    vf acc[MR][2] = {};
+    tile_k_loop<R>(x, ldx, K, ap + q * K * NR, acc);
+    store_tile<R>(acc, lmin(NR, r - q * NR), xa + q * NR, ldxa);
+    for (int m = 0; m < R; ++m) {
+      st(sxa + m * rpad + q * NR, acc[m][0] * splat(s));
+      st(sxa + m * rpad + q * NR + W, acc[m][1] * splat(s));
     }
   }
-  for (long p = p0; p < p1; ++p) {
-    vf acc[MR][2];
-    const vf b0 = bias_pad ? ld(bias_pad + p * NR) : vf{}, b1 = bias_pad ? ld(bias_pad + p * NR + W) : vf{};
+}
+
+// One R x NR tile of y (columns [0, nv) valid), for k in [k0, k1): the first chunk starts from
+// bias + s · xa Bᵀ (the low-rank term is the tile's starting value), later ones from the partial
+// sums already in y. panel: the tile's packed Wᵀ columns (K x NR), bpanel: its packed Bᵀ (r x NR).
+template <int R>
+void y_tile(const float* x, long ldx, long k0, long k1, long r, const float* panel, const float* bpanel,
+            const float* bias, const float* sxa, long rpad, float* y, long ldy, long nv) {
+  vf acc[MR][2];
+  if (k0 == 0) {
+    const vf b0 = bias ? ld(bias) : vf{}, b1 = bias ? ld(bias + W) : vf{};
     for (int m = 0; m < R; ++m) acc[m][0] = b0, acc[m][1] = b1;
-    // bias + s · xa Bᵀ first: the low-rank term is the tile's starting value.
-    const float* bpanel = bp + p * r * NR;
     for (long j = 0; j < r; ++j) {
       const vf c0 = ld(bpanel + j * NR), c1 = ld(bpanel + j * NR + W);
       for (int m = 0; m < R; ++m) {
@@ -97,35 +100,45 @@ void rows(const float* x, long ldx, long K, long n, long r, const float* wp, con
         acc[m][1] += v * c1;
       }
     }
-    tile_k_loop<R>(x, ldx, K, wp + p * K * NR, acc);
-    store_tile<R>(acc, lmin(NR, n - p * NR), y + p * NR, ldy);
+  } else {
+    for (int m = 0; m < R; ++m) {
+      float tmp[NR] = {};
+      __builtin_memcpy(tmp, y + m * ldy, nv * sizeof(float));
+      acc[m][0] = ld(tmp), acc[m][1] = ld(tmp + W);
+    }
   }
+  tile_k_loop<R>(x + k0, ldx, k1 - k0, panel + k0 * NR, acc);
+  store_tile<R>(acc, nv, y, ldy);
 }
 
 // Rows [0, M) of the fused product (M <= MB), x (M x K, leading dimension ldx). wp: packed Wᵀ
-// (K x n), ap: packed Aᵀ (K x r), bp: packed Bᵀ (r x n),
-// bias_pad: n rounded up to NR floats or null. Writes y (M x n, ldy) and xa (M x r, ldxa).
-// Every output element is one fixed-order sum over k, whatever M or the thread running it:
-// the result does not depend on how rows are split into tasks.
+// (K x n), ap: packed Aᵀ (K x r), bp: packed Bᵀ (r x n), bias_pad: n rounded up to NR floats or
+// null. Writes y (M x n, ldy) and xa (M x r, ldxa); sxa_block is MB x rpad scratch.
+// The xa sweep reads the x block from memory; the y sweeps, chunk of k by chunk of k, find it in
+// L2. Every output element is one fixed-order sum (over k chunks in order, each in order), whatever
+// M or the thread running it: the result does not depend on how rows are split into tasks.
 void row_block(const float* x, long ldx, long M, long K, long n, long r, const float* wp, const float* ap,
                const float* bp, const float* bias_pad, float s, float* y, long ldy, float* xa, long ldxa,
-               float* sxa_block /* MB x rpad */) {
+               float* sxa_block) {
   const long panels = (n + NR - 1) / NR, rpad = (r + NR - 1) / NR * NR;
-  long chunk = L2_PANEL_BYTES / (K * NR * 4);
-  chunk = chunk < 1 ? 1 : chunk;
-  for (long p0 = 0; p0 < panels; p0 += chunk) {
-    const long p1 = lmin(panels, p0 + chunk);
-    for (long m0 = 0; m0 < M; m0 += MR) {
-      const float* xm = x + m0 * ldx;
-      float *ym = y + m0 * ldy, *xam = xa + m0 * ldxa, *sxa = sxa_block + m0 * rpad;
-      switch (lmin(MR, M - m0)) {
-        case 6: rows<6>(xm, ldx, K, n, r, wp, ap, bp, bias_pad, s, ym, ldy, xam, ldxa, sxa, p0, p1); break;
-        case 5: rows<5>(xm, ldx, K, n, r, wp, ap, bp, bias_pad, s, ym, ldy, xam, ldxa, sxa, p0, p1); break;
-        case 4: rows<4>(xm, ldx, K, n, r, wp, ap, bp, bias_pad, s, ym, ldy, xam, ldxa, sxa, p0, p1); break;
-        case 3: rows<3>(xm, ldx, K, n, r, wp, ap, bp, bias_pad, s, ym, ldy, xam, ldxa, sxa, p0, p1); break;
-        case 2: rows<2>(xm, ldx, K, n, r, wp, ap, bp, bias_pad, s, ym, ldy, xam, ldxa, sxa, p0, p1); break;
-        default: rows<1>(xm, ldx, K, n, r, wp, ap, bp, bias_pad, s, ym, ldy, xam, ldxa, sxa, p0, p1); break;
-      }
-    }
+#define BG_ROWS(fn, ...)                          \
+  switch (lmin(MR, M - m0)) {                     \
+    case 6: fn<6>(__VA_ARGS__); break;            \
+    case 5: fn<5>(__VA_ARGS__); break;            \
+    case 4: fn<4>(__VA_ARGS__); break;            \
+    case 3: fn<3>(__VA_ARGS__); break;            \
+    case 2: fn<2>(__VA_ARGS__); break;            \
+    default: fn<1>(__VA_ARGS__); break;           \
   }
+  for (long m0 = 0; m0 < M; m0 += MR)
+    BG_ROWS(xa_rows, x + m0 * ldx, ldx, K, r, ap, s, xa + m0 * ldxa, ldxa, sxa_block + m0 * rpad)
+  for (long k0 = 0; k0 < K; k0 += KC) {
+    const long k1 = lmin(K, k0 + KC);
+    for (long p = 0; p < panels; ++p)
+      for (long m0 = 0; m0 < M; m0 += MR)
+        BG_ROWS(y_tile, x + m0 * ldx, ldx, k0, k1, r, wp + p * K * NR, bp + p * r * NR,
+                bias_pad ? bias_pad + p * NR : nullptr, sxa_block + m0 * rpad, rpad, y + m0 * ldy + p * NR, ldy,
+                lmin(NR, n - p * NR))
+  }
+#undef BG_ROWS
 }
