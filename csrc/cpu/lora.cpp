@@ -3,9 +3,9 @@
 // float32, bfloat16 and float16 run the row-block kernel of lora_simd.h (compiled per instruction
 // set, picked at run time like the attention kernels): x is read once for x Wᵀ and x Aᵀ (one GEMM
 // against the packed [Wᵀ | Aᵀ]), and each y tile starts from bias + scale · xa Bᵀ, so y is written
-// once and never re-read. Low precision is converted to float32 while packing the weights and
-// while loading each block of x rows (no full-size float32 copy of W or x), accumulated in float32
-// and rounded once. xa = x Aᵀ is kept in float32 for the backward.
+// once, with no second pass (lora_simd.h). Low precision is converted to float32 while packing
+// the weights and while loading each block of x rows (no full-size float32 copy of W or x),
+// accumulated in float32 and rounded once. xa = x Aᵀ is kept in float32 for the backward.
 //
 // The backward's dx = dy W + scale · (dy B) A is the same fused product with the roles renamed
 // (K = out, columns = in, rank factors B then A), and yields dy B for dlora_a. The reductions over

@@ -3,7 +3,8 @@
 //   y  = x Wᵀ + bias + s · xa Bᵀ   (written once)
 // x is read once from memory for both products: one GEMM against the packed concatenation
 // [Wᵀ | Aᵀ]. The low-rank term and the bias are the starting value of each y accumulator tile, so
-// y takes no second pass (with K beyond one chunk, a tile's partial sums come back from cache). The backward's dx = dy W + s (dy B) A is the same computation with the roles renamed
+// y takes no second pass (with K beyond one chunk, a tile's partial sums come back from cache).
+// The backward's dx = dy W + s (dy B) A is the same computation with the roles renamed
 // (lora.cpp).
 //
 // Included several times by lora.cpp, each time in a different namespace under a different
