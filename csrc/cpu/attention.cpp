@@ -15,13 +15,13 @@
 #include <ATen/Parallel.h>
 
 #include <cmath>
-#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <string>
 #include <vector>
 
 #include "../checks.h"
+#include "isa.h"
 
 namespace babygpt::cpu {
 
@@ -73,19 +73,14 @@ struct F32Kernels {
 
 #define BABYGPT_KERNELS(ns) F32Kernels{#ns, &ns::fwd_block, &ns::fwd_row, &ns::fwd_workspace, &ns::bwd_group, &ns::bwd_workspace}
 
-// Chosen once: the widest instruction set this CPU has. BABYGPT_CPU_ISA=avx2|base forces a narrower
-// copy (tests/test_cpu_isa.py runs each one this CPU has); asking for more than it has is ignored.
+// The copy of the kernels for the instruction set chosen_isa() picks (isa.h).
 const F32Kernels& f32_kernels() {
   static const F32Kernels k = [] {
-    const char* env = std::getenv("BABYGPT_CPU_ISA");
-    const std::string want = env ? env : "";
-    __builtin_cpu_init();
-    const bool has512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-                        __builtin_cpu_supports("avx512dq");
-    const bool has2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    if (has512 && (want.empty() || want == "avx512")) return BABYGPT_KERNELS(isa_avx512);
-    if (has2 && want != "base") return BABYGPT_KERNELS(isa_avx2);
-    return BABYGPT_KERNELS(isa_base);
+    switch (chosen_isa()) {
+      case Isa::avx512: return BABYGPT_KERNELS(isa_avx512);
+      case Isa::avx2: return BABYGPT_KERNELS(isa_avx2);
+      default: return BABYGPT_KERNELS(isa_base);
+    }
   }();
   return k;
 }

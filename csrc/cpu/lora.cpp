@@ -18,11 +18,11 @@
 
 #include <ATen/Parallel.h>
 
-#include <cstdlib>
 #include <string>
 #include <vector>
 
 #include "../checks.h"
+#include "isa.h"
 
 namespace babygpt::cpu {
 
@@ -57,19 +57,14 @@ struct LoraKernel {
   decltype(&lora_base::row_block) row_block;
 };
 
-// The widest instruction set this CPU has; BABYGPT_CPU_ISA=avx2|base forces a narrower copy, as
-// for the attention kernels (tests/test_cpu_isa.py runs each one this CPU has).
+// The copy of the kernel for the instruction set chosen_isa() picks (isa.h), as for attention.
 const LoraKernel& lora_kernel() {
   static const LoraKernel k = [] {
-    const char* env = std::getenv("BABYGPT_CPU_ISA");
-    const std::string want = env ? env : "";
-    __builtin_cpu_init();
-    const bool has512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-                        __builtin_cpu_supports("avx512dq");
-    const bool has2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    if (has512 && (want.empty() || want == "avx512")) return LoraKernel{"avx512", lora_avx512::NR, &lora_avx512::row_block};
-    if (has2 && want != "base") return LoraKernel{"avx2", lora_avx2::NR, &lora_avx2::row_block};
-    return LoraKernel{"base", lora_base::NR, &lora_base::row_block};
+    switch (chosen_isa()) {
+      case Isa::avx512: return LoraKernel{"avx512", lora_avx512::NR, &lora_avx512::row_block};
+      case Isa::avx2: return LoraKernel{"avx2", lora_avx2::NR, &lora_avx2::row_block};
+      default: return LoraKernel{"base", lora_base::NR, &lora_base::row_block};
+    }
   }();
   return k;
 }
