@@ -8,4 +8,4 @@ GPT models, with drop-in modules, models, tokenizers, training, generation and b
 __version__ = "0.1.0"
 
 from . import ops  # noqa: E402,F401
-from .patch import patch, unpatch  # noqa: E402,F401  (babygpt_ext.patch(model): the function, not the module)
+from .patching import patch, unpatch  # noqa: E402,F401

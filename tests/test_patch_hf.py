@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import babygpt_ext
-from babygpt_ext import ops, patch_hf
+from babygpt_ext import ops
+from babygpt_ext.patching import hf as patch_hf
 
 transformers = pytest.importorskip("transformers", reason="the transformers package is not installed "
                                    "(pip install 'babygpt_ext[test]' brings it)")

@@ -23,8 +23,8 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from .ops import causal_attention
-from .patch_report import PatchReport
+from ..ops import causal_attention
+from .report import PatchReport
 
 IMPL = "babygpt"  # registered name; "babygpt_<backend>" when a backend is pinned
 _BEFORE = "_babygpt_attn_before"  # model attribute: the implementation patch_hf replaced

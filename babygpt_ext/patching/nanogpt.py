@@ -20,7 +20,7 @@ backend, if a different one is asked for). backend= is checked when patching, no
 forward.
 
 Hugging Face transformers models (GPT-2 and other decoders) are patched differently, through
-their attention registry, without replacing any module: see patch_hf.py.
+their attention registry, without replacing any module: see hf.py.
 """
 
 from typing import Optional
@@ -28,11 +28,11 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from . import ops
-from .nn.attention import CausalSelfAttention
-from .nn.lora import LoRALinear
-from .patch_hf import is_hf_model, patch_hf, unpatch_hf
-from .patch_report import PatchReport
+from .. import ops
+from ..nn.attention import CausalSelfAttention
+from ..nn.lora import LoRALinear
+from .hf import is_hf_model, patch_hf, unpatch_hf
+from .report import PatchReport
 
 _ORIGINAL = "_babygpt_original"  # key in a replacement's __dict__: the module it replaced
 # Children and buffers of nanoGPT's attention that CausalSelfAttention takes over or does not need.
