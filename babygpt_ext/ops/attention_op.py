@@ -10,6 +10,8 @@ import torch
 from . import reference, validate
 from .spec import OpSpec
 
+_grad_enabled = torch.is_grad_enabled  # bound once: the key runs on every call
+
 
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:
     """Dtype of the saved statistics (lse, xa): float32, or float64 for float64 inputs."""
@@ -25,8 +27,7 @@ def _key(q, k, v, scale, causal):
     _, hkv, tk, _ = k.shape
     if b == 0 or tq == 0 or tk == 0:
         return None
-  
-    return (q.requires_grad or k.requires_grad or v.requires_grad,
+    return ((q.requires_grad or k.requires_grad or v.requires_grad) and _grad_enabled(), q.dtype, q.device,
             d, h, hkv, causal, (tq - 1).bit_length(), (tk - 1).bit_length(), (b - 1).bit_length())
 
 

@@ -26,8 +26,8 @@ from .registry import BACKENDS
 from .spec import Call, OpSpec
 
 TUNE_VAR = "BABYGPT_TUNE"
-# Bound once: the per-call path skips two attribute lookups (dynamo knows them by identity).
-_is_compiling, _grad_enabled = torch.compiler.is_compiling, torch.is_grad_enabled
+# Bound once: the per-call path skips an attribute lookup (dynamo knows the function by identity).
+_is_compiling = torch.compiler.is_compiling
 MARGIN = 0.05  # a candidate must be this much faster than the static choice to displace it
 
 
@@ -73,15 +73,13 @@ def implementation(spec: OpSpec, args: tuple, backend: Optional[str]):
         if backend is not None:
             registry.get(backend)
         return spec.reference
-    t = args[0]
-    grad = key[0] and _grad_enabled()
     if _is_compiling():
-        return BACKENDS[_traced_choice(spec.name, t.device, t.dtype, grad, spec.traced_facts(*args), backend)
+        return BACKENDS[_traced_choice(spec.name, key[2], key[1], key[0], spec.traced_facts(*args), backend)
                         ].impls[spec.name]
-    hot = (spec.name, t.device, t.dtype, grad, key, backend)
+    hot = (spec.name, backend, key)
     impl = _chosen.get(hot)
     if impl is None:
-        call = _call(spec, t, grad, key)
+        call = _call(spec, key)
         d = decision(spec, args, backend, call)
         for name, why in d.skipped:
             registry.warn_once(f"babygpt_ext: backend {name!r} skipped for {call.op} ({call.device}, {call.dtype}): "
@@ -93,7 +91,7 @@ def implementation(spec: OpSpec, args: tuple, backend: Optional[str]):
 def call_of(spec: OpSpec, args: tuple) -> Optional[Call]:
     """The Call key of validated args (None for an empty output)."""
     key = spec.key(*args)
-    return None if key is None else _call(spec, args[0], key[0] and torch.is_grad_enabled(), key)
+    return None if key is None else _call(spec, key)
 
 
 def _device_name(device: torch.device) -> str:
@@ -106,9 +104,10 @@ def _device_name(device: torch.device) -> str:
     return ""
 
 
-def _call(spec: OpSpec, t: torch.Tensor, grad: bool, key: tuple) -> Call:
-    head_dim, dims = spec.describe(key[1:])
-    return Call(spec.name, t.device.type, t.dtype, head_dim, dims, grad, _device_name(t.device))
+def _call(spec: OpSpec, key: tuple) -> Call:
+    grad, dtype, device = key[:3]
+    head_dim, dims = spec.describe(key[3:])
+    return Call(spec.name, device.type, dtype, head_dim, dims, grad, _device_name(device))
 
 
 def decision(spec: OpSpec, args: tuple, backend: Optional[str], call: Call, force: bool = False) -> Decision:

@@ -10,6 +10,8 @@ from . import reference, validate
 from .attention_op import acc_dtype
 from .spec import OpSpec
 
+_grad_enabled = torch.is_grad_enabled  # bound once: the key runs on every call
+
 
 def _validate(x, weight, bias, lora_a, lora_b, scale):
     scale = validate.lora_args(x, weight, bias, lora_a, lora_b, scale)
@@ -22,9 +24,9 @@ def _key(x, weight, bias, lora_a, lora_b, scale):
     if n == 0 or d_out == 0:
         return None
     grad = (x.requires_grad or weight.requires_grad or lora_a.requires_grad or lora_b.requires_grad
-            or (bias is not None and bias.requires_grad))
+            or (bias is not None and bias.requires_grad)) and _grad_enabled()
     # Whether the frozen base takes a gradient changes the backward's work (dW is the biggest matmul).
-    return grad, d_in, d_out, r, bias is not None, weight.requires_grad, (n - 1).bit_length()
+    return grad, x.dtype, x.device, d_in, d_out, r, bias is not None, weight.requires_grad, (n - 1).bit_length()
 
 
 def _describe(key):

@@ -48,11 +48,11 @@ class OpSpec:
     validate: Callable  # public arguments -> args; raises TypeError/ValueError naming the argument
     reference: Callable  # (*args) -> output: the eager composition (also any backend's answer on empty input)
     # (*args) -> None when the output is empty (the reference computes it), else a hashable tuple
-    # (requires_grad of any input, *shape facts), sizes as the exponent of their power-of-two bucket,
-    # (n - 1).bit_length(): 1 -> 0, 2 -> 1, 3..4 -> 2, 5..8 -> 3. Runs on every call, so it only
-    # reads shapes and flags.
+    # (whether autograd will want gradients: an input requires them and grad mode is on, dtype,
+    # device, *shape facts), sizes as the exponent of their power-of-two bucket, (n - 1).bit_length():
+    # 1 -> 0, 2 -> 1, 3..4 -> 2, 5..8 -> 3. Runs on every call, so it only reads shapes and flags.
     key: Callable
-    # (key without its requires_grad flag) -> (head_dim, dims) for the Call
+    # (key without its first three entries) -> (head_dim, dims) for the Call
     describe: Callable[[tuple], Tuple[int, tuple]]
     # (*args) -> (head_dim, dims) known under torch.compile tracing: no sizes that dynamic shapes
     # could make symbolic, except the head dim (which backends' limits depend on)
