@@ -20,7 +20,8 @@ BENCHES = {
 EPILOG = """\
 Every backend is timed in every round (interleaved, median of --rounds), so the ratios hold on a
 noisy shared machine; absolute times are only comparable on the same machine.
-'speedup' is the baseline's time over the backend's time (baseline: sdpa where it runs, else eager);
+'speedup' is the baseline's time over the backend's time (attention: torch-sdpa, F.scaled_dot_product_attention
+called directly; LoRA: eager, the composition a user writes);
 'err' is the max abs difference from the eager backend in the same dtype. The 'auto' row is the
 engine's own choice (backend=None), shown as auto→<backend>; its measuring happens before the
 timed rounds. A backend that cannot run an op is left out of that op's table, with a note.

@@ -54,8 +54,10 @@ def report() -> str:
         cuda = (f"CUDA {info['nvcc_version']} for archs {info['cuda_archs']}, runtime {info['cuda_runtime_version']}"
                 if info["cuda"] else "CPU only")
         lines.append(f"extension    babygpt_ext._C built with {info['compiler']}, torch {info['torch_version']}; {cuda}")
-        lines.append(f"threads      {info['parallel_threads']} (at::parallel_for); CPU attention kernels: "
-                     f"{info['cpu_attention_isa']} (BABYGPT_CPU_ISA=avx2|base forces a narrower copy)")
+        lines.append(f"threads      {info['parallel_threads']} (at::parallel_for)")
+        lines.append(f"CPU kernels  attention {info['cpu_attention_isa']}, LoRA {info['cpu_lora_isa']} for every dtype: "
+                     "fp32 on the FMA units, bf16/fp16 converted to fp32 while packing (LoRA: MKL above 2^28 "
+                     "multiply-adds); BABYGPT_CPU_ISA=avx2|base forces a narrower copy")
     lines += ["", "backends:"]
     width = max(map(len, ops.BACKENDS))
     for name, b in ops.BACKENDS.items():
