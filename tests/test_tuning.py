@@ -32,8 +32,9 @@ class FakeClock(measure.WallClock):
 
 @pytest.fixture
 def fakes(monkeypatch):
-    """install({name: seconds per call, or an exception to raise}): fake backends computing the
-    reference, as the whole CPU chain (the first one is the static choice). Returns the calls each got."""
+    """install({name: seconds per call, a function of the call's index giving them, or an exception
+    to raise}): fake backends computing the reference, as the whole CPU chain (the first one is the
+    static choice). Returns the calls each got."""
     clock = FakeClock()
     monkeypatch.setattr(measure, "clock_for", lambda device: clock)
     calls = {}
@@ -44,7 +45,7 @@ def fakes(monkeypatch):
                 calls[name].append(q)
                 if isinstance(cost, Exception):
                     raise cost
-                clock.t += cost
+                clock.t += cost(len(calls[name]) - 1) if callable(cost) else cost
                 return reference.attention(q, k, v, scale, causal)
             calls[name] = []
             monkeypatch.setitem(registry.BACKENDS, name, Backend(name, "a fake", ("cpu",), {"attention": impl},
@@ -77,6 +78,15 @@ def test_a_tie_within_the_margin_keeps_the_static_order(fakes):
     fakes({"static": 10e-3, "fast": 9.7e-3})
     e = ops.explain(*qkv())
     assert e.backend == "static" and "within 5% of the static choice 'static'" in e.how
+
+
+def test_one_lucky_sample_does_not_displace_the_static_choice(fakes):
+    # 'lucky' has the fastest single sample (one call at 4 ms) but is slower in every other round:
+    # the rounds compared side by side keep the static choice.
+    fakes({"static": 10e-3, "lucky": lambda i: 4e-3 if i == 3 else 12e-3})
+    e = ops.explain(*qkv())
+    assert e.times["lucky"] < e.times["static"] / 1.05
+    assert e.backend == "static" and "round by round it is only 0.83x the static choice 'static'" in e.how
 
 
 def test_a_failing_candidate_is_skipped_with_a_warning_and_the_call_succeeds(fakes):

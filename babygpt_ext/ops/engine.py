@@ -4,8 +4,8 @@ With backend=None and no usable BABYGPT_BACKEND, the first call of a call key (s
 device and its name, dtype, head dim, heads, causal, whether grads are needed, sizes bucketed by
 powers of two) times every backend of the device's chain that can take it (measure.py: forward, plus
 backward when grads are needed, on private copies of the inputs; the outputs are thrown away) and
-keeps the fastest, unless it beats the static policy's first choice by less than MARGIN (so noise
-does not flip decisions). The decision goes to the tuning cache on disk (tuning_cache.py), where
+keeps the fastest, unless it beats the static policy's first choice by less than MARGIN, in its
+fastest sample or in the median of the rounds compared side by side (so noise does not flip decisions). The decision goes to the tuning cache on disk (tuning_cache.py), where
 later processes find it; later calls of the key are one dictionary lookup.
 
 The static policy (registry.decide) decides instead, and Decision.how says why, when:
@@ -16,6 +16,7 @@ Environment variables are read when a key is decided, not on every call.
 """
 
 import os
+import statistics
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
@@ -146,7 +147,8 @@ def _measured(spec: OpSpec, args: tuple, call: Call, static: str, skipped: list,
         return Decision(cached["backend"], f"measured earlier, read from the tuning cache {tuning_cache.path()}",
                         skipped, static, {n: t / 1e6 for n, t in cached["times_us"].items()}, {}, cached["rounds"])
     steps = _steps(spec, args, call.needs_grad, takers)
-    times, failed, rounds = measure.time_candidates(steps, measure.clock_for(args[0].device), measure.BUDGET_S)
+    times, failed, rounds, samples = measure.time_candidates(steps, measure.clock_for(args[0].device),
+                                                             measure.BUDGET_S)
     for name, err in failed.items():
         registry.warn_once(f"babygpt_ext: backend {name!r} failed while being timed for {call.label()} ({err}); "
                            "left out of the choice")
@@ -158,12 +160,28 @@ def _measured(spec: OpSpec, args: tuple, call: Call, static: str, skipped: list,
         chosen, how = static, (f"measured: the static choice {static!r} is fastest" if best == static else
                                f"measured: {best!r} is within {MARGIN:.0%} of the static choice {static!r}, "
                                "which is kept")
+    elif static in times and (ratio := _paired_ratio(samples.get(static), samples.get(best))) < 1 + MARGIN:
+        chosen, how = static, (f"measured: {best!r} has the fastest sample, but round by round it is only "
+                               f"{ratio:.2f}x the static choice {static!r}, which is kept")
     else:
         chosen = best
         how = (f"measured: {best!r} is {times[static] / times[best]:.2f}x the static choice {static!r}"
                if static in times else f"measured: {best!r} is fastest (the static choice {static!r} failed)")
     tuning_cache.store(call, chosen, static, times, rounds)
     return Decision(chosen, how, skipped, static, times, failed, rounds)
+
+
+def _paired_ratio(static: Optional[list], challenger: Optional[list]) -> float:
+    """The median over the rounds of static's time / challenger's time. Samples of one round are
+    taken side by side, so under a load that never lets up the ratio still compares like with like
+    (fastest samples alone mislead there: on a 2-core machine at load 9 they sent a fwd+bwd key to
+    the eager composition, which the benchmark then timed at 0.62x the cpu kernel). inf when static
+    has no samples (pruned after the warm-up as several times slower), 1 when the challenger has none."""
+    if not static:
+        return float("inf")
+    if not challenger:
+        return 1.0
+    return statistics.median(s / c for s, c in zip(static, challenger))
 
 
 def _steps(spec: OpSpec, args: tuple, needs_grad: bool, names: List[str]) -> dict:

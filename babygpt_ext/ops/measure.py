@@ -7,9 +7,11 @@ candidates far slower than the best estimate are dropped (more samples cannot tu
 win); then interleaved rounds, rotating the order, until the budget is spent (at least MIN_ROUNDS
 where they fit in four budgets, else one; at most MAX_ROUNDS); each sample repeats a short call
 until it lasts SAMPLE_S, so neither the timer's resolution nor one preemption decides. The result
-is the fastest sample per candidate: on a machine shared with other work load only ever adds
-time (on a loaded 2-core machine the median of one backend varied 5x between measurements; the
-minimum picked the faster backend 12 times of 12, the median 9 of 12). A key costs about
+is the fastest sample per candidate (on a machine shared with other work load only ever adds
+time: on a loaded 2-core machine the median of one backend varied 5x between measurements; the
+minimum picked the faster backend 12 times of 12, the median 9 of 12), plus every sample in round
+order, so that the engine can also compare two candidates round by round: samples taken side by
+side share the machine's load, which a minimum alone does not see when the load never lets up. A key costs about
 BUDGET_S when its calls are short, up to four budgets for mid-sized calls, and about three calls
 per candidate when a single call exceeds the budget.
 
@@ -18,7 +20,7 @@ CPU steps are timed by the wall clock; CUDA steps by CUDA events with a synchron
 """
 
 import time
-from typing import Callable, Dict, Tuple
+from typing import Callable, Dict, List, Tuple
 
 import torch
 
@@ -72,9 +74,10 @@ def _failure(e: Exception) -> str:
 
 
 def time_candidates(steps: Dict[str, Callable], clock: WallClock, budget_s: float
-                    ) -> Tuple[Dict[str, float], Dict[str, str], int]:
-    """({name: fastest seconds per step}, {name: why it failed}, rounds) for the given steps.
-    A step that raises, at any point, is dropped and reported instead of timed."""
+                    ) -> Tuple[Dict[str, float], Dict[str, str], int, Dict[str, List[float]]]:
+    """({name: fastest seconds per step}, {name: why it failed}, rounds, {name: seconds per step of
+    each round, in order}) for the given steps. A step that raises, at any point, is dropped and
+    reported instead of timed; a candidate pruned after the warm-up has no samples."""
     begin = clock.now()
     warm, estimated, failed = {}, {}, {}
     for name, step in steps.items():
@@ -87,7 +90,7 @@ def time_candidates(steps: Dict[str, Callable], clock: WallClock, budget_s: floa
         except Exception as e:  # noqa: BLE001 - any failure means "not this backend"
             failed[name] = _failure(e)
     if not warm:
-        return {}, failed, 0
+        return {}, failed, 0, {}
     best = min(warm.values())
     alive = [n for n in warm if not estimated[n] or warm[n] <= PRUNE_AFTER_WARMUP * best]
     repeats = {n: max(1, min(MAX_REPEATS, int(SAMPLE_S / max(warm[n], 1e-9)))) for n in alive}
@@ -106,4 +109,4 @@ def time_candidates(steps: Dict[str, Callable], clock: WallClock, budget_s: floa
     times = {n: min(samples[n]) for n in alive}
     # Pruned after warm-up: their warm-up time is reported (it says enough: 3x slower at least).
     times.update({n: warm[n] for n in warm if n not in samples})
-    return times, failed, rounds
+    return times, failed, rounds, {n: samples[n] for n in alive}
