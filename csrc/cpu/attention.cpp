@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "../checks.h"
+#include "../heads.h"
 #include "isa.h"
 
 namespace babygpt::cpu {
@@ -198,12 +199,8 @@ void backward(const T* dout, const T* q, const T* k, const T* v, const T* o, con
   });
 }
 
-// A float32 (B, H, T, D) tensor read in place: element (b, h, t, d) at p[b*sb + h*sh + t*st + d].
-struct View {
-  const float* p;
-  int64_t sb, sh, st;
-  const float* at(int64_t b, int64_t h) const { return p + b * sb + h * sh; }
-};
+// A float32 (B, H, T, D) tensor read in place (csrc/heads.h, shared with the CUDA kernels).
+using View = StridedHeads<const float>;
 View view_of(const at::Tensor& t) { return {t.data_ptr<float>(), t.stride(0), t.stride(1), t.stride(2)}; }
 
 // float32 forward. Tq = 1 (decoding) runs fwd_row per (batch, head): one row has nothing to

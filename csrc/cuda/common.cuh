@@ -82,7 +82,7 @@ struct HeadRows {
 };
 template <class T>
 __device__ __forceinline__ HeadRows<T> head_rows(const Heads& t, int b, int h, int n, int d) {
-  return {static_cast<T*>(t.p) + b * t.sb + h * t.sh, t.st, n, d};
+  return {t.template at<T>(b, h), t.st, n, d};
 }
 
 // Rows [r0, r0 + tile.rows) of `src` into the shared tile `dst` (tile.cols >= src.d columns), zero

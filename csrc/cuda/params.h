@@ -5,18 +5,15 @@
 
 #include <cstdint>
 
+#include "../heads.h"
+
 namespace babygpt::cuda {
 
 enum class DType { f32, f16, bf16 };
 
-// A (B, heads, T, D) tensor whose rows are contiguous: element (b, h, t, d) is at
-// p[b * sb + h * sh + t * st + d]. The views a GPT layer hands over (a fused qkv projection split
-// into q, k, v, each transposed to (B, H, T, D); the gradient of such a transpose) have this form,
-// so the kernels read them in place, as FlashAttention's params do.
-struct Heads {
-  void* p;
-  int64_t sb, sh, st;
-};
+// A (B, heads, T, D) tensor read in place (csrc/heads.h, shared with the CPU kernels), its element
+// type named by the kernel that reads it.
+using Heads = StridedHeads<void>;
 
 // q, o, dout, dq: (B, H, Tq, D); k, v, dk, dv: (B, Hkv, Tk, D), element type per DType;
 // lse, delta: (B, H, Tq) fp32, contiguous.
