@@ -62,6 +62,8 @@ RANGES = {
     },
     "tokenize": {"--vocab-size": at_least(2)},
     "demo": {"--time-budget": POSITIVE, "--max-iters": at_least(1)},
+    "bench": {"--rounds": at_least(1), "--curve-steps": at_least(0)},
+    "tune": {"--batch-size": at_least(1), "--budget-ms": POSITIVE},
 }
 
 

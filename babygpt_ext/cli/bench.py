@@ -86,16 +86,6 @@ def run(args) -> int:
     return 0
 
 
-def _positive(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
-    return n
-
-
 def register(sub) -> None:
     p = sub.add_parser("bench", help="time the backends side by side (attention and LoRA)",
                        description="Time causal attention and the fused LoRA linear on every backend usable "
@@ -114,6 +104,6 @@ def register(sub) -> None:
     p.add_argument("--quick", action="store_true", help="only the small shapes")
     p.add_argument("--backends", help=f"comma-separated backends to compare, '{AUTO}' for the engine's choice "
                                       f"(default: all usable here, and {AUTO})")
-    p.add_argument("--rounds", type=_positive, default=7, help="interleaved rounds; the median is reported")
+    p.add_argument("--rounds", type=int, default=7, help="interleaved rounds; the median is reported")
     p.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
     p.set_defaults(func=run)

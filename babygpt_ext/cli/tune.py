@@ -108,22 +108,6 @@ def run(args) -> int:
     return 0
 
 
-def _batch_size(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
-    return int(text)
-
-
-def _budget(text: str) -> float:
-    try:
-        ms = float(text)
-    except ValueError:
-        ms = 0.0
-    if not 0 < ms < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number of milliseconds, got {text!r}")
-    return ms
-
-
 def register(sub) -> None:
     p = sub.add_parser("tune", help="measure the engine's backend choices ahead of time (the tuning cache)",
                        description="Measure which backend is fastest for every call key of the benchmark shapes "
@@ -131,10 +115,10 @@ def register(sub) -> None:
                                    "cache, where every later process finds them.",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", choices=tuple(PRESETS), help="also the calls of this GPT preset")
-    p.add_argument("--batch-size", type=_batch_size, default=12, help="the preset's batch size (default 12)")
+    p.add_argument("--batch-size", type=int, default=12, help="the preset's batch size (default 12)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: cuda if visible")
     p.add_argument("--dtype", help="comma-separated: fp32, fp16, bf16 (default: fp32 on the CPU, bf16 on CUDA)")
     p.add_argument("--mode", choices=("fwd", "fwd+bwd", "both"), default="both")
-    p.add_argument("--budget-ms", type=_budget, default=measure.BUDGET_S * 1e3, help="measuring budget per key")
+    p.add_argument("--budget-ms", type=float, default=measure.BUDGET_S * 1e3, help="measuring budget per key")
     p.add_argument("--force", action="store_true", help="measure keys that are already cached again")
     p.set_defaults(func=run)
