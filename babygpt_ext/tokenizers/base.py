@@ -105,6 +105,11 @@ class Tokenizer(ABC):
         except Exception as e:  # a missing field, a wrong type, a vocabulary the subclass refuses
             raise ValueError(f"{path}: damaged {kind!r} tokenizer file ({type(e).__name__}: {e})") from e
 
+    def _check_text(self, text) -> None:
+        """Every ``encode`` takes one str: a list of single characters would otherwise encode silently."""
+        if not isinstance(text, str):
+            raise TypeError(f"{type(self).__name__}.encode expects str, got {type(text).__name__}")
+
     def _check_ids(self, ids: Iterable[int]) -> list[int]:
         """``ids`` as a list of ints, each in [0, vocab_size). Floats and bools are refused
         (``int(2.7)`` would silently decode token 2); numpy and torch integers are accepted."""
@@ -116,6 +121,23 @@ class Tokenizer(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(vocab_size={self.vocab_size})"
+
+
+class VocabularyTokenizer(Tokenizer):
+    """A tokenizer whose vocabulary is a list of distinct strings, id = position (``itos``), and
+    whose decoding is their concatenation: the char and word tokenizers."""
+
+    def __init__(self, itos: list[str]):
+        self.itos: list[str] = itos
+        self.stoi: dict[str, int] = {s: i for i, s in enumerate(itos)}
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.itos)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        itos = self.itos
+        return "".join(itos[i] for i in self._check_ids(ids))
 
 
 def _as_id(i) -> int:

@@ -101,8 +101,7 @@ class BPETokenizer(Tokenizer):
         return self.hf.get_vocab_size()
 
     def encode(self, text: str) -> list[int]:
-        if not isinstance(text, str):
-            raise TypeError(f"BPETokenizer.encode expects str, got {type(text).__name__}")
+        self._check_text(text)
         try:
             if len(text) <= _PARALLEL_CHARS:
                 return self.hf.encode(text, add_special_tokens=False).ids

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from .base import Tokenizer
+from .base import VocabularyTokenizer
 
 
-class CharTokenizer(Tokenizer):
+class CharTokenizer(VocabularyTokenizer):
     kind = "char"
 
     def __init__(self, chars: Iterable[str]):
@@ -25,21 +25,15 @@ class CharTokenizer(Tokenizer):
             raise ValueError("CharTokenizer: vocabulary characters must be distinct")
         if not chars:
             raise ValueError("CharTokenizer: empty vocabulary (was the text empty?)")
-        self.itos: list[str] = chars
-        self.stoi: dict[str, int] = {c: i for i, c in enumerate(chars)}
+        super().__init__(chars)
 
     @classmethod
     def from_text(cls, text: str, extra_chars: str = "") -> "CharTokenizer":
         """Vocabulary = the sorted set of characters in ``text`` (+ ``extra_chars``)."""
         return cls(sorted(set(text) | set(extra_chars)))
 
-    @property
-    def vocab_size(self) -> int:
-        return len(self.itos)
-
     def encode(self, text: str) -> list[int]:
-        if not isinstance(text, str):
-            raise TypeError(f"CharTokenizer.encode expects str, got {type(text).__name__}")
+        self._check_text(text)
         stoi = self.stoi
         try:
             return [stoi[c] for c in text]
@@ -51,10 +45,6 @@ class CharTokenizer(Tokenizer):
                 f"{self.vocab_size}: {unknown[:10]!r} (first at index {first}); build the "
                 f"tokenizer from text containing them or pass extra_chars"
             ) from None
-
-    def decode(self, ids: Iterable[int]) -> str:
-        itos = self.itos
-        return "".join(itos[i] for i in self._check_ids(ids))
 
     def _state(self) -> dict:
         return {"chars": self.itos}

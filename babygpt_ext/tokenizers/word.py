@@ -15,7 +15,7 @@ import re
 from collections import Counter
 from typing import Iterable
 
-from .base import Tokenizer
+from .base import VocabularyTokenizer
 
 UNK = "<unk>"
 _PIECES = re.compile(r"\w+|\s+|[^\w\s]")
@@ -26,7 +26,7 @@ def split_words(text: str) -> list[str]:
     return _PIECES.findall(text)
 
 
-class WordTokenizer(Tokenizer):
+class WordTokenizer(VocabularyTokenizer):
     kind = "word"
 
     def __init__(self, words: Iterable[str]):
@@ -35,8 +35,7 @@ class WordTokenizer(Tokenizer):
             raise ValueError("WordTokenizer: every vocabulary entry must be a non-empty string")
         if len(set(words)) != len(words):
             raise ValueError("WordTokenizer: vocabulary words must be distinct")
-        self.itos: list[str] = [UNK, *words]
-        self.stoi: dict[str, int] = {w: i for i, w in enumerate(self.itos)}
+        super().__init__([UNK, *words])
         self.unk_id = 0
 
     @classmethod
@@ -51,19 +50,10 @@ class WordTokenizer(Tokenizer):
             ranked = ranked[: max_vocab - 1]
         return cls(ranked)
 
-    @property
-    def vocab_size(self) -> int:
-        return len(self.itos)
-
     def encode(self, text: str) -> list[int]:
-        if not isinstance(text, str):
-            raise TypeError(f"WordTokenizer.encode expects str, got {type(text).__name__}")
+        self._check_text(text)
         get = self.stoi.get
         return [get(p, 0) for p in split_words(text)]
-
-    def decode(self, ids: Iterable[int]) -> str:
-        itos = self.itos
-        return "".join(itos[i] for i in self._check_ids(ids))
 
     def _state(self) -> dict:
         return {"words": self.itos[1:]}
