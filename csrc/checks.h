@@ -1,7 +1,7 @@
 // The op contract's argument checks (shapes and dtypes, docs/design.md §2.3), shared by every
 // implementation of it: csrc/cpu (CPU kernels), csrc/cuda/torch_glue.h (the CUDA kernels, on a GPU
 // and under the emulator). Python validates inputs first with friendlier errors
-// (babygpt_ext/ops/library.py); these are the last line for direct torch.ops calls, with one
+// (babygpt_ext/ops/validate.py); these are the last line for direct torch.ops calls, with one
 // wording everywhere.
 #pragma once
 

@@ -22,7 +22,7 @@
 // BABYGPT_TILE_VECS (TV): the register tile of the products is R rows x TV vectors, R*TV
 // accumulators plus TV loads and a broadcast, sized to the register file (32 zmm: 4 x 4; 16 ymm:
 // 6 x 2; 16 xmm: 2 x 4). Each loaded vector then feeds R multiply-adds and each broadcast TV,
-// instead of one each: on the AVX2 copy the 1 x 8 tile it replaced was load-bound.
+// instead of one each: a 1-row tile is load-bound on AVX2.
 
 constexpr int W = BABYGPT_VEC_FLOATS;
 constexpr int R = BABYGPT_TILE_ROWS;
@@ -40,7 +40,7 @@ static_assert(NB % TV == 0, "a key block must be a whole number of register tile
 BG_INLINE vf ld(const float* p) { vf v; __builtin_memcpy(&v, p, sizeof v); return v; }
 BG_INLINE void st(float* p, vf v) { __builtin_memcpy(p, &v, sizeof v); }
 // A broadcast. (Not `vf{} + x`: 0 + x is not an identity for x = -0, so GCC emits a scalar add
-// before each broadcast; in the product loops that was one extra instruction per multiply-add row.)
+// before each broadcast; in the product loops that is one extra instruction per multiply-add row.)
 BG_INLINE vf splat(float x) {
   const vf v{x};
 #if BABYGPT_VEC_FLOATS == 16

@@ -1,6 +1,6 @@
 // Fused causal attention, forward: FlashAttention-2 tiling with an online softmax.
 //
-// A CTA owns BM = 64 query rows of one (batch, head) -- 16 rows per warp -- and streams the key /
+// A CTA owns BM query rows of one (batch, head) -- 16 rows per warp (layout.h) -- and streams the key /
 // value tiles of the kv head h / (H / Hkv) (GQA) through shared memory. Per key tile each warp
 //   S = Q Kᵀ (16 x BN, fp32 in registers) -> scale, mask -> new running row max m
 //   P = exp(S - m), l = l·exp(m_old - m) + rowsum(P), O = O·exp(m_old - m) + P V

@@ -2,9 +2,9 @@
 // on top of the launchers in launchers.cu, plus build facts for `babygpt info`.
 //
 // Every op runs on the current CUDA stream of the inputs' device (CUDAGuard makes it current)
-// and checks every launch: the launchers return the launch status, which
-// C10_CUDA_CHECK turns into an exception naming the op (C10_CUDA_KERNEL_LAUNCH_CHECK's check,
-// applied to the status the launcher captured right after its launches).
+// and checks every launch: the launchers return the status they captured right after their
+// launches, which BABYGPT_GLUE_CHECK turns into an exception naming the op, then
+// C10_CUDA_KERNEL_LAUNCH_CHECK checks that no error is pending.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAStream.h>  // not ATen/cuda/CUDAContext.h: it needs cusparse.h, absent from this toolkit
 #include <c10/cuda/CUDAException.h>
