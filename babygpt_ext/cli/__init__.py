@@ -41,7 +41,11 @@ errors print one line and exit 2 (usage), 130 (Ctrl-C) or 1; --debug or BABYGPT_
 
 class Parser(argparse.ArgumentParser):
     """An ArgumentParser whose mistakes raise UsageError (one line, exit 2) instead of printing
-    the usage text and exiting; subcommand parsers inherit the class."""
+    the usage text and exiting, and whose --help keeps the line breaks of its description and
+    epilog (every epilog is example command lines, one a line); subcommand parsers inherit the class."""
+
+    def __init__(self, *args, formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs):
+        super().__init__(*args, formatter_class=formatter_class, **kwargs)
 
     def error(self, message):
         raise UsageError(f"{message} (see `{self.prog} --help`)")
@@ -57,7 +61,7 @@ def _version() -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="babygpt", description="Fused attention and LoRA kernels for small GPTs: train, sample, benchmark.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=EPILOG)
     parser.add_argument("--version", action="version", version=_version())
     debug_help = f"on an error, print the traceback too (or set {DEBUG_ENV}=1)"
     parser.add_argument("--debug", action="store_true", help=debug_help)

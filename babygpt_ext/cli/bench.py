@@ -1,6 +1,5 @@
 """`babygpt bench`: every usable backend side by side, one shape at a time, as ratios."""
 
-import argparse
 import json
 
 import torch
@@ -90,7 +89,7 @@ def register(sub) -> None:
     p = sub.add_parser("bench", help="time the backends side by side (attention and LoRA)",
                        description="Time causal attention and the fused LoRA linear on every backend usable "
                                    "for the device, on the benchmark shapes of docs/design.md §14.2.",
-                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       epilog=EPILOG)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: cuda if visible")
     p.add_argument("--dtype", choices=tuple(DTYPES), help="default: fp32 on the CPU, bf16 on CUDA")
     p.add_argument("--op", choices=(*BENCHES, "all", "train", "decode"), default="all",

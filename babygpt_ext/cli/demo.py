@@ -58,7 +58,7 @@ def register(sub) -> None:
                        description="Train a small GPT (shakespeare-cpu shape, character-level) on CPython's "
                                    "documentation topics for a fixed time, sample from it, and compare the "
                                    "attention backends.",
-                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       epilog=EPILOG)
     p.add_argument("--time-budget", type=float, default=120.0, help="seconds of training (default 120)")
     p.add_argument("--max-iters", type=int, default=2500, help="length of the LR schedule (default 2500)")
     p.add_argument("--out", default="runs/demo", help="run directory, replaced by every demo (default runs/demo)")

@@ -1,8 +1,6 @@
 """`babygpt gpu-report`: registers, shared memory, spills and tensor-core use of every GPU kernel,
 compiled here for sm_80 and sm_90 (no GPU needed), with roofline predictions for the benchmark shapes."""
 
-import argparse
-
 EPILOG = """\
 what it does:
   Compiles each Triton kernel (fp16 and bf16; attention at head dims 64 and 128) for sm_80 (A100)
@@ -25,7 +23,7 @@ examples:
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("gpu-report", help="static register/smem/spill/tensor-core report of the GPU kernels",
-                              description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+                              description=__doc__, epilog=EPILOG)
     p.add_argument("--json", action="store_true", help="print the rows as a JSON list instead of a table")
     p.add_argument("--all-configs", action="store_true",
                    help="one row per autotune configuration (default: the first, which the autotuner tries first)")

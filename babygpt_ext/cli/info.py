@@ -107,6 +107,5 @@ def register(sub) -> None:
                        description="Print the versions of torch, CUDA, nvcc and triton, what the compiled "
                                    "extension was built with, and for every backend whether it can run "
                                    "here and, if not, why and how to get it.",
-                       epilog="example:\n  babygpt info\n  BABYGPT_BACKEND=sdpa babygpt info   # see the env override",
-                       formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
+                       epilog="example:\n  babygpt info\n  BABYGPT_BACKEND=sdpa babygpt info   # see the env override")
     p.set_defaults(func=run)

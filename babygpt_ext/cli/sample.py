@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import codecs
 import hashlib
 import sys
@@ -40,8 +39,7 @@ examples:
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("sample", help="generate text from a trained checkpoint, streamed",
-                              description=DESCRIPTION, epilog=EPILOG,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+                              description=DESCRIPTION, epilog=EPILOG)
     p.add_argument("--ckpt", default="runs/demo/ckpt.pt", help="checkpoint from babygpt train (default runs/demo/ckpt.pt)")
     p.add_argument("--tokenizer", default=None, help="tokenizer JSON (default: the one saved next to the checkpoint)")
     p.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
@@ -29,8 +28,7 @@ examples:
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("tokenize", help="train a tokenizer, report tokens/char and speed",
-                              description=DESCRIPTION, epilog=EPILOG,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+                              description=DESCRIPTION, epilog=EPILOG)
     p.add_argument("--kind", choices=["char", "word", "bpe"], default="bpe", help="tokenizer kind (default bpe)")
     p.add_argument("--vocab-size", type=int, default=None,
                    help="bpe: target vocabulary (default 1000); word: cap, rest -> <unk> (default: none)")

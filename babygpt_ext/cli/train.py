@@ -5,7 +5,6 @@ Flags that define a run default to None here, so a resumed run can tell a flag t
 
 from __future__ import annotations
 
-import argparse
 import errno
 import hashlib
 import os
@@ -72,8 +71,7 @@ def register(subparsers) -> None:
     from ..train import TrainConfig
     d = TrainConfig()  # defaults shown in --help come from the dataclass itself
     p = subparsers.add_parser("train", help="train a GPT preset on a corpus (checkpoints, metrics, loss curve)",
-                              description=DESCRIPTION.format(presets=_presets_text()), epilog=EPILOG,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+                              description=DESCRIPTION.format(presets=_presets_text()), epilog=EPILOG)
     g = p.add_argument_group("data and model")
     g.add_argument("--preset", help="GPT shape (see presets above; default shakespeare-cpu)")
     g.add_argument("--data", help="'pydoc' (embedded corpus, the default), a text file, a folder of .txt/.md, "

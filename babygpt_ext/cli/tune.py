@@ -1,7 +1,6 @@
 """`babygpt tune`: measure the engine's choice ahead of time for the benchmark shapes and a preset's
 calls, so a training run or a benchmark starts with every decision in the tuning cache."""
 
-import argparse
 import os
 import time
 
@@ -113,7 +112,7 @@ def register(sub) -> None:
                        description="Measure which backend is fastest for every call key of the benchmark shapes "
                                    "and, with --preset, of that model's calls; the decisions go to the tuning "
                                    "cache, where every later process finds them.",
-                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       epilog=EPILOG)
     p.add_argument("--preset", choices=tuple(PRESETS), help="also the calls of this GPT preset")
     p.add_argument("--batch-size", type=int, default=12, help="the preset's batch size (default 12)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: cuda if visible")
