@@ -34,6 +34,13 @@ from . import configs as C
 
 
 @triton.jit
+def _tile(P, rows, cols, stride_r, stride_c, rows_ok, cols_ok):
+    """The (rows, cols) tile of a strided matrix, 0 outside it: every operand load of the kernels."""
+    return tl.load(P + rows[:, None] * stride_r + cols[None, :] * stride_c, mask=rows_ok[:, None] & cols_ok[None, :],
+                   other=0.0)
+
+
+@triton.jit
 def lora_matmul_kernel(X, W, XA, BM, BIAS, Y, M, N, K, R,
                        stride_xm, stride_xk, stride_wn, stride_wk, stride_am, stride_ar,
                        stride_bn, stride_br, stride_ym, stride_yn, alpha, scale,
@@ -61,10 +68,8 @@ def lora_matmul_kernel(X, W, XA, BM, BIAS, Y, M, N, K, R,
     for k0 in range(0, K, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
         k_ok = offs_k < K
-        x = tl.load(X + offs_m64[:, None] * stride_xm + offs_k[None, :] * stride_xk,
-                    mask=m_ok[:, None] & k_ok[None, :], other=0.0)
-        w = tl.load(W + offs_k[:, None] * stride_wk + offs_n64[None, :] * stride_wn,
-                    mask=k_ok[:, None] & n_ok[None, :], other=0.0)  # (BLOCK_K, BLOCK_N) = Wᵀ tile
+        x = _tile(X, offs_m64, offs_k, stride_xm, stride_xk, m_ok, k_ok)
+        w = _tile(W, offs_k, offs_n64, stride_wk, stride_wn, k_ok, n_ok)  # (BLOCK_K, BLOCK_N) = Wᵀ tile
         if DOT_F32:
             acc += tl.dot(x, w, input_precision=PRECISION)
         elif x.dtype == tl.float32:  # a float32 statistic (g, xa) meets a 16-bit operand:
@@ -78,10 +83,8 @@ def lora_matmul_kernel(X, W, XA, BM, BIAS, Y, M, N, K, R,
         for r0 in range(0, R, BLOCK_R):
             offs_r = r0 + tl.arange(0, BLOCK_R)
             r_ok = offs_r < R
-            xa = tl.load(XA + offs_m64[:, None] * stride_am + offs_r[None, :] * stride_ar,
-                         mask=m_ok[:, None] & r_ok[None, :], other=0.0)
-            bm = tl.load(BM + offs_r[:, None] * stride_br + offs_n64[None, :] * stride_bn,
-                         mask=r_ok[:, None] & n_ok[None, :], other=0.0)
+            xa = _tile(XA, offs_m64, offs_r, stride_am, stride_ar, m_ok, r_ok)
+            bm = _tile(BM, offs_r, offs_n64, stride_br, stride_bn, r_ok, n_ok)
             # In bm's dtype: tensor cores for fp16/bf16 (an fp32 FMA dot here made ptxas spill
             # ~3 KB/thread on sm_80), IEEE fp32 for float32 inputs.
             low += tl.dot(xa.to(bm.dtype), bm, input_precision=PRECISION)
@@ -99,8 +102,7 @@ def colsum_kernel(X, OUT, M, N, stride_xm, stride_xn, BLOCK_M: tl.constexpr, BLO
     acc = tl.zeros([BLOCK_N], tl.float32)
     for m0 in range(0, M, BLOCK_M):
         offs_m = m0 + tl.arange(0, BLOCK_M)
-        x = tl.load(X + offs_m.to(tl.int64)[:, None] * stride_xm + offs_n[None, :] * stride_xn,
-                    mask=(offs_m[:, None] < M) & (offs_n[None, :] < N), other=0.0)
+        x = _tile(X, offs_m.to(tl.int64), offs_n, stride_xm, stride_xn, offs_m < M, offs_n < N)
         acc += tl.sum(x.to(tl.float32), 0)
     tl.store(OUT + offs_n, acc.to(OUT.dtype.element_ty), mask=offs_n < N)
 
