@@ -53,3 +53,13 @@ def test_every_command_has_examples():
     _, subs = subparsers()
     missing = [name for name, sub in subs.items() if not examples(sub.epilog)]
     assert not missing, f"commands whose --help shows no example: {missing}"
+
+
+def test_help_keeps_the_epilogs_lines():
+    """--help prints each epilog line as written (argparse's default formatter would rewrap the
+    examples into one paragraph)."""
+    parser, subs = subparsers()
+    for name, p in [("babygpt", parser), *subs.items()]:
+        shown = p.format_help().splitlines()
+        lost = [line for line in p.epilog.splitlines() if line.strip() and line.rstrip() not in shown]
+        assert not lost, f"`{name} --help` rewraps its epilog lines {lost[:2]}"
