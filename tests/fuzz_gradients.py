@@ -58,8 +58,8 @@ def draw(seed: int, index: int, backend: str, dtypes: list) -> Case:
     """Case `index` of a seeded run: drawn from its own generator, so it can be rerun alone."""
     rng = random.Random(seed * 1_000_003 + index)
     slow = backend in SLOW
-    t_max, d_max = (40, 64) if slow else (160, 256)
-    hkv = rng.randint(1, 3)
+    t_max, d_max = (40, 64) if slow else (128, 256)
+    hkv = rng.randint(1, 2)
     h = hkv * rng.choice((1, 1, 2, 3, 4))
     causal = rng.random() < 0.7
     tq = max(1, int(t_max ** rng.random()))  # log-uniform: short sequences and edges often
@@ -67,7 +67,7 @@ def draw(seed: int, index: int, backend: str, dtypes: list) -> Case:
     d = rng.choice((rng.randint(1, 16), rng.randint(1, d_max), 2 ** rng.randint(3, d_max.bit_length() - 1)))
     u = rng.random()
     scale = d ** -0.5 if u < 0.5 else rng.uniform(0.01, 2.0) if u < 0.7 else 0.0 if u < 0.8 else -rng.uniform(0.01, 2.0)
-    return Case(seed, index, rng.randint(1, 3), h, hkv, tq, tk, d, causal, rng.choice(dtypes), scale,
+    return Case(seed, index, rng.randint(1, 2), h, hkv, tq, tk, d, causal, rng.choice(dtypes), scale,
                 tuple(rng.choice(LAYOUTS) for _ in range(4)))
 
 

@@ -90,13 +90,12 @@ def _sdpa(q, k, v, scale, causal):
         # -inf · scale is NaN at 0, +inf below it (NaN rows, or rows that see the future): scale q
         # instead, one O(Tq·D) pass.
         q, scale = q * scale, 1.0
-    if causal:
-        # SDPA's P·V and backward meet a masked pair's exact 0 with whatever the key holds, and 0 · NaN
-        # = NaN: inputs with a NaN/Inf take the reference's exactly masked path (docs/design.md §2.7).
-        return reference.finite_or_exact(lambda q, k, v: _sdpa_call(q, k, v, scale, True), q, k, v, scale)
-    # torch's CPU flash kernel returns zeros for a query row holding a NaN or Inf; the contract
-    # says they propagate. One O(Tq·D) pass over q restores that.
-    return _sdpa_call(q, k, v, scale, False).masked_fill(~torch.isfinite(q).all(-1, keepdim=True), float("nan"))
+    if torch.compiler.is_compiling() or reference.finite_sum(q, k, v):
+        return _sdpa_call(q, k, v, scale, causal)
+    # SDPA does not follow §2.7 with NaN/Inf: its P·V and backward meet a masked pair's exact 0 with
+    # whatever the key holds (0 · NaN = NaN), and its CPU flash kernel returns zeros for a row whose
+    # scores are not finite. Such inputs take the reference, exactly masked when causal.
+    return reference.exactly_masked_attention(q, k, v, scale) if causal else reference.attention(q, k, v, scale, False)
 
 
 def _sdpa_call(q, k, v, scale, causal):

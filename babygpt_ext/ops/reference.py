@@ -41,12 +41,15 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, c
 
 
 def finite_or_exact(fast, q, k, v, scale: float) -> torch.Tensor:
-    """fast(q, k, v) (causal attention by any method) when q, k, v are finite, else the exactly masked
-    composition; under torch.compile the check is a branch of the graph (torch.cond)."""
-    exact = lambda q, k, v: exactly_masked_attention(q, k, v, scale)  # noqa: E731
-    if torch.compiler.is_compiling():
-        return torch.cond(finite_sum(q, k, v), fast, exact, (q, k, v))
-    return fast(q, k, v) if finite_sum(q, k, v) else exact(q, k, v)
+    """fast(q, k, v) (causal attention by any method) when no masked pair can meet a NaN/Inf, else the exactly masked
+    composition. Under torch.compile the graph holds the fast path only: the check is data, and
+    torch.cond cannot take these two branches (their gradients differ in memory layout)."""
+    tq, tk = q.shape[2], k.shape[2]
+    # Only these rows take part in masked pairs: every query but the last (which sees every key),
+    # every key after the first Tk - Tq + 1 (which every query sees). Decoding (Tq = 1) checks nothing.
+    if torch.compiler.is_compiling() or finite_sum(q[:, :, :tq - 1], k[:, :, tk - tq + 1:], v[:, :, tk - tq + 1:]):
+        return fast(q, k, v)
+    return exactly_masked_attention(q, k, v, scale)
 
 
 def _repeat_kv(q, k, v):
