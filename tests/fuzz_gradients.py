@@ -116,8 +116,9 @@ def run_case(case: Case, backend: str):
     return worst, failed
 
 
-def fuzz(backend: str, cases: int, seed: int, only=None, out=sys.stdout):
-    """Runs the cases; returns (cases run, worst ratio, its case, failures as (case, why))."""
+def fuzz(backend: str, cases: int, seed: int, only=None, out=sys.stdout, every=0):
+    """Runs the cases (a progress line every `every` cases, if > 0); returns (cases run, worst ratio,
+    its case, failures as (case, why))."""
     dtypes = dtypes_of(backend)
     worst, worst_case, failures = 0.0, None, []
     indices = [only] if only is not None else range(cases)
@@ -129,7 +130,9 @@ def fuzz(backend: str, cases: int, seed: int, only=None, out=sys.stdout):
         if failed:
             failures.append((case, failed))
             print(f"FAIL {case}: {failed}\n  rerun: tests/fuzz_gradients.py --backend {backend} --seed {seed} --only {i}",
-                  file=out)
+                  file=out, flush=True)
+        if every and (i + 1) % every == 0:
+            print(f"  {i + 1} cases, worst ratio {worst:.3f}, {len(failures)} failures", file=out, flush=True)
     return len(indices), worst, worst_case, failures
 
 
@@ -146,7 +149,7 @@ def main(argv=None):
         sys.exit(f"fuzz_gradients: backend {args.backend!r} is not usable on CPU tensors here "
                  f"(usable: {', '.join(ops.available_backends('cpu'))})")
     start = time.perf_counter()
-    n, worst, worst_case, failures = fuzz(args.backend, args.cases, args.seed, args.only)
+    n, worst, worst_case, failures = fuzz(args.backend, args.cases, args.seed, args.only, every=100)
     print(f"{args.backend}: {n} cases, worst ratio to the tolerance {worst:.3f} ({worst_case}), "
           f"{len(failures)} failures, {time.perf_counter() - start:.0f} s")
     return 1 if failures else 0
