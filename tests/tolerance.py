@@ -15,15 +15,12 @@ def rel_error(out: torch.Tensor, ref: torch.Tensor) -> float:
     return ((out.double() - ref).norm() / ref.norm().clamp_min(1e-30)).item()
 
 
-def assert_close(out: torch.Tensor, ref64: torch.Tensor, eager_lowp: torch.Tensor, what: str, factor: float):
-    """out: the backend's result; ref64: float64 reference; eager_lowp: eager composition in out's dtype."""
-    assert out.shape == ref64.shape, f"{what}: shape {tuple(out.shape)} != reference {tuple(ref64.shape)}"
-    assert out.dtype == eager_lowp.dtype, f"{what}: dtype {out.dtype}, expected {eager_lowp.dtype}"
-    assert torch.isfinite(out).all(), f"{what}: non-finite values"
+def bound_ratio(out: torch.Tensor, ref64: torch.Tensor, eager_lowp: torch.Tensor, factor: float):
+    """(error / allowed error, description): at most 1.0 when out obeys the rule. out: the backend's
+    result; ref64: float64 reference; eager_lowp: eager composition in out's dtype."""
     if out.dtype in (torch.float32, torch.float64):
         err, bound = (out.double() - ref64).norm().item(), FP32_REL * ref64.norm().item() + FP32_ATOL * out.numel() ** 0.5
-        assert err <= bound, f"{what}: norm-wise error {err:.3e} > {bound:.3e} (relative {rel_error(out, ref64):.2e})"
-        return
+        return err / bound, f"norm-wise error {err:.3e} > {bound:.3e} (relative {rel_error(out, ref64):.2e})"
     err = (out.double() - ref64).abs().max().item()
     eager_err = (eager_lowp.double() - ref64).abs().max().item()
     # Rounding floor: one unit in the last place at the output's scale (at least 1.0, the scale of
@@ -31,4 +28,13 @@ def assert_close(out: torch.Tensor, ref64: torch.Tensor, eager_lowp: torch.Tenso
     # vanishes when every query sees one key) does not demand an exact kernel.
     floor = torch.finfo(out.dtype).eps * max(ref64.abs().max().item(), 1.0)
     bound = factor * eager_err + floor
-    assert err <= bound, (f"{what}: max error {err:.3e} > {factor}x eager's {eager_err:.3e} + floor {floor:.1e}")
+    return err / bound, f"max error {err:.3e} > {factor}x eager's {eager_err:.3e} + floor {floor:.1e}"
+
+
+def assert_close(out: torch.Tensor, ref64: torch.Tensor, eager_lowp: torch.Tensor, what: str, factor: float):
+    """out: the backend's result; ref64: float64 reference; eager_lowp: eager composition in out's dtype."""
+    assert out.shape == ref64.shape, f"{what}: shape {tuple(out.shape)} != reference {tuple(ref64.shape)}"
+    assert out.dtype == eager_lowp.dtype, f"{what}: dtype {out.dtype}, expected {eager_lowp.dtype}"
+    assert torch.isfinite(out).all(), f"{what}: non-finite values"
+    ratio, why = bound_ratio(out, ref64, eager_lowp, factor)
+    assert ratio <= 1.0, f"{what}: {why}"

@@ -33,7 +33,12 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causa
     q: (B, H, Tq, D); k, v: (B, Hkv, Tk, D) with H a multiple of Hkv (GQA/MQA). With causal=True
     the mask is bottom-right aligned (query i sees keys j <= i + Tk - Tq), so Tq < Tk is the
     KV-cache decoding case. causal=False allows any Tq, Tk (cross and spatial attention).
-    scale defaults to D**-0.5. Returns (B, H, Tq, D) in q's dtype (empty when B, Tq or Tk is 0).
+    scale defaults to D**-0.5; any finite scale, zero and negative too, gives finite results.
+    Returns (B, H, Tq, D) in q's dtype (empty when B, Tq or Tk is 0).
+
+    NaN/Inf (docs/design.md §2.7): masked (future) keys never affect any output or gradient, even
+    holding NaN/Inf; a NaN/Inf at a visible position makes the outputs that see it non-finite (NaN
+    or ±Inf: which one is not promised).
     """
     return engine.run(_ATTENTION, _ATTENTION.validate(q, k, v, causal, scale), backend)
 

@@ -85,14 +85,25 @@ register(Backend(
 
 # --------------------------------------------------------------------------------- sdpa
 def _sdpa(q, k, v, scale, causal):
+    if scale <= 0:
+        # torch's CPU flash kernel fills masked scores with -inf before it scales them, and
+        # -inf · scale is NaN at 0, +inf below it (NaN rows, or rows that see the future): scale q
+        # instead, one O(Tq·D) pass.
+        q, scale = q * scale, 1.0
+    if torch.compiler.is_compiling() or reference.finite_sum(q, k, v):
+        return _sdpa_call(q, k, v, scale, causal)
+    # SDPA does not follow §2.7 with NaN/Inf: its P·V and backward meet a masked pair's exact 0 with
+    # whatever the key holds (0 · NaN = NaN), and its CPU flash kernel returns zeros for a row whose
+    # scores are not finite. Such inputs take the reference, exactly masked when causal.
+    return reference.exactly_masked_attention(q, k, v, scale) if causal else reference.attention(q, k, v, scale, False)
+
+
+def _sdpa_call(q, k, v, scale, causal):
     tq, tk = q.shape[2], k.shape[2]
     # SDPA's is_causal is top-left aligned; the contract is bottom-right, so Tq != Tk needs a mask.
     mask = reference.causal_mask(tq, tk, q.device) if causal and tq != tk else None
-    o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and tq == tk, scale=scale,
-                                       enable_gqa=k.shape[1] != q.shape[1])
-    # torch's CPU flash kernel returns zeros for a query row holding a NaN or Inf; the contract
-    # says they propagate (as in the eager composition). One O(T·D) pass over q restores that.
-    return o.masked_fill(~torch.isfinite(q).all(-1, keepdim=True), float("nan"))
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and tq == tk, scale=scale,
+                                          enable_gqa=k.shape[1] != q.shape[1])
 
 
 register(Backend(

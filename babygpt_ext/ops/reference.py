@@ -5,6 +5,9 @@ Everything else in the package (C++, CUDA, Triton) must agree with these two fun
 
 import torch
 
+# Size of one piece of the exactly masked attention, in elements of its (B, H, rows, Tk, D) products.
+EXACT_PIECE_ELEMENTS = 1 << 22
+
 
 def causal_mask(tq: int, tk: int, device=None) -> torch.Tensor:
     """(Tq, Tk) bool, True where query i may see key j.
@@ -16,12 +19,49 @@ def causal_mask(tq: int, tk: int, device=None) -> torch.Tensor:
     return torch.ones(tq, tk, dtype=torch.bool, device=device).tril(diagonal=tk - tq)
 
 
+def finite_sum(*tensors: torch.Tensor) -> torch.Tensor:
+    """0-dim bool: the sum of every element is finite. One reduction per tensor; False whenever any
+    element is NaN/Inf (and for finite elements whose sum overflows, which only costs the exact path)."""
+    return torch.isfinite(sum(t.sum(dtype=torch.float64 if t.dtype == torch.float64 else torch.float32)
+                              for t in tensors))
+
+
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, causal: bool) -> torch.Tensor:
-    """softmax(scale · q kᵀ + mask) v, materialising the (Tq, Tk) score matrix."""
+    """softmax(scale · q kᵀ + mask) v, materialising the (Tq, Tk) score matrix.
+
+    NaN/Inf (docs/design.md §2.7): a masked (query, key) pair contributes exactly nothing to the
+    output or to any gradient, whatever q, k, v hold there; visible pairs compute in IEEE arithmetic.
+    The matmuls meet that for finite inputs (a masked weight is an exact 0 against finite numbers);
+    a causal call with a NaN/Inf anywhere takes the exactly masked path instead, since a matmul
+    computes 0 · NaN = NaN for a masked pair.
+    """
+    if not causal:  # every pair is visible: plain IEEE arithmetic is the contract
+        return _softmax_attention(q, k, v, scale, False)
+    return finite_or_exact(lambda q, k, v: _softmax_attention(q, k, v, scale, True), q, k, v, scale)
+
+
+def finite_or_exact(fast, q, k, v, scale: float) -> torch.Tensor:
+    """fast(q, k, v) (causal attention by any method) when no masked pair can meet a NaN/Inf, else the exactly masked
+    composition. Under torch.compile the graph holds the fast path only: the check is data, and
+    torch.cond cannot take these two branches (their gradients differ in memory layout)."""
+    tq, tk = q.shape[2], k.shape[2]
+    # Only these rows take part in masked pairs: every query but the last (which sees every key),
+    # every key after the first Tk - Tq + 1 (which every query sees). Decoding (Tq = 1) checks nothing.
+    if torch.compiler.is_compiling() or finite_sum(q[:, :, :tq - 1], k[:, :, tk - tq + 1:], v[:, :, tk - tq + 1:]):
+        return fast(q, k, v)
+    return exactly_masked_attention(q, k, v, scale)
+
+
+def _repeat_kv(q, k, v):
     h, hkv = q.shape[1], k.shape[1]
     if hkv != h:  # GQA/MQA: each group of H/Hkv query heads shares one key/value head
         k = k.repeat_interleave(h // hkv, dim=1)
         v = v.repeat_interleave(h // hkv, dim=1)
+    return k, v
+
+
+def _softmax_attention(q, k, v, scale, causal):
+    k, v = _repeat_kv(q, k, v)
     att = (q @ k.transpose(-2, -1)) * scale  # (B, H, Tq, Tk)
     if causal:
         att = att.masked_fill(~causal_mask(q.shape[2], k.shape[2], q.device), float("-inf"))
@@ -29,6 +69,29 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, c
     # every position attend to the future.
     att = torch.softmax(att, dim=-1)
     return att @ v  # (B, H, Tq, D)
+
+
+def exactly_masked_attention(q, k, v, scale):
+    """Causal attention with every product of a masked pair an exact zero, in forward and backward:
+    both factors of each product are selected (a select of one factor alone still gives 0 · NaN in
+    the backward). Materialises (rows, Tk, D), a piece of query rows at a time: for inputs with NaN/Inf."""
+    k, v = _repeat_kv(q, k, v)
+    visible = causal_mask(q.shape[2], k.shape[2], q.device)
+    rows = max(1, EXACT_PIECE_ELEMENTS // (q.shape[0] * q.shape[1] * k.shape[2] * max(q.shape[3], 1)))
+    return torch.cat([_exactly_masked_rows(q[:, :, r:r + rows], k, v, scale, visible[r:r + rows])
+                      for r in range(0, q.shape[2], rows)], dim=2)
+
+
+def _exactly_masked_rows(q, k, v, scale, visible):
+    pair = visible[:, :, None]  # (rows, Tk, 1)
+    zero = q.new_zeros(())
+    qs = torch.where(pair, q[:, :, :, None, :], zero)  # (B, H, rows, Tk, D): q_i at the pairs it sees
+    ks = torch.where(pair, k[:, :, None, :, :], zero)
+    att = (qs * ks).sum(-1) * scale  # (B, H, rows, Tk)
+    # A row holding a NaN has NaN weights everywhere after the softmax: the masked ones are zeroed again.
+    att = torch.softmax(att.masked_fill(~visible, float("-inf")), dim=-1).masked_fill(~visible, 0)
+    vs = torch.where(pair, v[:, :, None, :, :], zero)
+    return (att[..., None] * vs).sum(-2)
 
 
 def lora_linear(x, weight, bias, lora_a, lora_b, scale: float) -> torch.Tensor:

@@ -476,9 +476,10 @@ BG_INLINE void bwd_rows(const QRows& h, long i, long j0, long nb, long off, bool
   const long Dp = padded(D);
   qk_rows<NR>(h.q + i * h.ldq, h.ldq, D, w.Kt, scale, w.P, nb);
   qk_rows<NR>(h.dout + i * h.lddo, h.lddo, D, w.Vt, 1.0f, w.dS, nb);
-  long nmax = 0;
+  long nmax = 0, seen[NR];
   for (int r = 0; r < NR; ++r) {
     const long n = causal ? lmin(nb, i + r + off - j0 + 1) : nb;  // >= 1: rows start at first_query
+    seen[r] = n;
     nmax = lmax(nmax, n);
     const vf lim = splat((float)n), L = splat(h.lse[i + r]), dl = splat(h.delta[i + r]);
     for (long c = 0; c * W < nb; ++c) {  // the vectors that hold the block's keys
@@ -490,19 +491,34 @@ BG_INLINE void bwd_rows(const QRows& h, long i, long j0, long nb, long off, bool
       st(w.dS + r * BK + W * c, seen < lim ? ds : vf{});
     }
   }
-  pv_rows<NR>(w.dS, nmax, w.Kp, Dp, h.dQ + i * Dp);
+  // Rows that see fewer than nmax keys hold dS = 0 for the rest, which meet K (in dQ) and those
+  // rows' q (in dK) only when these are finite: 0 * NaN would leak a masked pair's NaN/inf
+  // (docs/design.md §2.7). Otherwise each row goes over exactly the keys it sees, as the forward's P V.
+  const long nmin = seen[0];  // rows are consecutive: the first sees the fewest keys
+  if (nmin == nmax || rows_finite(w.Kp, nmin, nmax, Dp)) {
+    pv_rows<NR>(w.dS, nmax, w.Kp, Dp, h.dQ + i * Dp);
+  } else {
+    for (int r = 0; r < NR; ++r) pv_rows<1>(w.dS + r * BK, seen[r], w.Kp, Dp, h.dQ + (i + r) * Dp);
+  }
   pack_rows(h.q + i * h.ldq, h.ldq, NR, D, Dp, w.Xq);
   pack_rows(h.dout + i * h.lddo, h.lddo, NR, D, Dp, w.Xdo);
-  for (long d = 0; d < Dp; d += W) {
-    vf xq[NR], xdo[NR];
-    for (int r = 0; r < NR; ++r) xq[r] = ld(w.Xq + r * Dp + d), xdo[r] = ld(w.Xdo + r * Dp + d);
-    for (long c = 0; c < nmax; ++c) {
-      vf ak = ld(w.dK + c * Dp + d), av = ld(w.dV + c * Dp + d);
-      for (int r = 0; r < NR; ++r) ak += xq[r] * w.dS[r * BK + c], av += xdo[r] * w.P[r * BK + c];
-      st(w.dK + c * Dp + d, ak);
-      st(w.dV + c * Dp + d, av);
+  auto dkdv = [&](auto exact) {
+    for (long d = 0; d < Dp; d += W) {
+      vf xq[NR], xdo[NR];
+      for (int r = 0; r < NR; ++r) xq[r] = ld(w.Xq + r * Dp + d), xdo[r] = ld(w.Xdo + r * Dp + d);
+      for (long c = 0; c < nmax; ++c) {
+        vf ak = ld(w.dK + c * Dp + d), av = ld(w.dV + c * Dp + d);
+        for (int r = 0; r < NR; ++r) {
+          if (decltype(exact)::value && c >= seen[r]) continue;
+          ak += xq[r] * w.dS[r * BK + c], av += xdo[r] * w.P[r * BK + c];
+        }
+        st(w.dK + c * Dp + d, ak);
+        st(w.dV + c * Dp + d, av);
+      }
     }
-  }
+  };
+  if (nmin == nmax || rows_finite(w.Xq, 0, NR, Dp)) dkdv(std::false_type{});
+  else dkdv(std::true_type{});
 }
 
 // The backward of one (batch, kv head) over the key blocks kb0, kb0 + kstep, ... < kb1: its G

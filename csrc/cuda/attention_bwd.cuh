@@ -56,11 +56,14 @@ __global__ void __launch_bounds__(128) attn_dq_kernel(AttnParams p) {
   for (int n = 0; n < NO; ++n) dq[n][0] = dq[n][1] = dq[n][2] = dq[n][3] = 0.f;
 
   const int n_end = visible_key_end(p, m0, BM);
+  const int n_full = (min(n_end, p.causal ? m0 + (p.Tk - p.Tq) + 1 : p.Tk) / BN) * BN;  // as in the forward
   for (int n0 = 0; n0 < n_end; n0 += BN) {
     __syncthreads();
     load_rows<T, NT>(sK, L.k, cta.k, n0);
     load_rows<T, NT>(sV, L.v, cta.v, n0);
     __syncthreads();
+    // dS is an exact 0 where a row does not see a key; a NaN/Inf key there needs the exact dS K.
+    const bool exact_dsk = n0 >= n_full && tile_has_nonfinite<T, NT>(sK, L.k);
     float s[BN / 8][4], dpv[BN / 8][4];
     warp_scores2(s, dpv, sQw, sK, sdOw, sV, ld, dp);  // S = Q Kᵀ, dP = dO Vᵀ
 #pragma unroll
@@ -68,16 +71,22 @@ __global__ void __launch_bounds__(128) attn_dq_kernel(AttnParams p) {
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
         const bool vis = visible(p, m0 + warp * 16 + acc_row(i), n0 + n * 8 + acc_col(i));
-        const float pr = vis ? expf(s[n][i] * p.scale - lse[i >> 1]) : 0.f;
-        sSw[acc_row(i) * ldp + n * 8 + acc_col(i)] = from_float<T>(pr * (dpv[n][i] - delta[i >> 1]));
+        // The select, not P = 0 alone: dP or delta may be NaN at an unseen pair (0 · NaN).
+        const float ds = vis ? expf(s[n][i] * p.scale - lse[i >> 1]) * (dpv[n][i] - delta[i >> 1]) : 0.f;
+        sSw[acc_row(i) * ldp + n * 8 + acc_col(i)] = from_float<T>(ds);
       }
     }
     __syncwarp();
+    if (exact_dsk) {
+      warp_seen_product(dq, sSw, ldp, sK, ld, BN, 0, dp,
+                        [&](int r, int j) { return visible(p, m0 + warp * 16 + r, n0 + j); });
+    } else {
 #pragma unroll
-    for (int kk = 0; kk < BN; kk += 16) {
+      for (int kk = 0; kk < BN; kk += 16) {
 #pragma unroll
-      for (int n = 0; n < NO; ++n)
-        if (n * 8 < dp) warp_mma(dq[n], sSw + kk, ldp, 1, sK + kk * ld + n * 8, ld, 1);
+        for (int n = 0; n < NO; ++n)
+          if (n * 8 < dp) warp_mma(dq[n], sSw + kk, ldp, 1, sK + kk * ld + n * 8, ld, 1);
+      }
     }
     __syncwarp();
   }
@@ -135,6 +144,8 @@ __global__ void __launch_bounds__(DkDvTiles<sizeof(T), DMAX>::kThreads) attn_dkd
           sDelta[i] = m0 + i < p.Tq ? p.delta[stat0 + m0 + i] : 0.f;
         }
         __syncthreads();
+        // dSᵀ is an exact 0 where a query does not see a key; a NaN/Inf query there needs the exact dSᵀ Q.
+        const bool exact_dsq = p.causal && m0 + shift < n0 + BNK - 1 && tile_has_nonfinite<T, NT>(sQ, L.q);
         // Sᵀ = K Qᵀ and dPᵀ = V dOᵀ for this warp's 16 keys x BMQ queries.
         float st[BMQ / 8][4], dpt[BMQ / 8][4];
         warp_scores2(st, dpt, sKw, sQ, sVw, sdO, ld, dp);
@@ -146,7 +157,7 @@ __global__ void __launch_bounds__(DkDvTiles<sizeof(T), DMAX>::kThreads) attn_dkd
             const bool vis = visible(p, m0 + qi, n0 + warp * 16 + kj);
             const float pr = vis ? expf(st[n][i] * p.scale - sLse[qi]) : 0.f;
             sPw[kj * ldq + qi] = from_float<T>(pr);
-            sdSw[kj * ldq + qi] = from_float<T>(pr * (dpt[n][i] - sDelta[qi]));
+            sdSw[kj * ldq + qi] = from_float<T>(vis ? pr * (dpt[n][i] - sDelta[qi]) : 0.f);  // 0 · NaN
           }
         }
         __syncwarp();
@@ -157,10 +168,13 @@ __global__ void __launch_bounds__(DkDvTiles<sizeof(T), DMAX>::kThreads) attn_dkd
           for (int n = 0; n < DCH / 8; ++n) {
             if (d0 + n * 8 < dp) {
               warp_mma(dv[n], sPw + kk, ldq, 1, sdO + kk * ld + d0 + n * 8, ld, 1);
-              warp_mma(dk[n], sdSw + kk, ldq, 1, sQ + kk * ld + d0 + n * 8, ld, 1);
+              if (!exact_dsq) warp_mma(dk[n], sdSw + kk, ldq, 1, sQ + kk * ld + d0 + n * 8, ld, 1);
             }
           }
         }
+        if (exact_dsq)
+          warp_seen_product(dk, sdSw, ldq, sQ, ld, BMQ, d0, dp,
+                            [&](int kj, int qi) { return visible(p, m0 + qi, n0 + warp * 16 + kj); });
         __syncwarp();
       }
     }

@@ -54,6 +54,36 @@ __device__ __forceinline__ void warp_scores2(float (&s)[N8][4], float (&s2)[N8][
   }
 }
 
+// Whether a shared tile holds a NaN or an Inf. A barrier: every thread of the block calls it.
+template <class T, int NTHREADS>
+__device__ __forceinline__ bool tile_has_nonfinite(const T* tile, const Region& r) {
+  int bad = 0;
+  for (int idx = threadIdx.x; idx < r.rows * r.cols; idx += NTHREADS)
+    bad |= !(fabsf(to_float(tile[idx / r.cols * r.ld + idx % r.cols])) < INFINITY);
+  return __syncthreads_or(bad);
+}
+
+// acc += A B over j < k, in warp_mma's accumulator layout (rows acc_row, columns c0 + 8n + acc_col,
+// chunks at or past `cols` skipped as the mma loops skip them), summing only the pairs (row, j) that
+// `seen` admits, one scalar product each. A masked tile whose B holds a NaN or Inf needs this exact
+// product: inside an mma the exact 0 of A at an unseen pair times NaN is NaN (docs/design.md §2.7).
+template <int N8, class T, class Seen>
+__device__ __forceinline__ void warp_seen_product(float (&acc)[N8][4], const T* a, int lda, const T* b, int ldb,
+                                                  int k, int c0, int cols, Seen seen) {
+#pragma unroll
+  for (int n = 0; n < N8; ++n) {
+    if (c0 + n * 8 >= cols) continue;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int r = acc_row(i), c = c0 + n * 8 + acc_col(i);
+      float sum = 0.f;
+      for (int j = 0; j < k; ++j)
+        if (seen(r, j)) sum += to_float(a[r * lda + j]) * to_float(b[j * ldb + c]);
+      acc[n][i] += sum;
+    }
+  }
+}
+
 // Sum over the 4 lanes that share an accumulator row (lanes 4g..4g+3).
 __device__ __forceinline__ float quad_sum(float x) {
   x += __shfl_xor_sync(0xffffffffu, x, 1);

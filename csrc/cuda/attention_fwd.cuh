@@ -41,6 +41,10 @@ __global__ void __launch_bounds__(128) attn_fwd_kernel(AttnParams p) {
     load_rows<T, NT>(sK, L.k, cta.k, n0);
     load_rows<T, NT>(sV, L.v, cta.v, n0);
     __syncthreads();
+    // P is an exact 0 where a row does not see a key; a NaN/Inf value of such a key needs the exact
+    // product all the same (0 · NaN in an mma is NaN).
+    bool exact_pv = false;
+    if constexpr (decltype(masked)::value) exact_pv = tile_has_nonfinite<T, NT>(sV, L.v);
 
     float s[BN / 8][4];
 #pragma unroll
@@ -86,11 +90,16 @@ __global__ void __launch_bounds__(128) attn_fwd_kernel(AttnParams p) {
       }
     }
     __syncwarp();  // P is written by all lanes of the warp and read as fragments by all
+    if (exact_pv) {
+      warp_seen_product(o, sPw, ldp, sV, ld, BN, 0, dp,
+                        [&](int r, int j) { return visible(p, m0 + warp * 16 + r, n0 + j); });
+    } else {
 #pragma unroll
-    for (int kk = 0; kk < BN; kk += 16) {
+      for (int kk = 0; kk < BN; kk += 16) {
 #pragma unroll
-      for (int n = 0; n < NO; ++n)
-        if (n * 8 < dp) warp_mma(o[n], sPw + kk, ldp, 1, sV + kk * ld + n * 8, ld, 1);
+        for (int n = 0; n < NO; ++n)
+          if (n * 8 < dp) warp_mma(o[n], sPw + kk, ldp, 1, sV + kk * ld + n * 8, ld, 1);
+      }
     }
     __syncwarp();  // reads of sPw finish before the next tile overwrites it
   };

@@ -31,6 +31,22 @@ from . import configs as C
 
 
 
+@triton.jit
+def _dot_seen(a, b, seen, PRECISION: tl.constexpr):
+    """a @ b over a masked block, where a is an exact 0 at the pairs (row of a, row of b) that are not
+    `seen`: a non-finite row of b would still make 0 · NaN = NaN there (docs/design.md §2.7). The plain
+    dot when b is finite (the common case: one pass over b); else the dot of b's finite part, and NaN
+    wherever a seen pair meets a non-finite element of b."""
+    bad = tl.where(tl.abs(b.to(tl.float32)) < float("inf"), 0.0, 1.0)  # 1 at NaN and ±Inf
+    if tl.max(tl.max(bad, 1), 0) == 0:
+        out = tl.dot(a, b, input_precision=PRECISION)
+    else:
+        out = tl.dot(a, tl.where(bad == 0, b, 0.0).to(b.dtype), input_precision=PRECISION)
+        hits = tl.dot(seen.to(b.dtype), bad.to(b.dtype), input_precision=PRECISION)
+        out = tl.where(hits > 0, float("nan"), out)
+    return out
+
+
 # ------------------------------------------------------------------------------ forward
 @triton.jit
 def _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kt, stride_vt, offs_m, offs_d, D, Tk, offset,
@@ -52,7 +68,11 @@ def _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kt, stride_vt, offs_m, o
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+        if MASKED:
+            pv = _dot_seen(p.to(v.dtype), v, keep, PRECISION)
+        else:
+            pv = tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+        acc = acc * alpha[:, None] + pv
         m_i = m_new
     return acc, l_i, m_i
 
@@ -145,11 +165,16 @@ def _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qt, 
         s_t = tl.dot(k, tl.trans(q), input_precision=PRECISION) * qk_scale  # (BLOCK_N, BLOCK_M)
         p_t = tl.exp2(s_t - lse2[None, :])
         if MASKED:
-            p_t = tl.where(offs_n[:, None] <= offs_m[None, :] + offset, p_t, 0.0)
+            seen = offs_n[:, None] <= offs_m[None, :] + offset
+            p_t = tl.where(seen, p_t, 0.0)
         dv += tl.dot(p_t.to(do.dtype), do, input_precision=PRECISION)
         dp_t = tl.dot(v, tl.trans(do), input_precision=PRECISION)
         ds_t = p_t * (dp_t - delta[None, :])
-        dk += tl.dot(ds_t.to(q.dtype), q, input_precision=PRECISION)
+        if MASKED:  # a masked pair: p_t = 0, but dP or delta may be NaN (0 · NaN), and so may q
+            ds_t = tl.where(seen, ds_t, 0.0)
+            dk += _dot_seen(ds_t.to(q.dtype), q, seen, PRECISION)
+        else:
+            dk += tl.dot(ds_t.to(q.dtype), q, input_precision=PRECISION)
     return dk, dv
 
 
@@ -224,7 +249,11 @@ def _dq_inner(dq, q, do, lse2, delta, k_base, v_base, stride_kt, stride_vt, offs
             p = tl.where(keep, p, 0.0)
         dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
         ds = p * (dp - delta[:, None])
-        dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
+        if MASKED:  # a masked pair: p = 0, but dP or delta may be NaN (0 · NaN), and so may k
+            ds = tl.where(keep, ds, 0.0)
+            dq += _dot_seen(ds.to(k.dtype), k, keep, PRECISION)
+        else:
+            dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
     return dq
 
 
