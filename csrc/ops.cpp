@@ -12,6 +12,7 @@
 namespace babygpt::cpu {
 const char* attention_isa();  // csrc/cpu/attention.cpp
 const char* lora_isa();       // csrc/cpu/lora.cpp
+const char* gelu_isa();       // csrc/cpu/bias_gelu.cpp
 }
 #ifdef BABYGPT_WITH_CUDA
 namespace babygpt::cuda {
@@ -19,7 +20,10 @@ int runtime_version();  // csrc/cuda/ops_cuda.cu
 }
 #endif
 
-TORCH_LIBRARY(babygpt, m) { BABYGPT_DEFINE_CONTRACT(m); }
+TORCH_LIBRARY(babygpt, m) {
+  BABYGPT_DEFINE_CONTRACT(m);
+  BABYGPT_DEFINE_CPU_FUSED(m);
+}
 
 namespace {
 
@@ -53,6 +57,7 @@ py::dict build_info() {
   d["max_head_dim"] = babygpt::kMaxHeadDim;
   d["cuda_smem_bytes"] = cuda_smem_bytes();
   d["cpu_lora_isa"] = std::string(babygpt::cpu::lora_isa());
+  d["cpu_gelu_isa"] = std::string(babygpt::cpu::gelu_isa());
 #ifdef BABYGPT_WITH_CUDA
   d["cuda"] = true;
   d["cuda_archs"] = std::string(BABYGPT_CUDA_ARCHS);

@@ -26,3 +26,12 @@ constexpr int kMaxHeadDim = 256;
             " float scale, bool need_dweight, bool need_dbias) -> (Tensor dx, Tensor dweight,"           \
             " Tensor dbias, Tensor dlora_a, Tensor dlora_b)");                                           \
   } while (0)
+
+// The fused ops of the training step: CPU kernels only (csrc/cpu), so only the `babygpt` namespace
+// defines them; on other devices the eager composition runs them (ops/backends.py). x (N, F),
+// bias (F,) or None; dbias is empty (numel 0) when need_dbias is false.
+#define BABYGPT_DEFINE_CPU_FUSED(m)                                                                      \
+  do {                                                                                                    \
+    (m).def("bias_gelu_fwd(Tensor x, Tensor? bias) -> Tensor");                                          \
+    (m).def("bias_gelu_bwd(Tensor dy, Tensor x, Tensor? bias, bool need_dbias) -> (Tensor dx, Tensor dbias)"); \
+  } while (0)

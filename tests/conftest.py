@@ -113,11 +113,16 @@ def _lora_call(n, d_in, d_out, r, bias, base_grad):
                                                    ("base_grad", base_grad), ("N<=", n)))
 
 
+def _bias_gelu_call(n, f, bias):
+    return Call("bias_gelu", "cpu", torch.float32, 0, (("F<=", f), ("bias", bias), ("N<=", n)))
+
+
 # Small calls of every op in the table, for the tests that iterate over it (opcheck, compile):
 # spec.make_args(call, device, dtype, requires_grad) builds their inputs. A new op adds its own.
 OP_SAMPLES = {
     "attention": [_attn_call(2, 1, 5, 5, 8, True), _attn_call(2, 2, 3, 7, 16, True), _attn_call(4, 2, 6, 3, 8, False)],
     "lora": [_lora_call(5, 8, 6, 2, True, False), _lora_call(5, 8, 6, 2, False, False), _lora_call(5, 8, 6, 2, True, True)],
+    "bias_gelu": [_bias_gelu_call(5, 12, True), _bias_gelu_call(3, 8, False)],
 }
 
 

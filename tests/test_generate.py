@@ -189,3 +189,47 @@ def test_decode_steps_skip_the_id_check_but_the_prompt_is_checked():
     m = model(None)
     with pytest.raises(ValueError, match="vocab_size=29.*max 29"):
         m.generate(torch.tensor([[1, 29]]), 3)
+
+
+# --------------------------------------------------------------------------- the decode plan
+def test_decode_plan_step_equals_the_models_forward_with_the_cache():
+    from babygpt_ext.generate.decode import DecodePlan
+    m = model(None, n_kv_head=2, block_size=24)
+    idx = torch.randint(0, 29, (3, 9), generator=torch.Generator().manual_seed(6))
+    with torch.inference_mode():
+        cache_ref, cache_plan = m.new_kv_cache(3), m.new_kv_cache(3)
+        m(idx[:, :5], kv_cache=cache_ref), m(idx[:, :5], kv_cache=cache_plan)
+        plan = DecodePlan.of(m, cache_plan)
+        assert plan is not None
+        for pos in range(5, 9):
+            want = m(idx[:, pos:pos + 1], kv_cache=cache_ref)[0][:, -1]
+            torch.testing.assert_close(plan.step(idx[:, pos], pos), want, rtol=1e-5, atol=1e-5)
+        assert cache_plan[0].length == cache_ref[0].length == 9
+        for a, b in zip(cache_plan, cache_ref):
+            torch.testing.assert_close(a.k[:, :, :9], b.k[:, :, :9]), torch.testing.assert_close(a.v[:, :, :9], b.v[:, :, :9])
+
+
+def test_decode_plan_declines_what_it_would_not_reproduce():
+    from babygpt_ext import lora
+    from babygpt_ext.generate.decode import DecodePlan
+    m = model()
+    assert DecodePlan.of(m, m.new_kv_cache(1)) is not None
+    hooked = model()
+    hooked.transformer.h[1].mlp.register_forward_hook(lambda mod, inp, out: out * 2)
+    assert DecodePlan.of(hooked, hooked.new_kv_cache(1)) is None
+    adapted = model()
+    lora.inject(adapted, target_modules=("c_attn",), r=2, alpha=4)
+    assert DecodePlan.of(adapted, adapted.new_kv_cache(1)) is None
+    assert DecodePlan.of(model(qkv_rank=4), model(qkv_rank=4).new_kv_cache(1)) is None
+
+
+def test_lora_models_still_decode_like_recompute():
+    from babygpt_ext import lora
+    m = model(None, block_size=24)
+    lora.inject(m, target_modules=("c_attn", "c_fc"), r=2, alpha=4)
+    for name, p in m.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.5)  # a non-zero update, so the LoRA path matters
+    idx = torch.randint(0, 29, (2, 4), generator=torch.Generator().manual_seed(7))
+    assert torch.equal(run(m, idx, True, max_new_tokens=10, temperature=0.0),
+                       run(m, idx, False, max_new_tokens=10, temperature=0.0))

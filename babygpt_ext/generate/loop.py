@@ -6,7 +6,8 @@ Two ways to get the logits of the next position, which produce the same tokens (
                               per token, and simple.
   KV cache  (kv_cache=True)   run the prompt once ("prefill", Tq = Tk = T), keeping every layer's
                               keys and values; then feed only the newest token (Tq = 1 query
-                              against Tk cached keys: the op's bottom-right causal mask).
+                              against Tk cached keys: the op's bottom-right causal mask), through
+                              decode.py's DecodePlan when the model is a plain GPT.
 
 Positions are absolute (learned position embeddings), so once the sequence is longer than
 block_size the window of the last block_size tokens slides and every cached key sits at a new
@@ -18,6 +19,7 @@ from typing import Callable, Optional, Sequence, Union
 
 import torch
 
+from .decode import DecodePlan
 from .sampling import check_sampling_args, sample_next
 
 
@@ -87,14 +89,16 @@ def _generate(model, idx, max_new_tokens, temperature, top_k, top_p, stop, kv_ca
     out = idx.new_empty(B, n + max_new_tokens)
     out[:, :n] = idx
     cache = model.new_kv_cache(B) if kv_cache and hasattr(model, "new_kv_cache") else None
+    plan = None
     if cache is not None:
-        logits, _ = model(out[:, max(0, n - block_size):n], kv_cache=cache)  # prefill: (B, T, V)
+        logits = model(out[:, max(0, n - block_size):n], kv_cache=cache)[0][:, -1]  # prefill: (B, V)
+        plan = DecodePlan.of(model, cache)
     done = torch.zeros(B, dtype=torch.bool, device=idx.device)
     last = idx[:, -1]
     for _ in range(max_new_tokens):
         if cache is None:
-            logits, _ = model(out[:, max(0, n - block_size):n])  # recompute over the (cropped) context
-        tok = sample_next(logits[:, -1, :], temperature, top_k, top_p, generator)  # (B,)
+            logits = model(out[:, max(0, n - block_size):n])[0][:, -1]  # recompute over the (cropped) context
+        tok = sample_next(logits, temperature, top_k, top_p, generator)  # (B,)
         if rows_done is not None:
             tok = torch.where(done, last, tok)  # finished rows repeat their last token
         last = tok
@@ -107,8 +111,9 @@ def _generate(model, idx, max_new_tokens, temperature, top_k, top_p, stop, kv_ca
         if rows_done is not None and bool(done.all()):
             break
         if cache is not None:
-            if cache[0].length < block_size:
-                logits, _ = model(out[:, n - 1:n], kv_cache=cache)  # decode: one query, Tq = 1
+            pos = cache[0].length
+            if pos < block_size:  # decode: one query, Tq = 1
+                logits = plan.step(tok, pos) if plan is not None else model(out[:, n - 1:n], kv_cache=cache)[0][:, -1]
             else:
                 cache = None  # the window starts sliding: cached positions are stale (see above)
     return out, n

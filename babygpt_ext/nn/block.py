@@ -8,12 +8,20 @@ from typing import Optional
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
+from .. import ops
 from .attention import CausalSelfAttention, KVCache
 
 
 class MLP(nn.Module):
-    """Position-wise feed-forward: widen 4×, GELU, project back (nanoGPT names c_fc, c_proj)."""
+    """Position-wise feed-forward: widen 4×, GELU, project back (nanoGPT names c_fc, c_proj).
+
+    c_fc's bias is added inside the GELU's pass (ops.bias_gelu), not by the GEMM: one pass over the
+    (B, T, 4C) activations forward and one backward (which also sums c_fc's bias gradient), where
+    addmm + GELU + their backwards make four. A c_fc that is not a plain nn.Linear (LoRA) runs as
+    a module.
+    """
 
     def __init__(self, n_embd: int, bias: bool = True, dropout: float = 0.0):
         super().__init__()
@@ -23,7 +31,14 @@ class MLP(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.c_proj(self.gelu(self.c_fc(x)))  # (B, T, C) -> (B, T, 4C) -> (B, T, C)
+        fc = self.c_fc
+        if type(fc) is nn.Linear and self.gelu.approximate == "none":
+            h = F.linear(x, fc.weight)  # (B, T, C) -> (B, T, 4C)
+            bias = fc.bias if fc.bias is None or fc.bias.dtype == h.dtype else fc.bias.to(h.dtype)  # autocast
+            h = ops.bias_gelu(h, bias)
+        else:
+            h = self.gelu(fc(x))
+        y = self.c_proj(h)  # (B, T, 4C) -> (B, T, C)
         # p = 0 (the presets' default) skips the module call: decoding runs this ~100 times per token
         return self.dropout(y) if self.dropout.p > 0 else y
 

@@ -1,8 +1,9 @@
-"""Functional API of babygpt_ext: fused causal attention and fused LoRA linear.
+"""Functional API of babygpt_ext: fused causal attention, fused LoRA linear, fused bias + GELU.
 
     from babygpt_ext import ops
     o = ops.causal_attention(q, k, v)                  # q (B, H, Tq, D), k/v (B, Hkv, Tk, D)
     y = ops.lora_linear(x, w, b, lora_a, lora_b, alpha / r)
+    h = ops.bias_gelu(x, b)                            # gelu(x + b), the MLP's activation
     print(ops.explain(q, k, v))                        # which backend runs, measured times, and why
 
 Every call is validated here, before any kernel runs, then handed to the engine (engine.py), which
@@ -20,10 +21,10 @@ from . import engine
 from .registry import BACKENDS, Backend, BackendUnavailableError, register
 from .table import OPS
 
-__all__ = ["causal_attention", "lora_linear", "available_backends", "explain", "explain_lora", "Explanation",
-           "BACKENDS", "OPS", "Backend", "BackendUnavailableError", "register"]
+__all__ = ["causal_attention", "lora_linear", "bias_gelu", "available_backends", "explain", "explain_lora",
+           "Explanation", "BACKENDS", "OPS", "Backend", "BackendUnavailableError", "register"]
 
-_ATTENTION, _LORA = OPS["attention"], OPS["lora"]
+_ATTENTION, _LORA, _BIAS_GELU = OPS["attention"], OPS["lora"], OPS["bias_gelu"]
 
 
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = True,
@@ -51,6 +52,12 @@ def lora_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
     """
     y = engine.run(_LORA, _LORA.validate(x, weight, bias, lora_a, lora_b, scale), backend)  # (N, out)
     return y.reshape(*x.shape[:-1], weight.shape[0])
+
+
+def bias_gelu(x: torch.Tensor, bias: Optional[torch.Tensor], *, backend: Optional[str] = None) -> torch.Tensor:
+    """gelu(x + bias), the exact (erf) GELU, in one pass (and one backward pass that also sums dbias):
+    x (..., F), bias (F,) or None. Returns x's shape and dtype."""
+    return engine.run(_BIAS_GELU, _BIAS_GELU.validate(x, bias), backend).reshape(x.shape)
 
 
 def available_backends(device: Optional[str] = None, op: Optional[str] = None) -> list:

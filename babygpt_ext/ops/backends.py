@@ -62,9 +62,14 @@ def _run_compiled(spec, backend, *args):
     return spec.run_compiled(compiled_ops(backend), *args)
 
 
-def compiled_impls(backend: str) -> dict:
-    """Every op of the table, through the backend's namespace."""
-    return {name: functools.partial(_run_compiled, spec, backend) for name, spec in OPS.items()}
+# The ops every compiled namespace defines (BABYGPT_DEFINE_CONTRACT); the fused ops of the training
+# step (BABYGPT_DEFINE_CPU_FUSED) have CPU kernels only, so other devices run their eager composition.
+CONTRACT_OPS = ("attention", "lora")
+
+
+def compiled_impls(backend: str, ops: tuple = CONTRACT_OPS) -> dict:
+    """The given ops of the table, through the backend's namespace."""
+    return {name: functools.partial(_run_compiled, OPS[name], backend) for name in ops}
 
 
 def compiled_limits(backend: str, dtypes: tuple, also=None):
@@ -130,7 +135,7 @@ def _cpu_slower_than_sdpa(call: Call):
 
 register(Backend(
     "cpu", "C++ kernels of csrc/cpu (torch.ops.babygpt on CPU tensors)",
-    devices=("cpu",), impls=compiled_impls("cpu"), unavailable=_ext_missing,
+    devices=("cpu",), impls=compiled_impls("cpu", tuple(OPS)), unavailable=_ext_missing,
     refuse=compiled_limits("cpu", WITH_F64), policy_skip=_cpu_slower_than_sdpa))
 
 

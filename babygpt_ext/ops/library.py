@@ -49,12 +49,12 @@ def _once_differentiable(op: str, backward):
 
 
 def register_contract(ns: str) -> None:
-    """Register fakes and autograd for ns's forward/backward op pairs of every op in the table
-    (idempotent)."""
+    """Register fakes and autograd for ns's forward/backward op pairs of every op in the table that
+    ns defines (idempotent)."""
     if ns in _registered:
         return
     ops = getattr(torch.ops, ns)
-    for spec in OPS.values():
+    for spec in (s for s in OPS.values() if hasattr(ops, s.forward)):
         for name, fake in spec.fakes.items():
             torch.library.register_fake(f"{ns}::{name}")(fake)
         torch.library.register_autograd(f"{ns}::{spec.forward}",

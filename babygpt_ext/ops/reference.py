@@ -1,6 +1,6 @@
-"""The eager compositions: the readable definition of both ops, and the float64 test reference.
+"""The eager compositions: the readable definition of every op, and the float64 test reference.
 
-Everything else in the package (C++, CUDA, Triton) must agree with these two functions.
+Everything else in the package (C++, CUDA, Triton) must agree with these functions.
 """
 
 import torch
@@ -98,3 +98,8 @@ def lora_linear(x, weight, bias, lora_a, lora_b, scale: float) -> torch.Tensor:
     """x Wᵀ + b + scale · (x Aᵀ) Bᵀ for x (..., in), W (out, in), A (r, in), B (out, r)."""
     y = torch.nn.functional.linear(x, weight, bias)
     return y + scale * torch.nn.functional.linear(torch.nn.functional.linear(x, lora_a), lora_b)
+
+
+def bias_gelu(x, bias) -> torch.Tensor:
+    """gelu(x + bias), the exact (erf) GELU, for x (..., F) and bias (F,) or None."""
+    return torch.nn.functional.gelu(x if bias is None else x + bias)

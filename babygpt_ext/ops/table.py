@@ -2,6 +2,7 @@
 autograd registration, the CLI's tuning and the shared test-suite all iterate over it."""
 
 from .attention_op import ATTENTION
+from .bias_gelu_op import BIAS_GELU
 from .lora_op import LORA
 
-OPS = {spec.name: spec for spec in (ATTENTION, LORA)}
+OPS = {spec.name: spec for spec in (ATTENTION, LORA, BIAS_GELU)}

@@ -99,3 +99,14 @@ def lora_args(x, weight, bias, lora_a, lora_b, scale) -> float:
     if scale is None:
         raise TypeError("scale must be a real number (alpha / r), got None")
     return _scale(scale, 1.0)
+
+
+def bias_gelu_args(x, bias) -> None:
+    """Check bias_gelu's inputs: x (..., F), bias (F,) or None."""
+    _tensor("x", x)
+    if bias is not None:
+        _tensor("bias", bias, 1)
+        _same_dtype_and_device({"x": x, "bias": bias})
+    if x.dim() < 1 or (bias is not None and x.shape[-1] != bias.shape[0]):
+        raise ValueError(f"x must be (..., F) with F the size of bias; got x {tuple(x.shape)}"
+                         + (f", bias {tuple(bias.shape)}" if bias is not None else ""))

@@ -1,0 +1,89 @@
+"""One decoding step of a GPT as a short list of tensor ops: the KV-cache loop's per-token path.
+
+    plan = DecodePlan.of(model, cache)      # None when the model has parts the plan does not know
+    logits = plan.step(tok, pos)            # tok (B,) at position pos -> next-token logits (B, V)
+
+A step feeds one token per row. Through the modules it costs ~100 small tensor ops per layer
+(module calls, 3-D views, splits, transposes, per-call validation of the ops), and at one row per
+GEMM that overhead, not arithmetic, is most of a token's time. The plan runs the same computation
+as GPT.forward on (B, C) rows with the modules' own weights, about 20 ops per layer: the new key
+and value are copied straight from the qkv projection into the preallocated cache, the attention
+output (B, H, 1, D) is already the (B, C) layout of the heads side by side, and the ops are called
+through the engine with arguments validated once (their shapes are the plan's own). Anything the
+plan does not reproduce exactly (LoRA or low-rank projections, other modules, forward hooks) makes
+DecodePlan.of return None, and the loop calls the model instead.
+"""
+
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .. import ops
+from ..ops import engine
+from ..models.gpt import GPT
+from ..nn.attention import CausalSelfAttention
+from ..nn.block import MLP, Block
+
+
+def _plain(module: nn.Module, kind: type) -> bool:
+    return type(module) is kind and not (module._forward_hooks or module._forward_pre_hooks)
+
+
+def _layer_norm(ln: nn.LayerNorm):
+    return ln.normalized_shape, ln.weight, ln.bias, ln.eps
+
+
+class DecodePlan:
+    def __init__(self, model: GPT, cache: list):
+        t = model.transformer
+        self.wte, self.wpe = t.wte.weight, t.wpe.weight
+        self.ln_f, self.head = _layer_norm(t.ln_f), (model.lm_head.weight, model.lm_head.bias)
+        self.layers = []
+        for blk, kv in zip(t.h, cache):
+            a, m = blk.attn, blk.mlp
+            self.layers.append((_layer_norm(blk.ln_1), a.c_attn.weight, a.c_attn.bias, a.c_proj.weight, a.c_proj.bias,
+                                _layer_norm(blk.ln_2), m.c_fc.weight, m.c_fc.bias, m.c_proj.weight, m.c_proj.bias, kv))
+        a = t.h[0].attn
+        self.n_head, self.n_kv_head, self.head_dim, self.backend = a.n_head, a.n_kv_head, a.head_dim, a.backend
+        self._attn_rest = None  # the attention op's arguments after (q, k, v), validated at the first step
+
+    @classmethod
+    def of(cls, model, cache: list) -> Optional["DecodePlan"]:
+        """The plan for a GPT made of its own plain modules (no hooks), else None."""
+        if type(model) is not GPT or not _plain(model, GPT) or not _plain(model.lm_head, nn.Linear):
+            return None
+        hooks = torch.nn.modules.module
+        if not _plain(model.transformer.ln_f, nn.LayerNorm) or hooks._global_forward_hooks or \
+                hooks._global_forward_pre_hooks:
+            return None
+        for blk in model.transformer.h:
+            if not (_plain(blk, Block) and _plain(blk.attn, CausalSelfAttention) and _plain(blk.mlp, MLP)
+                    and all(_plain(ln, nn.LayerNorm) for ln in (blk.ln_1, blk.ln_2))
+                    and all(_plain(lin, nn.Linear) for lin in (blk.attn.c_attn, blk.attn.c_proj, blk.mlp.c_fc,
+                                                               blk.mlp.c_proj))
+                    and blk.mlp.gelu.approximate == "none"):
+                return None
+        return cls(model, cache)
+
+    def step(self, tok: torch.Tensor, pos: int) -> torch.Tensor:
+        """tok (B,) int64, the token at position pos (every cache holds positions < pos) -> logits (B, V)."""
+        B = tok.shape[0]
+        nh, nkv, hs = self.n_head, self.n_kv_head, self.head_dim
+        C, kv_width = nh * hs, nkv * hs
+        x = F.embedding(tok, self.wte) + self.wpe[pos]  # (B, C)
+        for ln_1, w_attn, b_attn, w_proj, b_proj, ln_2, w_fc, b_fc, w_fc2, b_fc2, cache in self.layers:
+            qkv = F.linear(F.layer_norm(x, *ln_1), w_attn, b_attn)  # (B, C + 2 kv_width)
+            cache.k[:, :, pos] = qkv[:, C:C + kv_width].view(B, nkv, hs)
+            cache.v[:, :, pos] = qkv[:, C + kv_width:].view(B, nkv, hs)
+            cache.length = pos + 1
+            q = qkv[:, :C].view(B, nh, 1, hs)
+            k, v = cache.k[:, :, :pos + 1], cache.v[:, :, :pos + 1]
+            if self._attn_rest is None:  # one query sees every key: causal and non-causal agree
+                self._attn_rest = ops.OPS["attention"].validate(q, k, v, False, None)[3:]
+            y = engine.run(ops.OPS["attention"], (q, k, v, *self._attn_rest), self.backend)  # (B, nh, 1, hs)
+            x = x + F.linear(y.view(B, C), w_proj, b_proj)  # the heads side by side are (B, C) already
+            h = F.linear(F.layer_norm(x, *ln_2), w_fc)
+            x = x + F.linear(engine.run(ops.OPS["bias_gelu"], (h, b_fc), None), w_fc2, b_fc2)
+        return F.linear(F.layer_norm(x, *self.ln_f), *self.head)  # (B, V)

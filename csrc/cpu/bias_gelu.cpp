@@ -1,0 +1,177 @@
+// Fused bias + GELU on the CPU: y = gelu(x + b), the exact (erf) GELU, and its backward
+// dx = dy · gelu'(x + b) with db = Σ_rows dx reduced in the same pass.
+//
+// In a GPT MLP this replaces addmm's bias (a broadcast copy of b over the (N, 4C) output before the
+// GEMM), ATen's GELU and GELU backward, and the bias gradient's separate sum over the rows: one
+// read of x and one write of y forward, one read of dy and x and one write of dx backward. float32
+// runs the vectorised rows of gelu_simd.h (compiled per instruction set, picked like the attention
+// kernels); float16/bfloat16 are computed in float32 and rounded once; float64 (gradcheck) runs
+// the plain loop below with std::erfc.
+//
+// Parallelism: rows go to at::parallel_for in tasks of enough work to amortise a fork (a decoding
+// step's single row runs inline, never waking the pool). The bias gradient is summed per part of
+// the rows (the parts depend on N only) and the parts are added in order, so every result is
+// bit-identical whatever the thread count.
+#include <torch/extension.h>
+
+#include <ATen/Parallel.h>
+
+#include <cmath>
+#include <vector>
+
+#include "isa.h"
+
+namespace babygpt::cpu {
+
+namespace gelu_avx512 {
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512vl,avx512dq,avx2,fma")
+#define BABYGPT_VEC_FLOATS 16
+#include "gelu_simd.h"
+#undef BABYGPT_VEC_FLOATS
+#pragma GCC pop_options
+}  // namespace gelu_avx512
+namespace gelu_avx2 {
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+#define BABYGPT_VEC_FLOATS 8
+#include "gelu_simd.h"
+#undef BABYGPT_VEC_FLOATS
+#pragma GCC pop_options
+}  // namespace gelu_avx2
+namespace gelu_base {  // x86-64's SSE2
+#define BABYGPT_VEC_FLOATS 4
+#include "gelu_simd.h"
+#undef BABYGPT_VEC_FLOATS
+}  // namespace gelu_base
+
+namespace {
+
+struct GeluKernels {
+  const char* name;
+  decltype(&gelu_base::gelu_row) row;
+  decltype(&gelu_base::gelu_grad_row) grad_row;
+};
+
+const GeluKernels& gelu_kernels() {
+  static const GeluKernels k = [] {
+    switch (chosen_isa()) {
+      case Isa::avx512: return GeluKernels{"avx512", &gelu_avx512::gelu_row, &gelu_avx512::gelu_grad_row};
+      case Isa::avx2: return GeluKernels{"avx2", &gelu_avx2::gelu_row, &gelu_avx2::gelu_grad_row};
+      default: return GeluKernels{"base", &gelu_base::gelu_row, &gelu_base::gelu_grad_row};
+    }
+  }();
+  return k;
+}
+
+// Rows per parallel task: ~32K elements, so small calls (and a decoding step's one row) run inline.
+int64_t grain_rows(int64_t f) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, f)); }
+
+// The bias gradient's parts: at most 64, of at least 16 rows, fixed by N alone.
+int64_t rows_per_part(int64_t n) { return std::max<int64_t>(16, (n + 63) / 64); }
+
+// float64 (the gradcheck path): Φ and φ from the C library.
+double normal_cdf(double h) { return 0.5 * std::erfc(-h * M_SQRT1_2); }
+double normal_pdf(double h) { return std::exp(-0.5 * h * h) * 0.3989422804014326779399460599343819; }
+
+// One row of the backward: dx = dy gelu'(x + b), db += dx (when db is not null).
+void grad_row(const float* dy, const float* x, const float* b, float* dx, float* db, int64_t f) {
+  gelu_kernels().grad_row(dy, x, b, dx, db, f);
+}
+void grad_row(const double* dy, const double* x, const double* b, double* dx, double* db, int64_t f) {
+  for (int64_t c = 0; c < f; ++c) {
+    const double h = x[c] + (b ? b[c] : 0.0);
+    dx[c] = dy[c] * (normal_cdf(h) + h * normal_pdf(h));
+    if (db) db[c] += dx[c];
+  }
+}
+
+void check(const at::Tensor& x, const std::optional<at::Tensor>& bias) {
+  TORCH_CHECK(x.dim() == 2, "babygpt::bias_gelu: x must be 2-D (N, F), got ", x.sizes());
+  if (bias) {
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == x.size(1), "babygpt::bias_gelu: bias must be (F=", x.size(1),
+                ",), got ", bias->sizes());
+    TORCH_CHECK(bias->scalar_type() == x.scalar_type(), "babygpt::bias_gelu: bias and x dtypes differ");
+  }
+}
+
+at::ScalarType acc_of(const at::Tensor& x) { return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
+
+at::Tensor bias_gelu_fwd(const at::Tensor& x, const std::optional<at::Tensor>& bias) {
+  check(x, bias);
+  const auto acc = acc_of(x);
+  auto xa = x.to(acc).contiguous();
+  auto ba = bias ? bias->to(acc).contiguous() : at::Tensor();
+  auto y = at::empty(x.sizes(), xa.options());
+  const int64_t n = x.size(0), f = x.size(1);
+  if (acc == at::kFloat) {
+    const auto row = gelu_kernels().row;
+    const float *xp = xa.data_ptr<float>(), *bp = bias ? ba.data_ptr<float>() : nullptr;
+    float* yp = y.data_ptr<float>();
+    at::parallel_for(0, n, grain_rows(f), [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) row(xp + r * f, bp, yp + r * f, f);
+    });
+  } else {
+    const double *xp = xa.data_ptr<double>(), *bp = bias ? ba.data_ptr<double>() : nullptr;
+    double* yp = y.data_ptr<double>();
+    at::parallel_for(0, n, grain_rows(f), [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin * f; i < end * f; ++i) {
+        const double h = xp[i] + (bp ? bp[i % f] : 0.0);
+        yp[i] = h * normal_cdf(h);
+      }
+    });
+  }
+  return y.to(x.scalar_type());
+}
+
+std::tuple<at::Tensor, at::Tensor> bias_gelu_bwd(const at::Tensor& dy, const at::Tensor& x,
+                                                 const std::optional<at::Tensor>& bias, bool need_dbias) {
+  check(x, bias);
+  TORCH_CHECK(dy.sizes() == x.sizes(), "babygpt::bias_gelu_bwd: dy must have x's shape ", x.sizes(), ", got ",
+              dy.sizes());
+  TORCH_CHECK(!need_dbias || bias, "babygpt::bias_gelu_bwd: need_dbias without a bias");
+  const auto acc = acc_of(x);
+  auto xa = x.to(acc).contiguous(), da = dy.to(acc).contiguous();
+  auto ba = bias ? bias->to(acc).contiguous() : at::Tensor();
+  auto dx = at::empty(x.sizes(), xa.options());
+  const int64_t n = x.size(0), f = x.size(1), rpp = rows_per_part(n), parts = (n + rpp - 1) / rpp;
+  // One running sum of dx per part of the rows; zero-sized when no bias gradient is wanted.
+  auto partial = at::zeros({need_dbias ? parts : 0, f}, xa.options());
+  const int64_t grain = std::max<int64_t>(1, grain_rows(f) / rpp);
+  AT_DISPATCH_FLOATING_TYPES(acc, "babygpt_bias_gelu_bwd_cpu", [&] {
+    const scalar_t *dyp = da.data_ptr<scalar_t>(), *xp = xa.data_ptr<scalar_t>();
+    const scalar_t* bp = bias ? ba.data_ptr<scalar_t>() : nullptr;
+    scalar_t *dxp = dx.data_ptr<scalar_t>(), *pp = need_dbias ? partial.data_ptr<scalar_t>() : nullptr;
+    at::parallel_for(0, parts, grain, [&](int64_t begin, int64_t end) {
+      for (int64_t part = begin; part < end; ++part) {
+        scalar_t* db = pp ? pp + part * f : nullptr;
+        for (int64_t r = part * rpp; r < std::min(n, (part + 1) * rpp); ++r) {
+          grad_row(dyp + r * f, xp + r * f, bp, dxp + r * f, db, f);
+        }
+      }
+    });
+  });
+  const auto dt = x.scalar_type();
+  if (!need_dbias) return {dx.to(dt), at::empty({0}, x.options())};
+  auto dbias = at::empty({f}, xa.options());
+  AT_DISPATCH_FLOATING_TYPES(acc, "babygpt_bias_gelu_dbias_cpu", [&] {  // the parts, added in order
+    const scalar_t* pp = partial.data_ptr<scalar_t>();
+    scalar_t* db = dbias.data_ptr<scalar_t>();
+    for (int64_t c = 0; c < f; ++c) db[c] = pp[c];
+    for (int64_t part = 1; part < parts; ++part)
+      for (int64_t c = 0; c < f; ++c) db[c] += pp[part * f + c];
+  });
+  return {dx.to(dt), dbias.to(dt)};
+}
+
+}  // namespace
+
+// The instruction set of the GELU rows in use ("avx512", "avx2" or "base"), for `babygpt info`.
+const char* gelu_isa() { return gelu_kernels().name; }
+
+TORCH_LIBRARY_IMPL(babygpt, CPU, m) {
+  m.impl("bias_gelu_fwd", &bias_gelu_fwd);
+  m.impl("bias_gelu_bwd", &bias_gelu_bwd);
+}
+
+}  // namespace babygpt::cpu
