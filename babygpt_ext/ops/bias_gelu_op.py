@@ -10,6 +10,8 @@ import torch
 from . import reference, validate
 from .spec import OpSpec
 
+_grad_enabled = torch.is_grad_enabled  # bound once: the key runs on every call
+
 
 def _validate(x, bias):
     validate.bias_gelu_args(x, bias)
@@ -20,8 +22,8 @@ def _key(x, bias):
     n, f = x.shape
     if n == 0 or f == 0:
         return None
-    grad = x.requires_grad or (bias is not None and bias.requires_grad)
-    return grad, (f - 1).bit_length(), bias is not None, (n - 1).bit_length()
+    grad = (x.requires_grad or (bias is not None and bias.requires_grad)) and _grad_enabled()
+    return grad, x.dtype, x.device, (f - 1).bit_length(), bias is not None, (n - 1).bit_length()
 
 
 def _describe(key):
