@@ -3,6 +3,8 @@
 Everything else in the package (C++, CUDA, Triton) must agree with these functions.
 """
 
+import math
+
 import torch
 
 # Size of one piece of the exactly masked attention, in elements of its (B, H, rows, Tk, D) products.
@@ -19,11 +21,12 @@ def causal_mask(tq: int, tk: int, device=None) -> torch.Tensor:
     return torch.ones(tq, tk, dtype=torch.bool, device=device).tril(diagonal=tk - tq)
 
 
-def finite_sum(*tensors: torch.Tensor) -> torch.Tensor:
-    """0-dim bool: the sum of every element is finite. One reduction per tensor; False whenever any
-    element is NaN/Inf (and for finite elements whose sum overflows, which only costs the exact path)."""
-    return torch.isfinite(sum(t.sum(dtype=torch.float64 if t.dtype == torch.float64 else torch.float32)
-                              for t in tensors))
+def finite_sum(*tensors: torch.Tensor) -> bool:
+    """Whether the sum of every element is finite: False whenever an element is NaN/Inf (and for
+    finite elements whose sum overflows, which only costs the exact path). One reduction per tensor,
+    16-bit types summed in float32, the partial sums added as Python floats (cheaper than any
+    isfinite().all(), which matters for small calls)."""
+    return math.isfinite(sum(t.sum(dtype=torch.float32 if t.element_size() == 2 else None).item() for t in tensors))
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, causal: bool) -> torch.Tensor:
@@ -41,13 +44,11 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, c
 
 
 def finite_or_exact(fast, q, k, v, scale: float) -> torch.Tensor:
-    """fast(q, k, v) (causal attention by any method) when no masked pair can meet a NaN/Inf, else the exactly masked
-    composition. Under torch.compile the graph holds the fast path only: the check is data, and
+    """fast(q, k, v) (causal attention by any method) when no masked pair can meet a NaN/Inf, else the
+    exactly masked composition. Under torch.compile the graph holds the fast path only: the check is data, and
     torch.cond cannot take these two branches (their gradients differ in memory layout)."""
-    tq, tk = q.shape[2], k.shape[2]
-    # Only these rows take part in masked pairs: every query but the last (which sees every key),
-    # every key after the first Tk - Tq + 1 (which every query sees). Decoding (Tq = 1) checks nothing.
-    if torch.compiler.is_compiling() or finite_sum(q[:, :, :tq - 1], k[:, :, tk - tq + 1:], v[:, :, tk - tq + 1:]):
+    # Decoding (Tq = 1) has no masked pair: the single query sees every key.
+    if q.shape[2] == 1 or torch.compiler.is_compiling() or finite_sum(q, k, v):
         return fast(q, k, v)
     return exactly_masked_attention(q, k, v, scale)
 
