@@ -48,7 +48,7 @@ TRAIN_SHAPES = [
     TrainShape("gpt-mini B8xT128", "gpt-mini", 8, 128, 1000),
     TrainShape("gpt2 B1xT1024", "gpt2", 1, 1024, 50257, steps_per_round=1),
 ]
-QUICK_TRAIN = ("shakespeare-cpu B12xT64",)
+QUICK_TRAIN = ("shakespeare-cpu B12xT64", "shakespeare-cpu B16xT64")
 
 
 @dataclass
@@ -152,11 +152,16 @@ def format_train_table(results: List[TrainResult]) -> str:
 
 
 # ------------------------------------------------------------------------------ loss curves
+CURVE_RUNS = {"reference fp32": "fp32", "ours fp32": "fp32", "ours bf16": "bf16"}
+
+
 def bench_curves(steps: int, out_png, batch: int = 12, block: int = 64, eval_interval: int = 100,
-                 eval_iters: int = 20, backend: Optional[str] = None, seed: int = 0) -> dict:
-    """Train the reference, ours in fp32 and ours in bf16 from the same weights on the same batches
-    of the embedded corpus (char tokens, shakespeare-cpu shape) with the Trainer's schedule.
-    Returns {run name: [(step, val loss), ...]} and plots the three curves into out_png."""
+                 eval_iters: int = 20, backend: Optional[str] = None, seed: int = 0,
+                 runs: tuple = tuple(CURVE_RUNS)) -> dict:
+    """Train the reference, ours in fp32 and ours in bf16 (or the `runs` of CURVE_RUNS named) from
+    the same weights on the same batches of the embedded corpus (char tokens, shakespeare-cpu shape)
+    with the Trainer's schedule. Returns {run name: [(step, val loss), ...]} and plots the curves
+    into out_png."""
     from ..data import get_batch, load_text, split
     from ..tokenizers import get_tokenizer
     from ..train import lr_for_config
@@ -168,7 +173,7 @@ def bench_curves(steps: int, out_png, batch: int = 12, block: int = 64, eval_int
     val_g = torch.Generator().manual_seed(seed + 1)
     val_batches = [get_batch(val_ids, batch, block, generator=val_g) for _ in range(eval_iters)]
     curves = {}
-    for run, dtype in (("reference fp32", "fp32"), ("ours fp32", "fp32"), ("ours bf16", "bf16")):
+    for run, dtype in ((run, CURVE_RUNS[run]) for run in runs):
         trainer, ref = make_pair(shape, dtype, backend, seed=seed, max_iters=steps, warmup_iters=100, min_lr=1e-4)
         model = ref.model if run.startswith("reference") else trainer.raw_model
         autocast = trainer.autocast if run.startswith("ours") else contextlib.nullcontext

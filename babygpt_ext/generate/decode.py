@@ -35,16 +35,26 @@ def _layer_norm(ln: nn.LayerNorm):
     return ln.normalized_shape, ln.weight, ln.bias, ln.eps
 
 
+def _linear(lin: nn.Linear) -> tuple:
+    """(bias or None, weight transposed): F.linear on rows is addmm(bias, x, weightᵀ) (mm without a
+    bias), so calling that directly, with the transposed views made once, is the same arithmetic."""
+    return lin.bias, lin.weight.t()
+
+
+def _affine(x: torch.Tensor, bias: Optional[torch.Tensor], weight_t: torch.Tensor) -> torch.Tensor:
+    return torch.mm(x, weight_t) if bias is None else torch.addmm(bias, x, weight_t)
+
+
 class DecodePlan:
     def __init__(self, model: GPT, cache: list):
         t = model.transformer
         self.wte, self.wpe = t.wte.weight, t.wpe.weight
-        self.ln_f, self.head = _layer_norm(t.ln_f), (model.lm_head.weight, model.lm_head.bias)
+        self.ln_f, self.head = _layer_norm(t.ln_f), _linear(model.lm_head)
         self.layers = []
         for blk, kv in zip(t.h, cache):
             a, m = blk.attn, blk.mlp
-            self.layers.append((_layer_norm(blk.ln_1), a.c_attn.weight, a.c_attn.bias, a.c_proj.weight, a.c_proj.bias,
-                                _layer_norm(blk.ln_2), m.c_fc.weight, m.c_fc.bias, m.c_proj.weight, m.c_proj.bias, kv))
+            self.layers.append((_layer_norm(blk.ln_1), _linear(a.c_attn), _linear(a.c_proj), _layer_norm(blk.ln_2),
+                                m.c_fc.weight.t(), m.c_fc.bias, _linear(m.c_proj), kv))
         a = t.h[0].attn
         self.n_head, self.n_kv_head, self.head_dim, self.backend = a.n_head, a.n_kv_head, a.head_dim, a.backend
         self._attn_rest = None  # the attention op's arguments after (q, k, v), validated at the first step
@@ -73,8 +83,8 @@ class DecodePlan:
         nh, nkv, hs = self.n_head, self.n_kv_head, self.head_dim
         C, kv_width = nh * hs, nkv * hs
         x = F.embedding(tok, self.wte) + self.wpe[pos]  # (B, C)
-        for ln_1, w_attn, b_attn, w_proj, b_proj, ln_2, w_fc, b_fc, w_fc2, b_fc2, cache in self.layers:
-            qkv = F.linear(F.layer_norm(x, *ln_1), w_attn, b_attn)  # (B, C + 2 kv_width)
+        for ln_1, attn, proj, ln_2, fc_t, fc_bias, fc2, cache in self.layers:
+            qkv = _affine(F.layer_norm(x, *ln_1), *attn)  # (B, C + 2 kv_width)
             cache.k[:, :, pos] = qkv[:, C:C + kv_width].view(B, nkv, hs)
             cache.v[:, :, pos] = qkv[:, C + kv_width:].view(B, nkv, hs)
             cache.length = pos + 1
@@ -83,7 +93,7 @@ class DecodePlan:
             if self._attn_rest is None:  # one query sees every key: causal and non-causal agree
                 self._attn_rest = ops.OPS["attention"].validate(q, k, v, False, None)[3:]
             y = engine.run(ops.OPS["attention"], (q, k, v, *self._attn_rest), self.backend)  # (B, nh, 1, hs)
-            x = x + F.linear(y.view(B, C), w_proj, b_proj)  # the heads side by side are (B, C) already
-            h = F.linear(F.layer_norm(x, *ln_2), w_fc)
-            x = x + F.linear(engine.run(ops.OPS["bias_gelu"], (h, b_fc), None), w_fc2, b_fc2)
-        return F.linear(F.layer_norm(x, *self.ln_f), *self.head)  # (B, V)
+            x = x + _affine(y.view(B, C), *proj)  # the heads side by side are (B, C) already
+            h = torch.mm(F.layer_norm(x, *ln_2), fc_t)  # c_fc's bias goes into the GELU, as in MLP
+            x = x + _affine(engine.run(ops.OPS["bias_gelu"], (h, fc_bias), None), *fc2)
+        return _affine(F.layer_norm(x, *self.ln_f), *self.head)  # (B, V)
