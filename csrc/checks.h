@@ -7,6 +7,8 @@
 
 #include <ATen/ATen.h>
 
+#include <optional>
+
 #include "schemas.h"
 
 namespace babygpt::checks {
@@ -27,6 +29,16 @@ inline void attn_bwd(const at::Tensor& dout, const at::Tensor& q, const at::Tens
   TORCH_CHECK(dout.sizes() == q.sizes() && o.sizes() == q.sizes(), "babygpt::attn_bwd: dout/o must match q");
   TORCH_CHECK(lse.dim() == 3 && lse.size(0) == q.size(0) && lse.size(1) == q.size(1) && lse.size(2) == q.size(2),
               "babygpt::attn_bwd: lse must be (B, H, Tq)");
+}
+
+// Attention dropout's arguments: 0 <= p < 1, and with p > 0 a seed, one int64 element on the CPU
+// (its value keys csrc/dropout_rng.h). Returns whether dropout is on.
+inline bool dropout(double p, const std::optional<at::Tensor>& seed) {
+  TORCH_CHECK(p >= 0.0 && p < 1.0, "babygpt::attn: dropout_p must be in [0, 1), got ", p);
+  if (p == 0.0) return false;
+  TORCH_CHECK(seed.has_value() && seed->numel() == 1 && seed->scalar_type() == at::kLong && seed->device().is_cpu(),
+              "babygpt::attn: dropout_p > 0 needs a seed: a one-element int64 CPU tensor");
+  return true;
 }
 
 // Kernels compiled for a bounded head dim (the GPU tiles) refuse a larger one.

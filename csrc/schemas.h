@@ -15,9 +15,12 @@ constexpr int kMaxHeadDim = 256;
 
 #define BABYGPT_DEFINE_CONTRACT(m)                                                                        \
   do {                                                                                                    \
-    (m).def("attn_fwd(Tensor q, Tensor k, Tensor v, float scale, bool causal) -> (Tensor o, Tensor lse)"); \
+    /* dropout_p > 0 drops attention weights by the mask of dropout_rng.h keyed by seed (a       */   \
+    /* one-element int64 CPU tensor, None when dropout_p == 0); the backward takes the same two.  */   \
+    (m).def("attn_fwd(Tensor q, Tensor k, Tensor v, float scale, bool causal, float dropout_p=0.,"      \
+            " Tensor? seed=None) -> (Tensor o, Tensor lse)");                                            \
     (m).def("attn_bwd(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor o, Tensor lse, float scale,"     \
-            " bool causal) -> (Tensor dq, Tensor dk, Tensor dv)");                                       \
+            " bool causal, float dropout_p=0., Tensor? seed=None) -> (Tensor dq, Tensor dk, Tensor dv)"); \
     (m).def("lora_fwd(Tensor x, Tensor weight, Tensor? bias, Tensor lora_a, Tensor lora_b, float scale)" \
             " -> (Tensor y, Tensor xa)");                                                                \
     /* dweight/dbias only when the frozen base needs them; otherwise empty (numel 0) tensors,  */        \

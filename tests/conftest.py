@@ -103,9 +103,9 @@ def _seed():
     torch.manual_seed(1234)
 
 
-def _attn_call(h, hkv, tq, tk, d, causal, b=1):
-    return Call("attention", "cpu", torch.float32, d, (("H", h), ("Hkv", hkv), ("causal", causal), ("Tq<=", tq),
-                                                        ("Tk<=", tk), ("B<=", b)))
+def _attn_call(h, hkv, tq, tk, d, causal, b=1, dropout=False):
+    dims = (("H", h), ("Hkv", hkv), ("causal", causal), ("Tq<=", tq), ("Tk<=", tk), ("B<=", b))
+    return Call("attention", "cpu", torch.float32, d, dims + ((("dropout", True),) if dropout else ()))
 
 
 def _lora_call(n, d_in, d_out, r, bias, base_grad):
@@ -120,7 +120,8 @@ def _bias_gelu_call(n, f, bias):
 # Small calls of every op in the table, for the tests that iterate over it (opcheck, compile):
 # spec.make_args(call, device, dtype, requires_grad) builds their inputs. A new op adds its own.
 OP_SAMPLES = {
-    "attention": [_attn_call(2, 1, 5, 5, 8, True), _attn_call(2, 2, 3, 7, 16, True), _attn_call(4, 2, 6, 3, 8, False)],
+    "attention": [_attn_call(2, 1, 5, 5, 8, True), _attn_call(2, 2, 3, 7, 16, True), _attn_call(4, 2, 6, 3, 8, False),
+                  _attn_call(2, 1, 9, 9, 8, True, b=2, dropout=True)],
     "lora": [_lora_call(5, 8, 6, 2, True, False), _lora_call(5, 8, 6, 2, False, False), _lora_call(5, 8, 6, 2, True, True)],
     "bias_gelu": [_bias_gelu_call(5, 12, True), _bias_gelu_call(3, 8, False)],
 }

@@ -1,14 +1,13 @@
 """The attention modules of babygpt_ext.nn: causality (the seed's bug), math against an eager float64
-composition, KV-cache decoding, the eager dropout path, and input validation."""
+composition, KV-cache decoding, attention dropout in the op, and input validation."""
 
 import math
-import warnings
 
 import pytest
 import torch
 
-import babygpt_ext.nn.attention as attention_mod
 from babygpt_ext import ops
+from babygpt_ext.ops import reference
 from babygpt_ext.nn import (CausalSelfAttention, CrossAttention, DotProductAttention, KVCache, MultiHeadAttention,
                             SpatialAttention, SpatialTransformer)
 
@@ -106,20 +105,15 @@ def test_kv_cache_rejects_overflow_and_bad_shapes():
         KVCache(1, 2, 0, 8)
 
 
-def test_attention_dropout_takes_the_eager_path_and_warns_once(monkeypatch):
-    monkeypatch.setattr(attention_mod, "_warned_eager_dropout", False)
+def test_attention_dropout_runs_in_the_op_while_training():
     torch.manual_seed(3)
     m = CausalSelfAttention(16, 4, dropout=0.5).train()
     x = torch.randn(2, 8, 16)
-    with pytest.warns(RuntimeWarning, match="eager"):
-        y1 = m(x)
-    torch.manual_seed(7)
-    with warnings.catch_warnings(record=True) as seen:
-        warnings.simplefilter("always")
-        y2 = m(x)
-    assert not [w for w in seen if "eager" in str(w.message)], "the eager-path warning must come once"
+    y1 = m(x)
+    y2 = m(x)
     assert not torch.allclose(y1, y2), "dropout must be active in training"
-    # Dropped probabilities still only reach backwards: same seed -> same masks -> compare prefixes.
+    # The mask is a function of (seed, b, h, i, j): same seed, same masks; a query never sees a
+    # later key, so changing the future keeps the past.
     x2 = x.clone()
     x2[:, 5:] = torch.randn(2, 3, 16)
     torch.manual_seed(11)
@@ -127,10 +121,9 @@ def test_attention_dropout_takes_the_eager_path_and_warns_once(monkeypatch):
     torch.manual_seed(11)
     b = m(x2)
     torch.testing.assert_close(a[:, :5], b[:, :5])
-    m.eval()  # eval: dropout off, the fused op again, matching the eager path without dropout
-    want = m.c_proj(attention_mod.eager_attention_with_dropout(
-        *[t.view(2, 8, 4, 4).transpose(1, 2) for t in m.c_attn(x).split(16, 2)], True, torch.nn.Identity())
-        .transpose(1, 2).reshape(2, 8, 16))
+    m.eval()  # eval: no dropout, the plain composition
+    q, k, v = (t.view(2, 8, 4, 4).transpose(1, 2) for t in m.c_attn(x).split(16, 2))
+    want = m.c_proj(reference.attention(q, k, v, 0.5, True).transpose(1, 2).reshape(2, 8, 16))
     torch.testing.assert_close(m(x), want, rtol=1e-5, atol=1e-6)
 
 

@@ -202,7 +202,7 @@ def test_patch_a_lora_model_and_unpatch_it_keeps_the_adapters():
         torch.testing.assert_close(model(torch.arange(12)[None]), before, rtol=1e-5, atol=1e-5)
 
 
-def test_report_summarises_patched_left_and_dropout():
+def test_report_summarises_patched_and_left():
     model = NanoGPT()
     for blk in model.h:
         blk.attn.dropout = 0.2
@@ -212,4 +212,30 @@ def test_report_summarises_patched_left_and_dropout():
     text = str(report)
     assert text.startswith("patch: 2 attention module(s) now run babygpt_ext's attention (backend: 'cpu'): "
                            "h.0.attn, h.1.attn")
-    assert "note: attention dropout p=0.2 (h.0.attn, h.1.attn) runs the eager composition while training" in text
+    assert "note:" not in text, "dropout trains on the fused op: nothing takes another path"
+
+
+def test_patched_nanogpt_trains_with_its_dropout_on_the_fused_op(monkeypatch):
+    """nanoGPT's dropout 0.2 (attn_dropout and resid_dropout): after patch() every training forward
+    of every layer calls ops.causal_attention with dropout_p=0.2, the backward runs, and eval calls
+    it with 0."""
+    torch.manual_seed(0)
+    model = NanoGPT()
+    for blk in model.h:
+        blk.attn = NanoAttention(32, 4, 16, dropout=0.2)
+    babygpt_ext.patch(model)
+    calls = []
+    real = ops.causal_attention
+
+    def counting(q, k, v, **kw):
+        calls.append(kw.get("dropout_p", 0.0))
+        return real(q, k, v, **kw)
+    monkeypatch.setattr(ops, "causal_attention", counting)
+    idx = torch.randint(0, 31, (4, 16))
+    loss = F.cross_entropy(model.train()(idx).flatten(0, 1), idx.roll(-1, 1).flatten())
+    loss.backward()
+    assert calls == [0.2, 0.2] and all(p.grad is not None for p in model.parameters())
+    calls.clear()
+    with torch.no_grad():
+        model.eval()(idx)
+    assert calls == [0.0, 0.0]

@@ -36,7 +36,7 @@ def op_calls(monkeypatch):
     calls = []
 
     def counting(q, k, v, **kw):
-        calls.append((tuple(q.shape), tuple(k.shape)))
+        calls.append((tuple(q.shape), tuple(k.shape), kw.get("dropout_p", 0.0)))
         return ops.causal_attention(q, k, v, **kw)
 
     monkeypatch.setattr(patch_hf, "causal_attention", counting)
@@ -74,7 +74,7 @@ def test_greedy_generation_with_kv_cache_is_unchanged(make, op_calls):
     babygpt_ext.patch(model)
     assert torch.equal(model.generate(idx, **kw), want)
     decode_steps = [c for c in op_calls if c[0][2] == 1]
-    assert decode_steps and all(k[2] > 1 for _, k in decode_steps), "decoding against the cache did not use the op"
+    assert decode_steps and all(k[2] > 1 for _, k, _ in decode_steps), "decoding against the cache did not use the op"
 
 
 def test_padded_batch_falls_back_to_sdpa(op_calls):
@@ -124,7 +124,7 @@ def test_unpatch_patch_twice_and_encoder_models():
         babygpt_ext.patch(bert)
 
 
-def test_report_names_cross_attention_left_and_dropout_fallback(op_calls, monkeypatch):
+def test_report_names_cross_attention_left_and_dropout_trains_on_the_op(op_calls):
     cfg = transformers.GPT2Config(n_embd=32, n_layer=1, n_head=4, vocab_size=V, n_positions=64, attn_pdrop=0.1,
                                   add_cross_attention=True, bos_token_id=0, eos_token_id=0)
     model = transformers.GPT2LMHeadModel(cfg)
@@ -133,16 +133,20 @@ def test_report_names_cross_attention_left_and_dropout_fallback(op_calls, monkey
     assert report == ["transformer.h.0.attn"]
     assert report.left == [("transformer.h.0.crossattention", "GPT2Attention: not causal self-attention (is_causal "
                             "is not True), so it runs transformers' SDPA")]
-    assert "attention dropout p=0.1: in training mode those calls run transformers' SDPA" in str(report)
-    monkeypatch.setattr(patch_hf, "_warned_dropout", False)
+    assert "dropout" not in str(report)
     model = gpt2()
     model.config.attn_pdrop = 0.1
     for blk in model.transformer.h:
         blk.attn.attn_dropout.p = 0.1
     babygpt_ext.patch(model)
     idx = torch.randint(0, V, (2, 9))
-    with pytest.warns(RuntimeWarning, match=r"attention dropout p=0\.1 while training runs transformers' SDPA"):
-        model.train()(idx)
-    assert not op_calls
+    op_calls.clear()
+    torch.manual_seed(3)
+    a = model.train()(idx).logits
+    assert [c[2] for c in op_calls] == [0.1, 0.1], "training with attn_pdrop=0.1 must call the fused op with p=0.1"
+    torch.manual_seed(3)
+    assert torch.equal(model(idx).logits, a), "torch.manual_seed must make the dropout masks repeat"
+    assert not torch.equal(model(idx).logits, a), "a new step draws new masks"
+    op_calls.clear()
     model.eval()(idx)
-    assert len(op_calls) == 2  # eval: the fused op
+    assert [c[2] for c in op_calls] == [0.0, 0.0]  # eval: the fused op, no dropout

@@ -42,12 +42,12 @@ def fakes(monkeypatch):
 
     def install(costs):
         for name, cost in costs.items():
-            def impl(q, k, v, scale, causal, name=name, cost=cost):
+            def impl(q, k, v, scale, causal, dropout_p, seed, name=name, cost=cost):
                 calls[name].append(q)
                 if isinstance(cost, Exception):
                     raise cost
                 clock.t += cost(len(calls[name]) - 1) if callable(cost) else cost
-                return reference.attention(q, k, v, scale, causal)
+                return reference.attention(q, k, v, scale, causal, dropout_p, seed)
             calls[name] = []
             monkeypatch.setitem(registry.BACKENDS, name, Backend(name, "a fake", ("cpu",), {"attention": impl},
                                                                  refuse=limits((torch.float32,))))

@@ -38,6 +38,7 @@ class Spec:
     arch: int  # 80 | 90
     head_dim: int = 0  # attention kernels only
     config_index: int = 0  # index into configs.configs(family, arch)
+    dropout: bool = False  # attention kernels with DROPOUT compiled in
 
 
 @dataclass
@@ -66,14 +67,14 @@ def kernel_table():
             for i, name in enumerate(names):
                 if i < n_ptrs:
                     sig[name] = "*fp32" if name in ("LSE", "DELTA") else f"*{dtype}"
-                elif name == "scale":
+                elif name in ("scale", "keep_scale"):
                     sig[name] = "fp32"
                 elif name.isupper() and name not in ("H", "HKV", "GROUP", "D", "SEQ_BUCKET"):
                     sig[name] = "constexpr"
                 else:
                     sig[name] = "i32"
             const = {"CAUSAL": True, "PRECISION": "ieee" if dtype == "fp32" else "tf32",
-                     "BLOCK_D": attention.block_d(d)}
+                     "BLOCK_D": attention.block_d(d), "DROPOUT": False}
             return sig, const
         return build
 
@@ -115,6 +116,7 @@ def kernel_table():
 
 
 ATTENTION_KERNELS = ("attn_fwd", "attn_bwd_preprocess", "attn_bwd_dkdv", "attn_bwd_dq")
+DROPOUT_KERNELS = ("attn_fwd", "attn_bwd_dkdv", "attn_bwd_dq")  # the ones with a DROPOUT constexpr
 LORA_KERNELS = ("lora_matmul", "lora_colsum")
 # Kernels whose fp16/bf16 form must contain tensor-core instructions (the others do no matmul).
 USES_TENSOR_CORES = ("attn_fwd", "attn_bwd_dkdv", "attn_bwd_dq", "lora_matmul")
@@ -134,6 +136,8 @@ def default_specs(all_configs: bool = False) -> list:
                     for d in (HEAD_DIMS if name in ATTENTION_KERNELS else (0,)):
                         if cfg is None or not d or C.kept_for_head_dim(cfg, attention.block_d(d)):
                             specs.append(Spec(name, dtype, arch, d, i))
+        # The dropout path (Philox in registers) at the first config, one dtype and head dim each.
+        specs += [Spec(name, "fp16", arch, 64, 0, dropout=True) for name in DROPOUT_KERNELS]
     return specs
 
 
@@ -163,6 +167,8 @@ def compile_one(spec: Spec) -> Result:
     from ..kernels.triton import configs as C
     fn, family, build, _ = kernel_table()[spec.kernel]
     sig, const = build(spec.dtype, spec.head_dim, fn.arg_names)
+    if "DROPOUT" in const:
+        const["DROPOUT"] = spec.dropout
     num_warps, num_stages = 4, 2
     if family is not None:
         cfg = C.configs(family, spec.arch)[spec.config_index]

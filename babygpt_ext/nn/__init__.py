@@ -9,13 +9,13 @@ The seed's attention zoo: DotProductAttention, MultiHeadAttention, CrossAttentio
 SpatialAttention, SpatialTransformer.
 """
 
-from .attention import CausalSelfAttention, KVCache, eager_attention_with_dropout
+from .attention import CausalSelfAttention, KVCache
 from .block import MLP, Block
 from .lora import LoRALinear
 from .lowrank import LowRankLinear
 from .spatial import SpatialAttention, SpatialTransformer
 from .zoo import CrossAttention, DotProductAttention, MultiHeadAttention
 
-__all__ = ["CausalSelfAttention", "KVCache", "eager_attention_with_dropout", "MLP", "Block", "LoRALinear",
+__all__ = ["CausalSelfAttention", "KVCache", "MLP", "Block", "LoRALinear",
            "LowRankLinear", "DotProductAttention", "MultiHeadAttention", "CrossAttention", "SpatialAttention",
            "SpatialTransformer"]

@@ -7,32 +7,17 @@
 
 All attention goes through babygpt_ext.ops.causal_attention, whose causal mask is bottom-right
 aligned: the Tq new queries are the *last* Tq positions of the Tk cached keys, which is exactly
-what decoding with a cache needs. The one exception is attention dropout while training: the op
-never materialises the probabilities, so there is nothing to drop; that case runs the eager
-composition inline (and warns once).
+what decoding with a cache needs. Attention dropout while training is the op's too (dropout_p:
+the kernels drop the probabilities from a counter-based mask, seeded from torch's generator).
 """
 
-import math
-import warnings
 from typing import Optional
 
 import torch
 import torch.nn as nn
 
 from .. import ops
-from ..ops.reference import causal_mask
 from .lowrank import LowRankLinear
-
-_warned_eager_dropout = False
-
-
-def _warn_eager_dropout() -> None:
-    global _warned_eager_dropout
-    if not _warned_eager_dropout:
-        _warned_eager_dropout = True
-        warnings.warn("babygpt_ext: attention dropout > 0 while training runs the eager attention "
-                      "(materialised softmax + dropout), not the fused op; set dropout=0.0 or call "
-                      "model.eval() to use the fused kernels", RuntimeWarning, stacklevel=3)
 
 
 class KVCache:
@@ -80,19 +65,6 @@ class KVCache:
         return self.k[:, :, :self.length], self.v[:, :, :self.length]
 
 
-def eager_attention_with_dropout(q, k, v, causal: bool, dropout: nn.Module) -> torch.Tensor:
-    """softmax(q kᵀ / √D + mask) with dropout on the probabilities, then · v. Shapes as the op."""
-    h, hkv = q.shape[1], k.shape[1]
-    if hkv != h:  # GQA: repeat each key/value head for its group of query heads
-        k = k.repeat_interleave(h // hkv, dim=1)
-        v = v.repeat_interleave(h // hkv, dim=1)
-    att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))  # (B, nh, Tq, Tk)
-    if causal:
-        att = att.masked_fill(~causal_mask(q.shape[2], k.shape[2], q.device), float("-inf"))
-    att = torch.softmax(att, dim=-1)  # over the keys: each query's weights sum to 1
-    return dropout(att) @ v  # (B, nh, Tq, hs)
-
-
 class CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention; GQA/MQA when n_kv_head < n_head.
 
@@ -122,6 +94,8 @@ class CausalSelfAttention(nn.Module):
         else:
             self.c_attn = LowRankLinear(n_embd, qkv_out, qkv_rank, bias=bias)
         self.c_proj = nn.Linear(n_embd, n_embd, bias=bias)
+        # nanoGPT's layout (a patched model keeps its own); as in nanoGPT's flash path, attention
+        # dropout itself is the op's, with p = self.dropout.
         self.attn_dropout = nn.Dropout(dropout)
         self.resid_dropout = nn.Dropout(dropout)
 
@@ -141,13 +115,10 @@ class CausalSelfAttention(nn.Module):
         v = v.view(B, T, nkv, hs).transpose(1, 2)  # (B, nkv, T, hs)
         if kv_cache is not None:
             k, v = kv_cache.append(k, v)  # (B, nkv, Tpast + T, hs): the new queries are the last T
-        if self.training and self.dropout > 0.0:
-            _warn_eager_dropout()
-            y = eager_attention_with_dropout(q, k, v, True, self.attn_dropout)
-        else:
-            # A single query is the last position and sees every key: causal and non-causal agree,
-            # and the non-causal call needs no mask (decoding is this case at every step).
-            y = ops.causal_attention(q, k, v, causal=T > 1, backend=self.backend)  # (B, nh, T, hs)
+        # A single query is the last position and sees every key: causal and non-causal agree,
+        # and the non-causal call needs no mask (decoding is this case at every step).
+        y = ops.causal_attention(q, k, v, causal=T > 1, dropout_p=self.dropout if self.training else 0.0,
+                                 backend=self.backend)  # (B, nh, T, hs)
         y = self.c_proj(y.transpose(1, 2).reshape(B, T, C))  # re-assemble the heads side by side, mix them
         return self.resid_dropout(y) if self.dropout > 0.0 else y
 

@@ -18,17 +18,19 @@ import torch
 
 from . import backends as _backends  # noqa: F401  (registers the backends)
 from . import engine
+from .dropout import dropout_mask
 from .registry import BACKENDS, Backend, BackendUnavailableError, register
 from .table import OPS
 
-__all__ = ["causal_attention", "lora_linear", "bias_gelu", "available_backends", "explain", "explain_lora",
-           "Explanation", "BACKENDS", "OPS", "Backend", "BackendUnavailableError", "register"]
+__all__ = ["causal_attention", "lora_linear", "bias_gelu", "dropout_mask", "available_backends", "explain",
+           "explain_lora", "Explanation", "BACKENDS", "OPS", "Backend", "BackendUnavailableError", "register"]
 
 _ATTENTION, _LORA, _BIAS_GELU = OPS["attention"], OPS["lora"], OPS["bias_gelu"]
 
 
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = True,
-                     scale: Optional[float] = None, backend: Optional[str] = None) -> torch.Tensor:
+                     scale: Optional[float] = None, dropout_p: float = 0.0, seed: Optional[int] = None,
+                     backend: Optional[str] = None) -> torch.Tensor:
     """softmax(scale · q kᵀ + mask) v, computed without materialising the scores where the backend can.
 
     q: (B, H, Tq, D); k, v: (B, Hkv, Tk, D) with H a multiple of Hkv (GQA/MQA). With causal=True
@@ -40,8 +42,13 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causa
     NaN/Inf (docs/design.md §2.7): masked (future) keys never affect any output or gradient, even
     holding NaN/Inf; a NaN/Inf at a visible position makes the outputs that see it non-finite (NaN
     or ±Inf: which one is not promised).
+
+    dropout_p > 0 drops each attention weight with that probability and scales the kept ones by
+    1 / (1 - dropout_p), as nn.Dropout on the softmax would (use it while training only). The mask
+    is dropout_mask(seed, B, H, Tq, Tk, dropout_p), the same on every backend; seed=None draws the
+    seed from torch's default CPU generator, so torch.manual_seed makes a run repeat.
     """
-    return engine.run(_ATTENTION, _ATTENTION.validate(q, k, v, causal, scale), backend)
+    return engine.run(_ATTENTION, _ATTENTION.validate(q, k, v, causal, scale, dropout_p, seed), backend)
 
 
 def lora_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], lora_a: torch.Tensor,
@@ -100,10 +107,11 @@ def _explain(spec, args, backend) -> Explanation:
 
 
 def explain(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = True,
-            scale: Optional[float] = None, backend: Optional[str] = None) -> Explanation:
+            scale: Optional[float] = None, dropout_p: float = 0.0, backend: Optional[str] = None) -> Explanation:
     """Which backend causal_attention(q, k, v, ...) runs, why, and the measured time of every
-    candidate (deciding exactly as that call would, measuring if it would)."""
-    return _explain(_ATTENTION, _ATTENTION.validate(q, k, v, causal, scale), backend)
+    candidate (deciding exactly as that call would, measuring if it would; a dropout call is timed
+    with a fixed seed, drawing nothing from torch's generator)."""
+    return _explain(_ATTENTION, _ATTENTION.validate(q, k, v, causal, scale, dropout_p, 0), backend)
 
 
 def explain_lora(x, weight, bias, lora_a, lora_b, scale, *, backend: Optional[str] = None) -> Explanation:

@@ -89,7 +89,7 @@ register(Backend(
 
 
 # --------------------------------------------------------------------------------- sdpa
-def _sdpa(q, k, v, scale, causal):
+def _sdpa(q, k, v, scale, causal, dropout_p=0.0, seed=None):  # dropout calls are refused below
     if scale <= 0:
         # torch's CPU flash kernel fills masked scores with -inf before it scales them, and
         # -inf · scale is NaN at 0, +inf below it (NaN rows, or rows that see the future): scale q
@@ -111,9 +111,16 @@ def _sdpa_call(q, k, v, scale, causal):
                                           enable_gqa=k.shape[1] != q.shape[1])
 
 
+def _sdpa_dropout(call: Call):
+    if dict(call.dims).get("dropout"):
+        return ("attention dropout: SDPA draws its own mask from torch's generator, not the op's "
+                "counter-based one (ops.dropout_mask), and a post-softmax mask cannot be passed to it")
+    return None
+
+
 register(Backend(
     "sdpa", "torch.nn.functional.scaled_dot_product_attention (the peer baseline; attention only)",
-    devices=("cpu", "cuda"), impls={"attention": _sdpa}, refuse=limits(WITH_F64)))
+    devices=("cpu", "cuda"), impls={"attention": _sdpa}, refuse=limits(WITH_F64, also=_sdpa_dropout)))
 
 
 # ---------------------------------------------------------------------------------- cpu

@@ -7,6 +7,8 @@ import math
 
 import torch
 
+from .dropout import dropout_mask
+
 # Size of one piece of the exactly masked attention, in elements of its (B, H, rows, Tk, D) products.
 EXACT_PIECE_ELEMENTS = 1 << 22
 
@@ -29,8 +31,11 @@ def finite_sum(*tensors: torch.Tensor) -> bool:
     return math.isfinite(sum(t.sum(dtype=torch.float32 if t.element_size() == 2 else None).item() for t in tensors))
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, causal: bool) -> torch.Tensor:
-    """softmax(scale · q kᵀ + mask) v, materialising the (Tq, Tk) score matrix.
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, causal: bool, dropout_p: float = 0.0,
+              seed=None) -> torch.Tensor:
+    """softmax(scale · q kᵀ + mask) v, materialising the (Tq, Tk) score matrix. With dropout_p > 0 the
+    probabilities are multiplied by Z = dropout_mask(seed, ...) / (1 - dropout_p) (docs/design.md
+    §2.6; seed: the one-element int64 tensor of the op's args, or an int).
 
     NaN/Inf (docs/design.md §2.7): a masked (query, key) pair contributes exactly nothing to the
     output or to any gradient, whatever q, k, v hold there; visible pairs compute in IEEE arithmetic.
@@ -38,19 +43,23 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, c
     a causal call with a NaN/Inf anywhere takes the exactly masked path instead, since a matmul
     computes 0 · NaN = NaN for a masked pair.
     """
+    z = None
+    if dropout_p > 0:
+        b, h, tq, tk = q.shape[0], q.shape[1], q.shape[2], k.shape[2]
+        z = dropout_mask(seed, b, h, tq, tk, dropout_p, q.device).to(q.dtype) * (1.0 / (1.0 - dropout_p))
     if not causal:  # every pair is visible: plain IEEE arithmetic is the contract
-        return _softmax_attention(q, k, v, scale, False)
-    return finite_or_exact(lambda q, k, v: _softmax_attention(q, k, v, scale, True), q, k, v, scale)
+        return _softmax_attention(q, k, v, scale, False, z)
+    return finite_or_exact(lambda q, k, v: _softmax_attention(q, k, v, scale, True, z), q, k, v, scale, z)
 
 
-def finite_or_exact(fast, q, k, v, scale: float) -> torch.Tensor:
+def finite_or_exact(fast, q, k, v, scale: float, z=None) -> torch.Tensor:
     """fast(q, k, v) (causal attention by any method) when no masked pair can meet a NaN/Inf, else the
     exactly masked composition. Under torch.compile the graph holds the fast path only: the check is data, and
     torch.cond cannot take these two branches (their gradients differ in memory layout)."""
     # Decoding (Tq = 1) has no masked pair: the single query sees every key.
     if q.shape[2] == 1 or torch.compiler.is_compiling() or finite_sum(q, k, v):
         return fast(q, k, v)
-    return exactly_masked_attention(q, k, v, scale)
+    return exactly_masked_attention(q, k, v, scale, z)
 
 
 def _repeat_kv(q, k, v):
@@ -61,7 +70,7 @@ def _repeat_kv(q, k, v):
     return k, v
 
 
-def _softmax_attention(q, k, v, scale, causal):
+def _softmax_attention(q, k, v, scale, causal, z=None):
     k, v = _repeat_kv(q, k, v)
     att = (q @ k.transpose(-2, -1)) * scale  # (B, H, Tq, Tk)
     if causal:
@@ -69,21 +78,25 @@ def _softmax_attention(q, k, v, scale, causal):
     # Normalise over the keys (the last axis): normalising over the queries (dim=-2) would let
     # every position attend to the future.
     att = torch.softmax(att, dim=-1)
+    if z is not None:  # attention dropout: (B, H, Tq, Tk) scales, 0 where dropped
+        att = att * z
     return att @ v  # (B, H, Tq, D)
 
 
-def exactly_masked_attention(q, k, v, scale):
+def exactly_masked_attention(q, k, v, scale, z=None):
     """Causal attention with every product of a masked pair an exact zero, in forward and backward:
     both factors of each product are selected (a select of one factor alone still gives 0 · NaN in
-    the backward). Materialises (rows, Tk, D), a piece of query rows at a time: for inputs with NaN/Inf."""
+    the backward). Materialises (rows, Tk, D), a piece of query rows at a time: for inputs with NaN/Inf.
+    z: attention dropout's (B, H, Tq, Tk) scales, or None."""
     k, v = _repeat_kv(q, k, v)
     visible = causal_mask(q.shape[2], k.shape[2], q.device)
     rows = max(1, EXACT_PIECE_ELEMENTS // (q.shape[0] * q.shape[1] * k.shape[2] * max(q.shape[3], 1)))
-    return torch.cat([_exactly_masked_rows(q[:, :, r:r + rows], k, v, scale, visible[r:r + rows])
+    return torch.cat([_exactly_masked_rows(q[:, :, r:r + rows], k, v, scale, visible[r:r + rows],
+                                           None if z is None else z[:, :, r:r + rows])
                       for r in range(0, q.shape[2], rows)], dim=2)
 
 
-def _exactly_masked_rows(q, k, v, scale, visible):
+def _exactly_masked_rows(q, k, v, scale, visible, z):
     pair = visible[:, :, None]  # (rows, Tk, 1)
     zero = q.new_zeros(())
     qs = torch.where(pair, q[:, :, :, None, :], zero)  # (B, H, rows, Tk, D): q_i at the pairs it sees
@@ -91,6 +104,8 @@ def _exactly_masked_rows(q, k, v, scale, visible):
     att = (qs * ks).sum(-1) * scale  # (B, H, rows, Tk)
     # A row holding a NaN has NaN weights everywhere after the softmax: the masked ones are zeroed again.
     att = torch.softmax(att.masked_fill(~visible, float("-inf")), dim=-1).masked_fill(~visible, 0)
+    if z is not None:
+        att = att * z
     vs = torch.where(pair, v[:, :, None, :, :], zero)
     return (att[..., None] * vs).sum(-2)
 

@@ -7,6 +7,8 @@ import numbers
 
 import torch
 
+from . import dropout
+
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -69,6 +71,25 @@ def attention_args(q, k, v, causal, scale) -> float:
         raise ValueError(f"causal attention needs Tq <= Tk (queries are the last Tq of Tk positions); "
                          f"got Tq={tq}, Tk={tk} ({shapes()})")
     return _scale(scale, d ** -0.5)
+
+
+def dropout_args(dropout_p, seed) -> tuple:
+    """Check attention dropout's arguments; return (p, seed) as the kernels take them: seed None when
+    p == 0 (no mask, the kernels skip the generator), else a one-element int64 CPU tensor -- the given
+    int, or a fresh draw from torch's default CPU generator (ops/dropout.py)."""
+    if isinstance(dropout_p, bool) or not isinstance(dropout_p, numbers.Real):
+        raise TypeError(f"dropout_p must be a real number in [0, 1), got {type(dropout_p).__name__}")
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"dropout_p must be in [0, 1) (the probability of dropping an attention weight), "
+                         f"got {dropout_p}")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
+        raise TypeError(f"seed must be an int or None (None draws one from torch's generator), "
+                        f"got {type(seed).__name__}")
+    if seed is not None and not 0 <= seed < dropout.SEED_BOUND:
+        raise ValueError(f"seed must be in [0, 2**63 - 1), got {seed}")
+    if dropout_p == 0:
+        return 0.0, None
+    return float(dropout_p), dropout.draw_seed() if seed is None else dropout.seed_tensor(seed)
 
 
 def lora_args(x, weight, bias, lora_a, lora_b, scale) -> float:

@@ -8,16 +8,15 @@ transformers (>= 4.48) looks the attention function up by name, `config._attn_im
 in `AttentionInterface`, and builds masks with the function of the same name in
 `AttentionMaskInterface`. We register "babygpt" in both: masks are built as for SDPA, which
 passes no mask at all when it is purely causal (no padding; a prompt, or one decoding step
-against the KV cache); then the call goes to babygpt_ext.ops.causal_attention. Every other call
-(a padding mask, cross or bidirectional attention, training-time dropout, more queries than
-keys) goes to transformers' own SDPA function, so results never change silently; the report
-names the modules that are not causal self-attention (they always take SDPA) and the dropout
-that sends training calls there, and the first such training call warns. No module is replaced
-and no weight is touched.
+against the KV cache); then the call goes to babygpt_ext.ops.causal_attention, with the attention
+dropout transformers asks for (its `dropout` argument: attn_pdrop / attention_dropout in training,
+0 in eval). Every other call (a padding mask, cross or bidirectional attention, more queries than
+keys) goes to transformers' own SDPA function, so results never change silently; the report names
+the modules that are not causal self-attention (they always take SDPA). No module is replaced and
+no weight is touched.
 """
 
 import functools
-import warnings
 from typing import Optional
 
 import torch
@@ -28,16 +27,6 @@ from .report import PatchReport
 
 IMPL = "babygpt"  # registered name; "babygpt_<backend>" when a backend is pinned
 _BEFORE = "_babygpt_attn_before"  # model attribute: the implementation patch_hf replaced
-_warned_dropout = False
-
-
-def _warn_dropout_fallback(p: float) -> None:
-    global _warned_dropout
-    if not _warned_dropout:
-        _warned_dropout = True
-        warnings.warn(f"babygpt_ext: attention dropout p={p} while training runs transformers' SDPA, not the "
-                      "fused op (its kernels have no dropout); call model.eval() or set the attention dropout "
-                      "to 0 to train on the fused kernels", RuntimeWarning, stacklevel=3)
 
 
 def _attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -47,11 +36,9 @@ def _attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value:
 
     # query (B, H, Tq, D); key, value (B, Hkv, Tk, D) with H a multiple of Hkv.
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", False)
-    if attention_mask is None and causal and dropout == 0.0 and query.shape[2] <= key.shape[2]:
-        out = causal_attention(query, key, value, scale=scaling, backend=backend)  # (B, H, Tq, D)
+    if attention_mask is None and causal and query.shape[2] <= key.shape[2]:
+        out = causal_attention(query, key, value, scale=scaling, dropout_p=dropout, backend=backend)  # (B, H, Tq, D)
         return out.transpose(1, 2), None  # transformers wants (B, Tq, H, D) and no weights
-    if dropout > 0.0:
-        _warn_dropout_fallback(dropout)
     return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                   is_causal=is_causal, **kwargs)
 
@@ -68,12 +55,6 @@ def _is_attention(m: nn.Module) -> bool:
 def causal_attention_modules(model: nn.Module) -> list:
     """Names of the submodules transformers runs as causal self-attention."""
     return [n for n, m in model.named_modules() if n and _is_attention(m) and getattr(m, "is_causal", False) is True]
-
-
-def _attention_dropout(m: nn.Module) -> float:
-    # GPT-2 keeps an nn.Dropout (attn_dropout), Llama and most newer decoders a float (attention_dropout).
-    p = getattr(m, "attention_dropout", None)
-    return float(p) if isinstance(p, (int, float)) else float(getattr(getattr(m, "attn_dropout", None), "p", 0.0))
 
 
 def patch_hf(model: nn.Module, backend: Optional[str] = None) -> PatchReport:
@@ -101,10 +82,7 @@ def patch_hf(model: nn.Module, backend: Optional[str] = None) -> PatchReport:
     AttentionInterface.register(impl, functools.partial(_attention, backend=backend))
     AttentionMaskInterface.register(impl, sdpa_mask)
     model.set_attn_implementation(impl)
-    drop = sorted({_attention_dropout(modules[n]) for n in names} - {0.0})
-    notes = [f"attention dropout p={', '.join(map(str, drop))}: in training mode those calls run transformers' "
-             "SDPA (the fused kernels have no dropout); eval and generation use the fused op"] if drop else []
-    notes.append("calls with a padding mask run transformers' SDPA (the fused op is causal-only)")
+    notes = ["calls with a padding mask run transformers' SDPA (the fused op is causal-only)"]
     return PatchReport("patch", names, left, notes, backend=backend)
 
 

@@ -12,6 +12,8 @@ would not run (dropouts and nanoGPT's causal-mask buffer aside), and computes
 c_proj(softmax(q kᵀ/√D + causal mask) v) with the heads split as nanoGPT splits them. It is
 replaced by babygpt_ext.nn.CausalSelfAttention holding the *same* c_attn and c_proj modules, so
 weights are shared (an optimizer built before patching still owns them) and nothing is copied.
+Its attention dropout (nanoGPT's `dropout`, else `attn_dropout.p`) runs inside the fused op while
+training.
 The original module rides along outside the module tree (no state_dict entry) for unpatch().
 Attention-like modules that fail the test are left alone and named in the report with the reason.
 
@@ -164,13 +166,7 @@ def patch(model: nn.Module, backend: Optional[str] = None) -> PatchReport:
         why = (f"{len(done)} attention module(s) were patched before ({', '.join(done)})" if done else
                f"it is built with babygpt_ext's attention ({', '.join(native)})")
         return PatchReport("patch", left=left, backend=backend, nothing_to_do=why).warn_if_worth_it()
-    dropout = {}  # p -> the modules training with it
-    for n, m in _patched(model).items():
-        if n in names and m.dropout > 0:
-            dropout.setdefault(m.dropout, []).append(n)
-    notes = [f"attention dropout p={p} ({', '.join(ns)}) runs the eager composition while training (the fused "
-             "kernels have no dropout); eval and generation use the fused op" for p, ns in dropout.items()]
-    return PatchReport("patch", names, left, notes, backend=backend).warn_if_worth_it()
+    return PatchReport("patch", names, left, backend=backend).warn_if_worth_it()
 
 
 def unpatch(model: nn.Module) -> PatchReport:

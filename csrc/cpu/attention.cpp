@@ -10,6 +10,11 @@
 // decoding; backward over (batch, kv head), one task computing dq of the group's query heads and
 // dk, dv of the kv head, so each output element has exactly one writer (no atomics, GQA needs no
 // special case), with the key blocks split further when there are few (batch, kv head) pairs.
+//
+// Attention dropout (dropout_p > 0, a seed): the mask of csrc/dropout_rng.h, a pure function of
+// (seed, b, h, i, j), multiplies the probabilities that meet V after the softmax (scaled by
+// 1 / (1 - p)); the saved lse is that of the undropped row, and the backward regenerates the same
+// mask for dV and dP. Nothing of the mask is stored, and p == 0 never touches the generator.
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
@@ -17,11 +22,13 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <optional>
 #include <string>
 #include <type_traits>
 #include <vector>
 
 #include "../checks.h"
+#include "../dropout_rng.h"
 #include "../heads.h"
 #include "isa.h"
 
@@ -116,8 +123,16 @@ inline void axpy(T alpha, const T* __restrict x, T* __restrict y, int64_t n) {
 // Rows per parallel task: enough work (~64K multiply-adds) to amortise scheduling.
 int64_t grain(int64_t work_per_row) { return std::max<int64_t>(1, 65536 / std::max<int64_t>(1, work_per_row)); }
 
+using dropout::Rng;
+
+// The dropout scale of score (b, h, i, j): 1 / (1 - p) if kept, 0 if dropped, 1 without dropout.
 template <typename T>
-void forward(const T* q, const T* k, const T* v, T* o, T* lse, Shape s, T scale, bool causal) {
+inline T dropout_scale(const Rng* rng, int64_t b, int64_t h, int64_t i, int64_t j) {
+  return !rng ? T(1) : dropout::keep(*rng, b, h, i, j) ? T(rng->keep_scale_f64) : T(0);
+}
+
+template <typename T>
+void forward(const T* q, const T* k, const T* v, T* o, T* lse, Shape s, T scale, bool causal, const Rng* rng) {
   const int64_t D = s.D;
   at::parallel_for(0, s.B * s.H * s.Tq, grain(s.Tk * D), [&](int64_t begin, int64_t end) {
     std::vector<T> p(s.Tk);
@@ -140,7 +155,7 @@ void forward(const T* q, const T* k, const T* v, T* o, T* lse, Shape s, T scale,
       for (int64_t j = 0; j < n; ++j) {
         const T pj = std::exp(p[j] - m);
         l += pj;
-        axpy(pj, vb + j * D, oi, D);
+        axpy(pj * dropout_scale<T>(rng, b, h, i, j), vb + j * D, oi, D);
       }
       const T inv = T(1) / l;
 #pragma omp simd
@@ -152,7 +167,7 @@ void forward(const T* q, const T* k, const T* v, T* o, T* lse, Shape s, T scale,
 
 template <typename T>
 void backward(const T* dout, const T* q, const T* k, const T* v, const T* o, const T* lse, T* dq, T* dk,
-              T* dv, Shape s, T scale, bool causal) {
+              T* dv, Shape s, T scale, bool causal, const Rng* rng) {
   const int64_t D = s.D, rows = s.B * s.H * s.Tq;
   // delta_i = do_i · o_i = Σ_j p_ij dp_ij: the softmax-backward correction term per query row.
   std::vector<T> delta(rows);
@@ -160,7 +175,8 @@ void backward(const T* dout, const T* q, const T* k, const T* v, const T* o, con
     for (int64_t row = begin; row < end; ++row) delta[row] = dot(dout + row * D, o + row * D, D);
   });
 
-  // dq_i = scale Σ_j ds_ij k_j with ds_ij = p_ij (do_i·v_j − delta_i); one task owns a query row.
+  // dq_i = scale Σ_j ds_ij k_j with ds_ij = p_ij (z_ij do_i·v_j − delta_i), z_ij the dropout scale;
+  // one task owns a query row.
   at::parallel_for(0, rows, grain(2 * s.Tk * D), [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
       const int64_t i = row % s.Tq, h = (row / s.Tq) % s.H, b = row / (s.Tq * s.H);
@@ -170,7 +186,8 @@ void backward(const T* dout, const T* q, const T* k, const T* v, const T* o, con
       std::fill(dqi, dqi + D, T(0));
       for (int64_t j = 0, n = s.last_key(i, causal) + 1; j < n; ++j) {
         const T p = std::exp(scale * dot(q + row * D, kb + j * D, D) - lse[row]);
-        const T ds = p * (dot(dout + row * D, vb + j * D, D) - delta[row]);
+        const T z = dropout_scale<T>(rng, b, h, i, j);
+        const T ds = p * (z * dot(dout + row * D, vb + j * D, D) - delta[row]);
         axpy(scale * ds, kb + j * D, dqi, D);
       }
     }
@@ -191,8 +208,9 @@ void backward(const T* dout, const T* q, const T* k, const T* v, const T* o, con
         for (int64_t i = s.first_query(j, causal); i < s.Tq; ++i) {
           const int64_t row = s.q_row(b, h, i);
           const T p = std::exp(scale * dot(q + row * D, kj, D) - lse[row]);
-          const T ds = p * (dot(dout + row * D, vj, D) - delta[row]);
-          axpy(p, dout + row * D, dvj, D);
+          const T z = dropout_scale<T>(rng, b, h, i, j);
+          const T ds = p * (z * dot(dout + row * D, vj, D) - delta[row]);
+          axpy(p * z, dout + row * D, dvj, D);
           axpy(scale * ds, q + row * D, dkj, D);
         }
       }
@@ -209,15 +227,15 @@ View view_of(const at::Tensor& t) { return {t.data_ptr<float>(), t.stride(0), t.
 // attention a later block has more keys to visit, so the blocks of a head are enumerated 0, n-1,
 // 1, n-2, ...: any contiguous range of tasks (what at::parallel_for hands a thread) then carries a
 // fair share.
-void forward_f32(View q, View k, View v, float* o, float* lse, Shape s, float scale, bool causal) {
+void forward_f32(View q, View k, View v, float* o, float* lse, Shape s, float scale, bool causal, const Rng* rng) {
   const auto& K = f32_kernels();
   if (s.Tq == 1) {
     at::parallel_for(0, s.B * s.H, grain(2 * s.Tk * s.D), [&](int64_t begin, int64_t end) {
-      std::vector<float> scores(s.Tk + s.D);  // fwd_row: the scores, then one row of D
+      std::vector<float> scores(s.Tk + s.D + isa_base::BK);  // fwd_row: the scores, one row of D, dropout scales
       for (int64_t bh = begin; bh < end; ++bh) {
         const int64_t b = bh / s.H, h = bh % s.H, hk = h / s.group();
-        lse[bh] = K.fwd_row(q.at(b, h), k.at(b, hk), k.st, v.at(b, hk), v.st, s.Tk, s.D, scale, o + bh * s.D,
-                            scores.data());
+        lse[bh] = K.fwd_row(q.at(b, h), k.at(b, hk), k.st, v.at(b, hk), v.st, s.Tk, s.D, scale, rng, b, h,
+                            o + bh * s.D, scores.data());
       }
     });
     return;
@@ -231,7 +249,7 @@ void forward_f32(View q, View k, View v, float* o, float* lse, Shape s, float sc
       const int64_t bh = t / nqb, u = t % nqb, qb = causal ? (u % 2 == 0 ? u / 2 : nqb - 1 - u / 2) : u;
       const int64_t b = bh / s.H, h = bh % s.H, hk = h / s.group(), i0 = qb * bq;
       K.fwd_block(q.at(b, h), q.st, k.at(b, hk), k.st, v.at(b, hk), v.st, o + bh * s.Tq * s.D, lse + bh * s.Tq, i0,
-                  std::min(bq, s.Tq - i0), s.Tq, s.Tk, s.D, scale, causal, ws.data());
+                  std::min(bq, s.Tq - i0), s.Tq, s.Tk, s.D, scale, causal, rng, b, h, ws.data());
     }
   });
 }
@@ -247,7 +265,7 @@ void forward_f32(View q, View k, View v, float* o, float* lse, Shape s, float sc
 constexpr int64_t kSplitPairs = 4;
 
 void backward_f32(View dout, View q, View k, View v, View o, const float* lse, float* dq, float* dk, float* dv,
-                  Shape s, float scale, bool causal) {
+                  Shape s, float scale, bool causal, const Rng* rng) {
   const auto& K = f32_kernels();
   const int64_t D = s.D, Dp = isa_base::padded(D), rows = s.B * s.H * s.Tq, G = s.group();
   std::vector<float> delta(rows);
@@ -272,7 +290,7 @@ void backward_f32(View dout, View q, View k, View v, View o, const float* lse, f
       if (split == 1) std::fill(own.begin(), own.end(), 0.0f);
       K.bwd_group(q.at(b, hk * G), q.sh, q.st, dout.at(b, hk * G), dout.sh, dout.st, lse + qrow, delta.data() + qrow,
                   k.at(b, hk), k.st, v.at(b, hk), v.st, dk + s.k_row(b, hk, 0) * D, dv + s.k_row(b, hk, 0) * D, G,
-                  s.Tq, s.Tk, D, scale, causal, part, nkb, split, dQ, ws.data());
+                  s.Tq, s.Tk, D, scale, causal, part, nkb, split, rng, b, hk * G, dQ, ws.data());
       if (split == 1)
         for (int64_t r = 0; r < group_rows; ++r)
           for (int64_t d = 0; d < D; ++d) dq[(qrow + r) * D + d] = own[r * Dp + d] * scale;
@@ -303,21 +321,30 @@ at::Tensor as_input(const at::Tensor& t, at::ScalarType acc) {
   return acc == at::kFloat && (a.size(3) <= 1 || a.stride(3) == 1) ? a : a.contiguous();
 }
 
+// The dropout generator of a call, or nullopt for dropout_p == 0 (checks.h: p and seed are valid).
+std::optional<Rng> rng_of(double dropout_p, const std::optional<at::Tensor>& seed) {
+  if (!checks::dropout(dropout_p, seed)) return std::nullopt;
+  return dropout::make_rng(dropout_p, seed->item<int64_t>());
+}
+
 std::tuple<at::Tensor, at::Tensor> attn_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                            double scale, bool causal) {
+                                            double scale, bool causal, double dropout_p,
+                                            const std::optional<at::Tensor>& seed) {
   const Shape s = check_shapes(q, k, v, causal);
+  const auto rng = rng_of(dropout_p, seed);
+  const Rng* g = rng ? &*rng : nullptr;
   const auto acc = acc_type(q);
   auto qa = as_input(q, acc), ka = as_input(k, acc), va = as_input(v, acc);
   auto o = at::empty(q.sizes(), qa.options());  // (B, H, Tq, D), contiguous
   auto lse = at::empty({s.B, s.H, s.Tq}, qa.options());
   if (acc == at::kFloat) {
     forward_f32(view_of(qa), view_of(ka), view_of(va), o.data_ptr<float>(), lse.data_ptr<float>(), s,
-                static_cast<float>(scale), causal);
+                static_cast<float>(scale), causal, g);
     return {o.to(q.scalar_type()), lse};
   }
   AT_DISPATCH_FLOATING_TYPES(acc, "babygpt_attn_fwd_cpu", [&] {
     forward<scalar_t>(qa.data_ptr<scalar_t>(), ka.data_ptr<scalar_t>(), va.data_ptr<scalar_t>(),
-                      o.data_ptr<scalar_t>(), lse.data_ptr<scalar_t>(), s, static_cast<scalar_t>(scale), causal);
+                      o.data_ptr<scalar_t>(), lse.data_ptr<scalar_t>(), s, static_cast<scalar_t>(scale), causal, g);
   });
   return {o.to(q.scalar_type()), lse};
 }
@@ -325,9 +352,12 @@ std::tuple<at::Tensor, at::Tensor> attn_fwd(const at::Tensor& q, const at::Tenso
 std::tuple<at::Tensor, at::Tensor, at::Tensor> attn_bwd(const at::Tensor& dout, const at::Tensor& q,
                                                         const at::Tensor& k, const at::Tensor& v,
                                                         const at::Tensor& o, const at::Tensor& lse, double scale,
-                                                        bool causal) {
+                                                        bool causal, double dropout_p,
+                                                        const std::optional<at::Tensor>& seed) {
   const Shape s = check_shapes(q, k, v, causal);
   checks::attn_bwd(dout, q, o, lse);
+  const auto rng = rng_of(dropout_p, seed);
+  const Rng* g = rng ? &*rng : nullptr;
   const auto acc = acc_type(q);
   auto qa = as_input(q, acc), ka = as_input(k, acc), va = as_input(v, acc);
   auto da = as_input(dout, acc), oa = as_input(o, acc), la = lse.to(acc).contiguous();
@@ -337,14 +367,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attn_bwd(const at::Tensor& dout, 
   if (acc == at::kFloat) {
     backward_f32(view_of(da), view_of(qa), view_of(ka), view_of(va), view_of(oa), la.data_ptr<float>(),
                  dq.data_ptr<float>(), dk.data_ptr<float>(), dv.data_ptr<float>(), s, static_cast<float>(scale),
-                 causal);
+                 causal, g);
     return {dq.to(dt), dk.to(dt), dv.to(dt)};
   }
   AT_DISPATCH_FLOATING_TYPES(acc, "babygpt_attn_bwd_cpu", [&] {
     backward<scalar_t>(da.data_ptr<scalar_t>(), qa.data_ptr<scalar_t>(), ka.data_ptr<scalar_t>(),
                        va.data_ptr<scalar_t>(), oa.data_ptr<scalar_t>(), la.data_ptr<scalar_t>(),
                        dq.data_ptr<scalar_t>(), dk.data_ptr<scalar_t>(), dv.data_ptr<scalar_t>(), s,
-                       static_cast<scalar_t>(scale), causal);
+                       static_cast<scalar_t>(scale), causal, g);
   });
   return {dq.to(dt), dk.to(dt), dv.to(dt)};
 }

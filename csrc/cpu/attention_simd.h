@@ -5,8 +5,8 @@
 // different namespace and under a different `#pragma GCC target` (AVX-512, AVX2+FMA, baseline
 // x86-64), so the same source is compiled once per instruction set and the fastest copy the CPU
 // supports is picked at run time. That keeps the wheel portable (no -march=native) while using the
-// wide registers where they exist. Consequently it includes nothing (std headers must not be
-// compiled under the pragma) and uses only GCC builtins.
+// wide registers where they exist. Consequently it includes no std header (they must not be
+// compiled under the pragma; dropout_philox.h, included below, has none) and uses only GCC builtins.
 //
 // The vectors are GCC vector extensions of W floats, W the register width of the instruction set
 // (16: zmm, 8: ymm, 4: xmm). A vector wider than the target's registers has no machine mode, and
@@ -17,6 +17,11 @@
 // Inputs are strided: row t of a (batch, head) slice starts at base + t * ld, and only the last
 // dimension must be contiguous, so the q/k/v views a GPT layer makes by splitting its fused qkv
 // projection are read in place.
+//
+// Attention dropout: the probabilities that multiply V (forward) and the dP they receive (backward)
+// are multiplied by Z = mask / (1 - p), the mask drawn by csrc/dropout_rng.h's Philox on vectors of
+// W counters (dropout_scales); the row statistics m, l, lse stay those of the undropped P. A null
+// Rng (p == 0) skips all of it.
 //
 // Needs, defined by the includer: BABYGPT_VEC_FLOATS (W: 16, 8 or 4), BABYGPT_TILE_ROWS (R) and
 // BABYGPT_TILE_VECS (TV): the register tile of the products is R rows x TV vectors, R*TV
@@ -29,6 +34,9 @@ constexpr int R = BABYGPT_TILE_ROWS;
 constexpr int TV = BABYGPT_TILE_VECS;
 typedef float vf __attribute__((vector_size(W * 4)));
 typedef int vi __attribute__((vector_size(W * 4)));
+typedef unsigned vu __attribute__((vector_size(W * 4)));
+typedef unsigned long long vu2 __attribute__((vector_size(W * 4)));  // the same bytes as W/2 64-bit lanes
+using babygpt::dropout::Rng;
 
 constexpr long BK = 64;  // keys per block
 constexpr int NB = BK / W;
@@ -67,6 +75,44 @@ BG_INLINE vf lanes() { return vf{0, 1, 2, 3, 4, 5, 6, 7}; }
 #else
 BG_INLINE vf lanes() { return vf{0, 1, 2, 3}; }
 #endif
+
+// ------------------------------------------------------------------------------------ dropout
+// hi:lo = a · m per lane, from two W/2-lane 64-bit products (the even and the odd 32-bit lanes), so
+// no vector is wider than the registers.
+struct VMulHiLo {
+  inline __attribute__((always_inline)) void operator()(vu a, unsigned m, vu& hi, vu& lo) const {
+    const vu2 a2 = (vu2)a, low = vu2{} + 0xFFFFFFFFull;
+    const vu2 even = (a2 & low) * (unsigned long long)m, odd = (a2 >> 32) * (unsigned long long)m;
+    lo = (vu)((even & low) | (odd << 32));
+    hi = (vu)((even >> 32) | (odd & ~low));
+  }
+};
+
+#include "../dropout_philox.h"  // philox(), compiled for this instruction set
+
+// Z[c] = 1 / (1 - p) where dropout keeps score (b, h, i, j0 + c), else 0, for c < n rounded up to
+// 4W. j0 is a multiple of 16 (a key block's start), so the block's counters are consecutive from
+// counter_of(j0); one vector Philox over W counters yields the words of 4W consecutive keys.
+static void dropout_scales(const Rng& g, long b, long h, long i, long j0, long n, float* Z) {
+  vu lane{};
+  for (int l = 0; l < W; ++l) lane[l] = (unsigned)l;
+  const vu thr = vu{} + g.threshold;
+  const vi ks = (vi)splat(g.keep_scale);
+  for (long c0 = 0; c0 < n; c0 += 4 * W) {
+    vu w[4] = {lane + babygpt::dropout::counter_of(j0 + c0), vu{} + (unsigned)i, vu{} + (unsigned)h,
+               vu{} + (unsigned)b};
+    philox(w[0], w[1], w[2], w[3], vu{} + g.k0, vu{} + g.k1, VMulHiLo{});
+    // Lane 4u + t holds counter 4(g0 + u) + t: its word k is key 16u + 4k + t of this stretch.
+    unsigned keys[4 * W];
+    for (int u = 0; u < W / 4; ++u)
+      for (int k = 0; k < 4; ++k) __builtin_memcpy(keys + 16 * u + 4 * k, (const char*)&w[k] + 16 * u, 16);
+    for (int c = 0; c < 4 * W; c += W) {
+      vu x;
+      __builtin_memcpy(&x, keys + c, sizeof x);
+      st(Z + c0 + c, (vf)((vi)(x >= thr) & ks));
+    }
+  }
+}
 
 // Horizontal reductions as a log2(W)-step shuffle tree (a W-step scalar chain costs ~W/log2(W)
 // times the latency). Step w swaps neighbouring groups of w lanes. The max stays NaN-ignoring:
@@ -248,6 +294,7 @@ struct FwdWs {
   float *Kt, *Vp, *S;   // K block (D x BK), V block (BK x Dp), scores / probabilities (BQ x BK)
   float *O, *m, *l;     // this chunk of keys: output rows (BQ x Dp), running max, running sum
   float *Ot, *mt, *lt;  // the chunks before it, the same three
+  float* Z;             // one row's dropout scales (BK)
   long floats;
 };
 static FwdWs fwd_ws(float* base, long D) {
@@ -262,6 +309,7 @@ static FwdWs fwd_ws(float* base, long D) {
   w.Ot = c.take(BQ * padded(D));
   w.mt = c.take(BQ);
   w.lt = c.take(BQ);
+  w.Z = c.take(BK);
   w.floats = c.used;
   return w;
 }
@@ -283,12 +331,13 @@ static void fold_chunk(const FwdWs& w, long nr, long Dp) {
 }
 static long fwd_workspace(long D) { return fwd_ws(nullptr, D).floats; }
 
-// Query rows [i0, i0+nr) of one (batch, head): q (row stride ldq), o (row stride D) and lse point
-// at the head's row 0, k and v (row strides ldk, ldv) at its kv head's row 0. Online softmax over
-// key blocks; blocks entirely in the causal future are never visited and only the blocks crossing
-// the diagonal (or the ragged last block) are masked.
+// Query rows [i0, i0+nr) of one (batch, head) (b, h): q (row stride ldq), o (row stride D) and lse
+// point at the head's row 0, k and v (row strides ldk, ldv) at its kv head's row 0. Online softmax
+// over key blocks; blocks entirely in the causal future are never visited and only the blocks
+// crossing the diagonal (or the ragged last block) are masked. rng: dropout, or null.
 static void fwd_block(const float* q, long ldq, const float* k, long ldk, const float* v, long ldv, float* o,
-                      float* lse, long i0, long nr, long Tq, long Tk, long D, float scale, bool causal, float* ws) {
+                      float* lse, long i0, long nr, long Tq, long Tk, long D, float scale, bool causal, const Rng* rng,
+                      long b, long h, float* ws) {
   const long Dp = padded(D), off = Tk - Tq;
   const FwdWs w = fwd_ws(ws, D);
   long cnt[BQ];
@@ -343,6 +392,10 @@ static void fwd_block(const float* q, long ldq, const float* k, long ldk, const 
         for (long d = 0; d < Dp; d += W) st(orow + d, ld(orow + d) * alpha);
       w.l[r] = w.l[r] * alpha + hsum(sum);
       w.m[r] = m_new;
+      if (rng) {  // the P that multiplies V is dropped; l above keeps the undropped sum
+        dropout_scales(*rng, b, h, i0 + r, j0, n, w.Z);
+        for (long c = 0; c < nv; ++c) st(s + W * c, ld(s + W * c) * ld(w.Z + W * c));
+      }
     }
     // O += P V over the keys each tile's last row sees. The tile's earlier rows hold P = 0 for
     // the keys in their future; those value rows join the product only when they are finite, so
@@ -378,9 +431,9 @@ static void fwd_block(const float* q, long ldq, const float* k, long ldk, const 
 // single row there is nothing to amortise packing over, so the scores are dot products straight
 // from the key rows and the output a sum of value rows. s: n + D floats of scratch. Writes o (D
 // floats) and returns the row's lse. Matches fwd_block's semantics (NaN-ignoring max, masked
-// keys never touched).
+// keys never touched). rng: dropout of row 0 of head (b, h), or null; s then holds BK more floats.
 static float fwd_row(const float* qi, const float* k, long ldk, const float* v, long ldv, long n, long D, float scale,
-                     float* o, float* s) {
+                     const Rng* rng, long b, long h, float* o, float* s) {
   const long Dv = D / W * W;
   float m = -__builtin_inff();
   for (long j = 0; j < n; ++j) {
@@ -412,11 +465,17 @@ static float fwd_row(const float* qi, const float* k, long ldk, const float* v, 
     }
     l += part;
   }
+  float* part = s + n;  // D floats, then (dropout) BK
+  if (rng)  // drop the p_j that multiply V; l keeps their undropped sum
+    for (long j0 = 0; j0 < n; j0 += BK) {
+      const long nb = lmin(BK, n - j0);
+      dropout_scales(*rng, b, h, 0, j0, nb, part + D);
+      for (long c = 0; c < nb; ++c) s[j0 + c] *= part[D + c];
+    }
   // o = Σ_j p_j v_j: register tiles of up to TV vectors of D (the value rows' stride is ldv), the
   // tail of D that is not a whole vector scalar; each chunk of keys into `part` (D floats after
   // the n scores), then into o.
   const float inv = 1.0f / l;
-  float* part = s + n;
   for (long d = 0; d < D; ++d) o[d] = 0;
   for (long c0 = 0; c0 < n; c0 += kChunkKeys) {
     const long nc = lmin(n, c0 + kChunkKeys) - c0;
@@ -440,6 +499,7 @@ struct BwdWs {
   float *dK, *dV;       // the key block's gradients (BK x Dp each, adjacent)
   float *P, *dS;        // R rows of probabilities and score gradients (R x BK each)
   float *Xq, *Xdo;      // R rows of q and dO, packed (R x Dp each)
+  float* Z;             // one row's dropout scales (BK)
   long floats;
 };
 static BwdWs bwd_ws(float* base, long D) {
@@ -455,6 +515,7 @@ static BwdWs bwd_ws(float* base, long D) {
   w.dS = c.take(R * BK);
   w.Xq = c.take(R * Dp);
   w.Xdo = c.take(R * Dp);
+  w.Z = c.take(BK);
   w.floats = c.used;
   return w;
 }
@@ -465,11 +526,14 @@ struct QRows {
   const float *q, *dout, *lse, *delta;
   long ldq, lddo;
   float* dQ;  // the head's rows in the group's dQ accumulator (row stride Dp)
+  const Rng* rng;  // dropout of head (b, h), or null
+  long b, h;
 };
 
 // One tile of NR consecutive query rows against one key block: recompute P from lse, then
 // dS = P ∘ (dO Vᵀ − delta); dQ rows += dS K; dV += Pᵀ dO and dK += dSᵀ Q as a rank-NR update so
 // each dK/dV row is loaded and stored once per NR rows (the rows' q/do vectors stay in registers).
+// With dropout, O = (P ∘ Z) V: dV takes P ∘ Z and dS = P ∘ (Z ∘ dO Vᵀ − delta).
 template <int NR>
 BG_INLINE void bwd_rows(const QRows& h, long i, long j0, long nb, long off, bool causal, long D, float scale,
                         const BwdWs& w) {
@@ -482,6 +546,17 @@ BG_INLINE void bwd_rows(const QRows& h, long i, long j0, long nb, long off, bool
     seen[r] = n;
     nmax = lmax(nmax, n);
     const vf lim = splat((float)n), L = splat(h.lse[i + r]), dl = splat(h.delta[i + r]);
+    if (h.rng) {
+      dropout_scales(*h.rng, h.b, h.h, i + r, j0, nb, w.Z);
+      for (long c = 0; c * W < nb; ++c) {
+        const vf seen = lanes() + (float)(W * c), z = ld(w.Z + W * c);
+        const vf p = vexp(ld(w.P + r * BK + W * c) - L);
+        const vf ds = p * (ld(w.dS + r * BK + W * c) * z - dl);
+        st(w.P + r * BK + W * c, seen < lim ? p * z : vf{});
+        st(w.dS + r * BK + W * c, seen < lim ? ds : vf{});
+      }
+      continue;
+    }
     for (long c = 0; c * W < nb; ++c) {  // the vectors that hold the block's keys
       const vf seen = lanes() + (float)(W * c);
       const vf p = vexp(ld(w.P + r * BK + W * c) - L);
@@ -526,10 +601,11 @@ BG_INLINE void bwd_rows(const QRows& h, long i, long j0, long nb, long off, bool
 // caller; unscaled), and it writes
 // dk, dv (row stride D) of those keys. q/dout rows of head g of the group start at
 // q + g * hsq / dout + g * hsdo; lse, delta point at the group's first head (Tq floats per head).
+// rng: dropout, or null; the group's heads are h0, h0 + 1, ... of batch b.
 static void bwd_group(const float* q, long hsq, long ldq, const float* dout, long hsdo, long lddo, const float* lse,
                       const float* delta, const float* k, long ldk, const float* v, long ldv, float* dk, float* dv,
                       long G, long Tq, long Tk, long D, float scale, bool causal, long kb0, long kb1, long kstep,
-                      float* dQ, float* ws) {
+                      const Rng* rng, long b, long h0, float* dQ, float* ws) {
   const long Dp = padded(D), off = Tk - Tq;
   const BwdWs w = bwd_ws(ws, D);
   for (long kb = kb0; kb < kb1; kb += kstep) {
@@ -540,7 +616,8 @@ static void bwd_group(const float* q, long hsq, long ldq, const float* dout, lon
     __builtin_memset(w.dK, 0, 2 * BK * Dp * sizeof(float));  // dK and dV are adjacent
     const long first = causal ? lmax(0, j0 - off) : 0;
     for (long g = 0; g < G; ++g) {
-      const QRows h{q + g * hsq, dout + g * hsdo, lse + g * Tq, delta + g * Tq, ldq, lddo, dQ + g * Tq * Dp};
+      const QRows h{q + g * hsq, dout + g * hsdo, lse + g * Tq, delta + g * Tq, ldq, lddo, dQ + g * Tq * Dp,
+                    rng, b, h0 + g};
       for_row_tiles(Tq - first, [&](long r, auto t) {
         bwd_rows<t.rows>(h, first + r, j0, nb, off, causal, D, scale, w);
       });

@@ -7,6 +7,8 @@
 //        dK/dV element has one writer: no atomics.
 //   dQ_i = scale Σ_j dS_ij k_j                                         attn_dq_kernel: a separate CTA per
 //        query block (it recomputes S and dP once more, instead of fp32 atomics on dQ: deterministic).
+// With dropout (O = (P ∘ Z) V, Z regenerated from dropout_rng.h): dV_j = Σ_i P_ij Z_ij dO_i and
+// dS_ij = P_ij (Z_ij dO_i · v_j - delta_i); delta = rowsum(dO ∘ O) is unchanged.
 #pragma once
 
 #include <type_traits>
@@ -38,6 +40,7 @@ __global__ void __launch_bounds__(128) attn_dq_kernel(AttnParams p) {
   const int dp = L.dp, ld = L.q.ld, ldp = L.p.ld, m0 = cta.m0, h = cta.h, b = cta.b;
   T *sQ = cta.sQ, *sdO = cta.sdO, *sK = cta.sK, *sV = cta.sV, *sS = cta.sP;
   const int warp = threadIdx.x / 32;
+  const bool dropping = p.rng.threshold != 0;
   load_rows<T, NT>(sQ, L.q, head_rows<const T>(p.q, b, h, p.Tq, p.D), m0);
   load_rows<T, NT>(sdO, L.dout, head_rows<const T>(p.dout, b, h, p.Tq, p.D), m0);
   const T *sQw = sQ + warp * 16 * ld, *sdOw = sdO + warp * 16 * ld;
@@ -64,6 +67,7 @@ __global__ void __launch_bounds__(128) attn_dq_kernel(AttnParams p) {
     __syncthreads();
     // dS is an exact 0 where a row does not see a key; a NaN/Inf key there needs the exact dS K.
     const bool exact_dsk = n0 >= n_full && tile_has_nonfinite<T, NT>(sK, L.k);
+    const uint32_t kept = dropping ? kept_bits<BN / 8>(p, b, h, m0 + warp * 16, n0, false) : 0u;
     float s[BN / 8][4], dpv[BN / 8][4];
     warp_scores2(s, dpv, sQw, sK, sdOw, sV, ld, dp);  // S = Q Kᵀ, dP = dO Vᵀ
 #pragma unroll
@@ -71,8 +75,9 @@ __global__ void __launch_bounds__(128) attn_dq_kernel(AttnParams p) {
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
         const bool vis = visible(p, m0 + warp * 16 + acc_row(i), n0 + n * 8 + acc_col(i));
+        const float z = dropping ? dropout_scale(p, kept, n, i) : 1.f;
         // The select, not P = 0 alone: dP or delta may be NaN at an unseen pair (0 · NaN).
-        const float ds = vis ? expf(s[n][i] * p.scale - lse[i >> 1]) * (dpv[n][i] - delta[i >> 1]) : 0.f;
+        const float ds = vis ? expf(s[n][i] * p.scale - lse[i >> 1]) * (z * dpv[n][i] - delta[i >> 1]) : 0.f;
         sSw[acc_row(i) * ldp + n * 8 + acc_col(i)] = from_float<T>(ds);
       }
     }
@@ -119,6 +124,7 @@ __global__ void __launch_bounds__(DkDvTiles<sizeof(T), DMAX>::kThreads) attn_dkd
   T* sdS = region<T>(smem, L.dst);
   const int n0 = blockIdx.x * BNK, hk = blockIdx.y, b = blockIdx.z, group = p.H / p.Hkv;
   const int warp = threadIdx.x / 32, shift = p.Tk - p.Tq;
+  const bool dropping = p.rng.threshold != 0;
   load_rows<T, NT>(sK, L.k, head_rows<const T>(p.k, b, hk, p.Tk, p.D), n0);
   load_rows<T, NT>(sV, L.v, head_rows<const T>(p.v, b, hk, p.Tk, p.D), n0);
   const T *sKw = sK + warp * 16 * ld, *sVw = sV + warp * 16 * ld;
@@ -146,6 +152,7 @@ __global__ void __launch_bounds__(DkDvTiles<sizeof(T), DMAX>::kThreads) attn_dkd
         __syncthreads();
         // dSᵀ is an exact 0 where a query does not see a key; a NaN/Inf query there needs the exact dSᵀ Q.
         const bool exact_dsq = p.causal && m0 + shift < n0 + BNK - 1 && tile_has_nonfinite<T, NT>(sQ, L.q);
+        const uint32_t kept = dropping ? kept_bits<BMQ / 8>(p, b, h, n0 + warp * 16, m0, true) : 0u;
         // Sᵀ = K Qᵀ and dPᵀ = V dOᵀ for this warp's 16 keys x BMQ queries.
         float st[BMQ / 8][4], dpt[BMQ / 8][4];
         warp_scores2(st, dpt, sKw, sQ, sVw, sdO, ld, dp);
@@ -156,8 +163,9 @@ __global__ void __launch_bounds__(DkDvTiles<sizeof(T), DMAX>::kThreads) attn_dkd
             const int qi = n * 8 + acc_col(i), kj = acc_row(i);
             const bool vis = visible(p, m0 + qi, n0 + warp * 16 + kj);
             const float pr = vis ? expf(st[n][i] * p.scale - sLse[qi]) : 0.f;
-            sPw[kj * ldq + qi] = from_float<T>(pr);
-            sdSw[kj * ldq + qi] = from_float<T>(vis ? pr * (dpt[n][i] - sDelta[qi]) : 0.f);  // 0 · NaN
+            const float z = dropping ? dropout_scale(p, kept, n, i) : 1.f;
+            sPw[kj * ldq + qi] = from_float<T>(pr * z);
+            sdSw[kj * ldq + qi] = from_float<T>(vis ? pr * (z * dpt[n][i] - sDelta[qi]) : 0.f);  // 0 · NaN
           }
         }
         __syncwarp();

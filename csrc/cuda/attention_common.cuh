@@ -12,6 +12,31 @@ __device__ __forceinline__ bool visible(const AttnParams& p, int i, int j) {
   return i < p.Tq && j < p.Tk && (!p.causal || j <= i + (p.Tk - p.Tq));
 }
 
+// Attention dropout (csrc/dropout_rng.h) for one thread's accumulator elements of a warp tile of
+// 16 rows x 8·N8 columns: bit 4n + i says whether element (n, i) -- row row0 + acc_row(i), column
+// col0 + 8n + acc_col(i); rows are keys and columns queries when `transposed` -- is kept. Drawn
+// before the tile's products, so the generator's registers are free again while the scores are
+// live (drawn inline, the dK/dV kernel spilled on sm_80).
+template <int N8>
+__device__ __forceinline__ uint32_t kept_bits(const AttnParams& p, int b, int h, int row0, int col0, bool transposed) {
+  static_assert(N8 * 4 <= 32, "one bit per accumulator element");
+  uint32_t bits = 0;
+#pragma unroll 1
+  for (int n = 0; n < N8; ++n)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int row = row0 + acc_row(i), col = col0 + n * 8 + acc_col(i);
+      bits |= uint32_t(transposed ? dropout::keep(p.rng, b, h, col, row) : dropout::keep(p.rng, b, h, row, col))
+              << (4 * n + i);
+    }
+  return bits;
+}
+
+// The dropout scale Z of element (n, i) of kept_bits: 1 / (1 - p) if kept, else 0.
+__device__ __forceinline__ float dropout_scale(const AttnParams& p, uint32_t bits, int n, int i) {
+  return (bits >> (4 * n + i)) & 1u ? p.rng.keep_scale : 0.f;
+}
+
 // The keys [0, end) some query row of [m0, m0 + rows) sees.
 __device__ __forceinline__ int visible_key_end(const AttnParams& p, int m0, int rows) {
   const int last_row = min(m0 + rows, p.Tq) - 1;

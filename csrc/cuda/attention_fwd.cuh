@@ -4,7 +4,8 @@
 // value tiles of the kv head h / (H / Hkv) (GQA) through shared memory. Per key tile each warp
 //   S = Q Kᵀ (16 x BN, fp32 in registers) -> scale, mask -> new running row max m
 //   P = exp(S - m), l = l·exp(m_old - m) + rowsum(P), O = O·exp(m_old - m) + P V
-// and at the end writes O / l and lse = m + log l. P goes through a warp-private shared tile
+// and at the end writes O / l and lse = m + log l. With dropout the P that meets V is P ∘ Z (Z: the
+// mask of dropout_rng.h over 1 - p) while l sums the undropped P. P goes through a warp-private shared tile
 // (rounded to T, as FlashAttention does) so P V uses the same shared-memory mma as Q Kᵀ.
 // Key tiles that every row of the CTA sees completely run without any mask arithmetic; only the
 // tiles crossing the causal diagonal or the end of the sequence pay for it.
@@ -27,6 +28,7 @@ __global__ void __launch_bounds__(128) attn_fwd_kernel(AttnParams p) {
   T *sQ = cta.sQ, *sK = cta.sK, *sV = cta.sV, *sP = cta.sP;
   const int warp = threadIdx.x / 32, lane = threadIdx.x & 31, shift = p.Tk - p.Tq;
   T* sPw = sP + warp * 16 * ldp;        // this warp's P rows
+  const bool dropping = p.rng.threshold != 0;
   const T* sQw = sQ + warp * 16 * ld;   // this warp's Q rows
 
   load_rows<T, NT>(sQ, L.q, head_rows<const T>(p.q, b, h, p.Tq, p.D), m0);
@@ -46,6 +48,7 @@ __global__ void __launch_bounds__(128) attn_fwd_kernel(AttnParams p) {
     bool exact_pv = false;
     if constexpr (decltype(masked)::value) exact_pv = tile_has_nonfinite<T, NT>(sV, L.v);
 
+    const uint32_t kept = dropping ? kept_bits<BN / 8>(p, b, h, m0 + warp * 16, n0, false) : 0u;
     float s[BN / 8][4];
 #pragma unroll
     for (int n = 0; n < BN / 8; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
@@ -86,7 +89,8 @@ __global__ void __launch_bounds__(128) attn_fwd_kernel(AttnParams p) {
       for (int i = 0; i < 4; ++i) {
         const float pv = expf(s[n][i] - base[i >> 1]);
         l_run[i >> 1] += pv;
-        sPw[acc_row(i) * ldp + n * 8 + acc_col(i)] = from_float<T>(pv);
+        const float z = dropping ? dropout_scale(p, kept, n, i) : 1.f;
+        sPw[acc_row(i) * ldp + n * 8 + acc_col(i)] = from_float<T>(pv * z);
       }
     }
     __syncwarp();  // P is written by all lanes of the warp and read as fragments by all

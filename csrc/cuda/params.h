@@ -5,6 +5,7 @@
 
 #include <cstdint>
 
+#include "../dropout_rng.h"
 #include "../heads.h"
 
 namespace babygpt::cuda {
@@ -25,6 +26,7 @@ struct AttnParams {
   int B, H, Hkv, Tq, Tk, D;
   float scale;
   bool causal;
+  dropout::Rng rng;  // attention dropout; rng.threshold == 0: none (the kernels skip the generator)
 };
 
 // A strided matrix in global memory: element (i, j) is p[i * rs + j * cs]. Strides let one GEMM

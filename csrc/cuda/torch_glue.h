@@ -42,16 +42,20 @@ inline at::Tensor with_contiguous_rows(const at::Tensor& t) { return t.stride(-1
 
 inline Heads heads(const at::Tensor& t) { return {t.data_ptr(), t.stride(0), t.stride(1), t.stride(2)}; }
 
-inline AttnParams attn_params(const at::Tensor& q, const at::Tensor& k, double scale, bool causal) {
+// seed is a CPU tensor (checks::dropout), so reading it costs no device synchronisation.
+inline AttnParams attn_params(const at::Tensor& q, const at::Tensor& k, double scale, bool causal, double dropout_p,
+                              const std::optional<at::Tensor>& seed) {
   AttnParams p{};
   p.B = (int)q.size(0), p.H = (int)q.size(1), p.Hkv = (int)k.size(1);
   p.Tq = (int)q.size(2), p.Tk = (int)k.size(2), p.D = (int)q.size(3);
   p.scale = (float)scale, p.causal = causal;
+  if (checks::dropout(dropout_p, seed)) p.rng = dropout::make_rng(dropout_p, seed->item<int64_t>());
   return p;
 }
 
 inline std::tuple<at::Tensor, at::Tensor> attn_fwd(const at::Tensor& q_, const at::Tensor& k_, const at::Tensor& v_,
-                                                   double scale, bool causal) {
+                                                   double scale, bool causal, double dropout_p,
+                                                   const std::optional<at::Tensor>& seed) {
   check_attn(q_, k_, v_, causal);
   BABYGPT_GLUE_GUARD(q_);
   const DType dt = dtype_of(q_, "babygpt::attn_fwd");
@@ -59,7 +63,7 @@ inline std::tuple<at::Tensor, at::Tensor> attn_fwd(const at::Tensor& q_, const a
   auto o = at::empty(q.sizes(), q.options());
   auto lse = at::empty({q.size(0), q.size(1), q.size(2)}, q.options().dtype(at::kFloat));
   if (q.numel() == 0 || k.size(2) == 0) return {o, lse};
-  AttnParams p = attn_params(q, k, scale, causal);
+  AttnParams p = attn_params(q, k, scale, causal, dropout_p, seed);
   p.q = heads(q), p.k = heads(k), p.v = heads(v);
   p.out = heads(o), p.lse_out = lse.data_ptr<float>();
   BABYGPT_GLUE_CHECK(launch_attn_fwd(dt, p, BABYGPT_GLUE_STREAM()), "babygpt::attn_fwd");
@@ -69,7 +73,8 @@ inline std::tuple<at::Tensor, at::Tensor> attn_fwd(const at::Tensor& q_, const a
 inline std::tuple<at::Tensor, at::Tensor, at::Tensor> attn_bwd(const at::Tensor& dout_, const at::Tensor& q_,
                                                                const at::Tensor& k_, const at::Tensor& v_,
                                                                const at::Tensor& o_, const at::Tensor& lse_,
-                                                               double scale, bool causal) {
+                                                               double scale, bool causal, double dropout_p,
+                                                               const std::optional<at::Tensor>& seed) {
   check_attn(q_, k_, v_, causal);
   checks::attn_bwd(dout_, q_, o_, lse_);
   BABYGPT_GLUE_GUARD(q_);
@@ -82,7 +87,7 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor> attn_bwd(const at::Tensor&
   auto dv = at::empty(v.sizes(), v.options());
   if (q.numel() == 0 || k.numel() == 0) return {dq.zero_(), dk.zero_(), dv.zero_()};
   auto delta = at::empty({q.size(0), q.size(1), q.size(2)}, q.options().dtype(at::kFloat));
-  AttnParams p = attn_params(q, k, scale, causal);
+  AttnParams p = attn_params(q, k, scale, causal, dropout_p, seed);
   p.q = heads(q), p.k = heads(k), p.v = heads(v), p.o = heads(o), p.dout = heads(dout);
   p.lse = lse.data_ptr<float>(), p.delta = delta.data_ptr<float>();
   p.dq = heads(dq), p.dk = heads(dk), p.dv = heads(dv);

@@ -16,6 +16,9 @@ Choices, and why:
   no atomics, deterministic.
 - Backward recomputes P from lse (no (T, T) matrix is stored): preprocess delta = rowsum(dO * O),
   then a dK/dV kernel per key block and a dQ kernel per query block (atomics-free split).
+- Attention dropout (DROPOUT) keeps l and lse those of the undropped P and zeroes/scales P only
+  where it multiplies V; the backward regenerates the same mask (dropout.py: the twin of
+  csrc/dropout_rng.h) and applies it to P (for dV) and to dP. DROPOUT=False compiles none of it.
 - Any T (loads masked by bounds), any D <= 256 (BLOCK_D = next power of two >= max(D, 16), the
   padded columns load as 0 and are never stored). Accumulation is float32 for every dtype;
   float32 inputs use IEEE dots (TF32 would miss the contract's 1e-5 tolerance).
@@ -27,7 +30,10 @@ import torch
 import triton
 import triton.language as tl
 
+from ...ops import dropout
+
 from . import configs as C
+from .dropout import kept as dropout_kept
 
 
 
@@ -50,9 +56,10 @@ def _dot_seen(a, b, seen, PRECISION: tl.constexpr):
 # ------------------------------------------------------------------------------ forward
 @triton.jit
 def _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kt, stride_vt, offs_m, offs_d, D, Tk, offset,
-               qk_scale, lo, hi, MASKED: tl.constexpr, CAUSAL: tl.constexpr, PRECISION: tl.constexpr,
-               BLOCK_N: tl.constexpr):
-    """Online softmax over key blocks [lo, hi). MASKED adds the causal and Tk-bound masks."""
+               qk_scale, lo, hi, drop, MASKED: tl.constexpr, CAUSAL: tl.constexpr, PRECISION: tl.constexpr,
+               BLOCK_N: tl.constexpr, DROPOUT: tl.constexpr):
+    """Online softmax over key blocks [lo, hi). MASKED adds the causal and Tk-bound masks. drop:
+    (seed_lo, seed_hi, threshold, keep_scale, b, h), read when DROPOUT."""
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         kv_mask = (offs_n[:, None] < Tk) & (offs_d[None, :] < D)
@@ -68,6 +75,10 @@ def _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kt, stride_vt, offs_m, o
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
+        if DROPOUT:
+            seed_lo, seed_hi, threshold, keep_scale, b, h = drop
+            kept = dropout_kept(seed_lo, seed_hi, threshold, b, h, offs_m[:, None], offs_n[None, :])
+            p = tl.where(kept, p * keep_scale, 0.0)
         if MASKED:
             pv = _dot_seen(p.to(v.dtype), v, keep, PRECISION)
         else:
@@ -81,8 +92,8 @@ def _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kt, stride_vt, offs_m, o
 def attn_fwd_kernel(Q, K, V, O, LSE,
                     stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt,
                     stride_vb, stride_vh, stride_vt, stride_ob, stride_oh, stride_ot,
-                    H, GROUP, Tq, Tk, D, scale, SEQ_BUCKET,
-                    CAUSAL: tl.constexpr, PRECISION: tl.constexpr, BLOCK_D: tl.constexpr,
+                    H, GROUP, Tq, Tk, D, scale, seed_lo, seed_hi, threshold, keep_scale, SEQ_BUCKET,
+                    CAUSAL: tl.constexpr, PRECISION: tl.constexpr, BLOCK_D: tl.constexpr, DROPOUT: tl.constexpr,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     # SEQ_BUCKET is only an autotune key (power-of-two size class of max(Tq, Tk)).
     pid_m = tl.program_id(0)
@@ -114,10 +125,11 @@ def attn_fwd_kernel(Q, K, V, O, LSE,
     else:
         full_end = (Tk // BLOCK_N) * BLOCK_N
         hi = Tk
+    drop = (seed_lo, seed_hi, threshold, keep_scale, b, h)
     acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kt, stride_vt, offs_m, offs_d, D, Tk,
-                               offset, qk_scale, 0, full_end, False, CAUSAL, PRECISION, BLOCK_N)
+                               offset, qk_scale, 0, full_end, drop, False, CAUSAL, PRECISION, BLOCK_N, DROPOUT)
     acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kt, stride_vt, offs_m, offs_d, D, Tk,
-                               offset, qk_scale, full_end, hi, True, CAUSAL, PRECISION, BLOCK_N)
+                               offset, qk_scale, full_end, hi, drop, True, CAUSAL, PRECISION, BLOCK_N, DROPOUT)
 
     o = acc / l_i[:, None]
     tl.store(o_base + offs_m[:, None] * stride_ot + offs_d[None, :], o.to(O.dtype.element_ty), mask=q_mask)
@@ -146,8 +158,8 @@ def attn_bwd_preprocess_kernel(O, DO, DELTA, stride_ob, stride_oh, stride_ot, st
 
 @triton.jit
 def _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qt, stride_dt, offs_n, offs_d,
-                D, Tq, offset, qk_scale, lo, hi, MASKED: tl.constexpr, PRECISION: tl.constexpr,
-                BLOCK_M: tl.constexpr):
+                D, Tq, offset, qk_scale, lo, hi, drop, MASKED: tl.constexpr, PRECISION: tl.constexpr,
+                BLOCK_M: tl.constexpr, DROPOUT: tl.constexpr):
     """Accumulate one query head's dK, dV for a key block over query blocks [lo, hi).
 
     Works on transposed scores (keys x queries) so that dK += dSᵀ Q and dV += Pᵀ dO need no
@@ -167,8 +179,15 @@ def _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qt, 
         if MASKED:
             seen = offs_n[:, None] <= offs_m[None, :] + offset
             p_t = tl.where(seen, p_t, 0.0)
-        dv += tl.dot(p_t.to(do.dtype), do, input_precision=PRECISION)
-        dp_t = tl.dot(v, tl.trans(do), input_precision=PRECISION)
+        if DROPOUT:  # O = (P ∘ Z) V with Z = mask / (1 - p): dV takes P ∘ Z, and dP is Z ∘ (dO Vᵀ)
+            seed_lo, seed_hi, threshold, keep_scale, b, h = drop
+            kept_t = dropout_kept(seed_lo, seed_hi, threshold, b, h, offs_m[None, :], offs_n[:, None])
+            z_t = tl.where(kept_t, keep_scale, 0.0)
+            dv += tl.dot((p_t * z_t).to(do.dtype), do, input_precision=PRECISION)
+            dp_t = tl.dot(v, tl.trans(do), input_precision=PRECISION) * z_t
+        else:
+            dv += tl.dot(p_t.to(do.dtype), do, input_precision=PRECISION)
+            dp_t = tl.dot(v, tl.trans(do), input_precision=PRECISION)
         ds_t = p_t * (dp_t - delta[None, :])
         if MASKED:  # a masked pair: p_t = 0, but dP or delta may be NaN (0 · NaN), and so may q
             ds_t = tl.where(seen, ds_t, 0.0)
@@ -183,8 +202,8 @@ def attn_bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV,
                          stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt,
                          stride_vb, stride_vh, stride_vt, stride_db, stride_dh, stride_dt,
                          stride_dkb, stride_dkh, stride_dkt, stride_dvb, stride_dvh, stride_dvt,
-                         H, HKV, GROUP, Tq, Tk, D, scale, SEQ_BUCKET,
-                         CAUSAL: tl.constexpr, PRECISION: tl.constexpr, BLOCK_D: tl.constexpr,
+                         H, HKV, GROUP, Tq, Tk, D, scale, seed_lo, seed_hi, threshold, keep_scale, SEQ_BUCKET,
+                         CAUSAL: tl.constexpr, PRECISION: tl.constexpr, BLOCK_D: tl.constexpr, DROPOUT: tl.constexpr,
                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     pid_n = tl.program_id(0)
     bhk = tl.program_id(1)
@@ -219,10 +238,11 @@ def attn_bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV,
         do_base = DO + b.to(tl.int64) * stride_db + h.to(tl.int64) * stride_dh
         lse_base = LSE + bh.to(tl.int64) * Tq
         delta_base = DELTA + bh.to(tl.int64) * Tq
+        drop = (seed_lo, seed_hi, threshold, keep_scale, b, h)
         dk, dv = _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qt, stride_dt, offs_n,
-                             offs_d, D, Tq, offset, qk_scale, lo, mid, True, PRECISION, BLOCK_M)
+                             offs_d, D, Tq, offset, qk_scale, lo, mid, drop, True, PRECISION, BLOCK_M, DROPOUT)
         dk, dv = _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qt, stride_dt, offs_n,
-                             offs_d, D, Tq, offset, qk_scale, mid, Tq, False, PRECISION, BLOCK_M)
+                             offs_d, D, Tq, offset, qk_scale, mid, Tq, drop, False, PRECISION, BLOCK_M, DROPOUT)
     dk = dk * scale  # dS was taken w.r.t. the scaled scores
     tl.store(DK + b.to(tl.int64) * stride_dkb + hk.to(tl.int64) * stride_dkh + offs_n[:, None] * stride_dkt
              + offs_d[None, :], dk.to(DK.dtype.element_ty), mask=kv_mask)
@@ -232,8 +252,8 @@ def attn_bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV,
 
 @triton.jit
 def _dq_inner(dq, q, do, lse2, delta, k_base, v_base, stride_kt, stride_vt, offs_m, offs_d, D, Tk, offset,
-              qk_scale, lo, hi, MASKED: tl.constexpr, CAUSAL: tl.constexpr, PRECISION: tl.constexpr,
-              BLOCK_N: tl.constexpr):
+              qk_scale, lo, hi, drop, MASKED: tl.constexpr, CAUSAL: tl.constexpr, PRECISION: tl.constexpr,
+              BLOCK_N: tl.constexpr, DROPOUT: tl.constexpr):
     """dQ += dS K over key blocks [lo, hi), recomputing P = exp2(S - lse) block by block."""
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
@@ -248,6 +268,10 @@ def _dq_inner(dq, q, do, lse2, delta, k_base, v_base, stride_kt, stride_vt, offs
                 keep = keep & (offs_n[None, :] <= offs_m[:, None] + offset)
             p = tl.where(keep, p, 0.0)
         dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
+        if DROPOUT:
+            seed_lo, seed_hi, threshold, keep_scale, b, h = drop
+            kept = dropout_kept(seed_lo, seed_hi, threshold, b, h, offs_m[:, None], offs_n[None, :])
+            dp = tl.where(kept, dp * keep_scale, 0.0)
         ds = p * (dp - delta[:, None])
         if MASKED:  # a masked pair: p = 0, but dP or delta may be NaN (0 · NaN), and so may k
             ds = tl.where(keep, ds, 0.0)
@@ -262,8 +286,8 @@ def attn_bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ,
                        stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt,
                        stride_vb, stride_vh, stride_vt, stride_db, stride_dh, stride_dt,
                        stride_dqb, stride_dqh, stride_dqt,
-                       H, GROUP, Tq, Tk, D, scale, SEQ_BUCKET,
-                       CAUSAL: tl.constexpr, PRECISION: tl.constexpr, BLOCK_D: tl.constexpr,
+                       H, GROUP, Tq, Tk, D, scale, seed_lo, seed_hi, threshold, keep_scale, SEQ_BUCKET,
+                       CAUSAL: tl.constexpr, PRECISION: tl.constexpr, BLOCK_D: tl.constexpr, DROPOUT: tl.constexpr,
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
@@ -293,10 +317,11 @@ def attn_bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ,
     else:
         full_end = (Tk // BLOCK_N) * BLOCK_N
         hi = Tk
+    drop = (seed_lo, seed_hi, threshold, keep_scale, b, h)
     dq = _dq_inner(dq, q, do, lse2, delta, k_base, v_base, stride_kt, stride_vt, offs_m, offs_d, D, Tk, offset,
-                   qk_scale, 0, full_end, False, CAUSAL, PRECISION, BLOCK_N)
+                   qk_scale, 0, full_end, drop, False, CAUSAL, PRECISION, BLOCK_N, DROPOUT)
     dq = _dq_inner(dq, q, do, lse2, delta, k_base, v_base, stride_kt, stride_vt, offs_m, offs_d, D, Tk, offset,
-                   qk_scale, full_end, hi, True, CAUSAL, PRECISION, BLOCK_N)
+                   qk_scale, full_end, hi, drop, True, CAUSAL, PRECISION, BLOCK_N, DROPOUT)
     dq = dq * scale
     tl.store(DQ + b.to(tl.int64) * stride_dqb + h.to(tl.int64) * stride_dqh + offs_m[:, None] * stride_dqt
              + offs_d[None, :], dq.to(DQ.dtype.element_ty), mask=mask)
@@ -334,7 +359,7 @@ def _arch(device: torch.device):
 @functools.cache
 def tuned(family: str, arch):
     """The autotuned form of a family's kernel for one GPU generation (None: the interpreter)."""
-    return triton.autotune(C.configs(family, arch), key=["SEQ_BUCKET", "BLOCK_D", "CAUSAL", "PRECISION"],
+    return triton.autotune(C.configs(family, arch), key=["SEQ_BUCKET", "BLOCK_D", "CAUSAL", "PRECISION", "DROPOUT"],
                            prune_configs_by={"early_config_prune": C.prune_for_head_dim})(KERNELS[family])
 
 
@@ -356,22 +381,32 @@ def _s(t):
     return t.stride(0), t.stride(1), t.stride(2)
 
 
-def attn_fwd(q, k, v, scale: float, causal: bool, configs=None):
+def _dropout_args(dropout_p: float, seed):
+    """(seed_lo, seed_hi, threshold, keep_scale) kernel arguments and the DROPOUT switch (zeros and
+    False without dropout)."""
+    if dropout_p == 0:
+        return (0, 0, 0, 1.0), False
+    k0, k1 = dropout.keys(int(seed))
+    return (k0, k1, dropout.threshold(dropout_p), 1.0 / (1.0 - dropout_p)), True
+
+
+def attn_fwd(q, k, v, scale: float, causal: bool, dropout_p: float = 0.0, seed=None, configs=None):
     """(o, lse) for q (B,H,Tq,D), k/v (B,Hkv,Tk,D). configs: {family: triton.Config} to bypass autotune."""
     q, k, v = _unit_last(q), _unit_last(k), _unit_last(v)
     b, h, tq, d = q.shape
     hkv, tk = k.shape[1], k.shape[2]
     o = torch.empty((b, h, tq, d), dtype=q.dtype, device=q.device)
     lse = torch.empty((b, h, tq), dtype=torch.float32, device=q.device)
-    args = (q, k, v, o, lse, *_s(q), *_s(k), *_s(v), *_s(o), h, h // hkv, tq, tk, d, float(scale),
+    drop, with_dropout = _dropout_args(dropout_p, seed)
+    args = (q, k, v, o, lse, *_s(q), *_s(k), *_s(v), *_s(o), h, h // hkv, tq, tk, d, float(scale), *drop,
             seq_bucket(tq, tk))
-    meta = dict(CAUSAL=causal, PRECISION=precision(q.dtype), BLOCK_D=block_d(d))
+    meta = dict(CAUSAL=causal, PRECISION=precision(q.dtype), BLOCK_D=block_d(d), DROPOUT=with_dropout)
     _launch(C.ATTN_FWD, lambda m: (triton.cdiv(tq, m["BLOCK_M"]), b * h), args, meta, q.device,
             (configs or {}).get(C.ATTN_FWD))
     return o, lse
 
 
-def attn_bwd(do, q, k, v, o, lse, scale: float, causal: bool, configs=None):
+def attn_bwd(do, q, k, v, o, lse, scale: float, causal: bool, dropout_p: float = 0.0, seed=None, configs=None):
     """(dq, dk, dv); dk/dv have k's shape, summed over the query heads of each GQA group."""
     do, q, k, v, o = (_unit_last(t) for t in (do, q, k, v, o))
     lse = lse.contiguous()
@@ -387,13 +422,14 @@ def attn_bwd(do, q, k, v, o, lse, scale: float, causal: bool, configs=None):
     dq = torch.empty((b, h, tq, d), dtype=q.dtype, device=q.device)
     dk = torch.empty((b, hkv, tk, d), dtype=k.dtype, device=q.device)
     dv = torch.empty((b, hkv, tk, d), dtype=v.dtype, device=q.device)
-    meta = dict(CAUSAL=causal, PRECISION=prec, BLOCK_D=bd)
+    drop, with_dropout = _dropout_args(dropout_p, seed)
+    meta = dict(CAUSAL=causal, PRECISION=prec, BLOCK_D=bd, DROPOUT=with_dropout)
     args = (q, k, v, do, lse, delta, dk, dv, *_s(q), *_s(k), *_s(v), *_s(do), *_s(dk), *_s(dv),
-            h, hkv, h // hkv, tq, tk, d, float(scale), bucket)
+            h, hkv, h // hkv, tq, tk, d, float(scale), *drop, bucket)
     _launch(C.ATTN_BWD_DKDV, lambda m: (triton.cdiv(tk, m["BLOCK_N"]), b * hkv), args, meta, q.device,
             configs.get(C.ATTN_BWD_DKDV))
     args = (q, k, v, do, lse, delta, dq, *_s(q), *_s(k), *_s(v), *_s(do), *_s(dq),
-            h, h // hkv, tq, tk, d, float(scale), bucket)
+            h, h // hkv, tq, tk, d, float(scale), *drop, bucket)
     _launch(C.ATTN_BWD_DQ, lambda m: (triton.cdiv(tq, m["BLOCK_M"]), b * h), args, meta, q.device,
             configs.get(C.ATTN_BWD_DQ))
     return dq, dk, dv
