@@ -19,68 +19,16 @@ dropout 0.2, batch_size 64. The model is that shape; the batch defaults to 8 seq
 
 import argparse
 import copy
-import math
 import platform
 import statistics
 import time
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 import babygpt_ext
+from babygpt_ext.bench.nanogpt_model import NanoGPT
 from babygpt_ext.data import embedded_text, get_batch, split
-
-
-class NanoAttention(nn.Module):
-    """nanoGPT's CausalSelfAttention, manual path (model.py, `self.flash` False)."""
-
-    def __init__(self, n_embd, n_head, block_size, dropout):
-        super().__init__()
-        self.c_attn, self.c_proj = nn.Linear(n_embd, 3 * n_embd), nn.Linear(n_embd, n_embd)
-        self.attn_dropout, self.resid_dropout = nn.Dropout(dropout), nn.Dropout(dropout)
-        self.n_head, self.n_embd, self.dropout = n_head, n_embd, dropout
-        self.register_buffer("bias", torch.tril(torch.ones(block_size, block_size)).view(1, 1, block_size, block_size))
-
-    def forward(self, x):
-        B, T, C = x.size()
-        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
-        att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))
-        att = att.masked_fill(self.bias[:, :, :T, :T] == 0, float("-inf"))
-        att = self.attn_dropout(F.softmax(att, dim=-1))
-        y = (att @ v).transpose(1, 2).contiguous().view(B, T, C)
-        return self.resid_dropout(self.c_proj(y))
-
-
-class NanoBlock(nn.Module):
-    def __init__(self, n_embd, n_head, block_size, dropout):
-        super().__init__()
-        self.ln_1, self.ln_2 = nn.LayerNorm(n_embd), nn.LayerNorm(n_embd)
-        self.attn = NanoAttention(n_embd, n_head, block_size, dropout)
-        self.mlp = nn.Sequential(nn.Linear(n_embd, 4 * n_embd), nn.GELU(), nn.Linear(4 * n_embd, n_embd),
-                                 nn.Dropout(dropout))
-
-    def forward(self, x):
-        x = x + self.attn(self.ln_1(x))
-        return x + self.mlp(self.ln_2(x))
-
-
-class NanoGPT(nn.Module):
-    def __init__(self, vocab, n_layer=6, n_head=6, n_embd=384, block_size=256, dropout=0.2):
-        super().__init__()
-        self.wte, self.wpe = nn.Embedding(vocab, n_embd), nn.Embedding(block_size, n_embd)
-        self.drop = nn.Dropout(dropout)
-        self.h = nn.ModuleList([NanoBlock(n_embd, n_head, block_size, dropout) for _ in range(n_layer)])
-        self.ln_f, self.lm_head = nn.LayerNorm(n_embd), nn.Linear(n_embd, vocab, bias=False)
-        self.wte.weight = self.lm_head.weight  # weight tying, as nanoGPT
-
-    def forward(self, idx, targets):
-        x = self.drop(self.wte(idx) + self.wpe(torch.arange(idx.shape[1])))
-        for blk in self.h:
-            x = blk(x)
-        logits = self.lm_head(self.ln_f(x))
-        return F.cross_entropy(logits.flatten(0, 1), targets.flatten())
 
 
 def hf_gpt2(vocab, block_size):
@@ -164,7 +112,8 @@ def main():
     data = split(ids, 0.1)
     if "nanogpt" in args.models:
         race("nanoGPT shakespeare-char shape (6 layers, 6 heads, 384, dropout 0.2)",
-             lambda: NanoGPT(len(chars), block_size=args.block_size), lambda m, x, y: m(x, y), data, args)
+             lambda: NanoGPT(len(chars), args.block_size, n_layer=6, n_head=6, n_embd=384, dropout=0.2),
+             lambda m, x, y: m(x, y), data, args)
     if "gpt2" in args.models:
         race("Hugging Face GPT-2, 2 layers, default dropout (attn/resid/embd 0.1)",
              lambda: hf_gpt2(len(chars), args.block_size), hf_loss, data, args)

@@ -3,7 +3,6 @@ the same, the weights are shared, and the patched model is still causal on every
 twice is a no-op, a bad backend fails at patch time, unpatch() restores the original modules, and
 the report names what was patched, what was left and why."""
 
-import math
 import warnings
 
 import pytest
@@ -13,57 +12,10 @@ import torch.nn.functional as F
 
 import babygpt_ext
 from babygpt_ext import lora, ops
+from babygpt_ext.bench.nanogpt_model import NanoAttention, NanoGPT
 from babygpt_ext.nn import CausalSelfAttention
 
 BACKENDS = ops.available_backends("cpu")
-
-
-class NanoAttention(nn.Module):
-    """nanoGPT's CausalSelfAttention (manual path): c_attn C->3C, a tril mask buffer `bias`, c_proj."""
-
-    def __init__(self, n_embd, n_head, block_size, dropout=0.0):
-        super().__init__()
-        self.c_attn = nn.Linear(n_embd, 3 * n_embd)
-        self.c_proj = nn.Linear(n_embd, n_embd)
-        self.attn_dropout, self.resid_dropout = nn.Dropout(dropout), nn.Dropout(dropout)
-        self.n_head, self.n_embd, self.dropout = n_head, n_embd, dropout
-        self.register_buffer("bias", torch.tril(torch.ones(block_size, block_size)).view(1, 1, block_size, block_size))
-
-    def forward(self, x):
-        B, T, C = x.size()
-        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
-        att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))
-        att = att.masked_fill(self.bias[:, :, :T, :T] == 0, float("-inf"))
-        att = self.attn_dropout(F.softmax(att, dim=-1))
-        y = (att @ v).transpose(1, 2).contiguous().view(B, T, C)
-        return self.resid_dropout(self.c_proj(y))
-
-
-class NanoBlock(nn.Module):
-    def __init__(self, n_embd, n_head, block_size):
-        super().__init__()
-        self.ln_1, self.ln_2 = nn.LayerNorm(n_embd), nn.LayerNorm(n_embd)
-        self.attn = NanoAttention(n_embd, n_head, block_size)
-        self.mlp = nn.Sequential(nn.Linear(n_embd, 4 * n_embd), nn.GELU(), nn.Linear(4 * n_embd, n_embd))
-
-    def forward(self, x):
-        x = x + self.attn(self.ln_1(x))
-        return x + self.mlp(self.ln_2(x))
-
-
-class NanoGPT(nn.Module):
-    def __init__(self, vocab=31, block_size=16, n_layer=2, n_head=4, n_embd=32):
-        super().__init__()
-        self.wte, self.wpe = nn.Embedding(vocab, n_embd), nn.Embedding(block_size, n_embd)
-        self.h = nn.ModuleList([NanoBlock(n_embd, n_head, block_size) for _ in range(n_layer)])
-        self.ln_f, self.lm_head = nn.LayerNorm(n_embd), nn.Linear(n_embd, vocab, bias=False)
-
-    def forward(self, idx):
-        x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1]))
-        for blk in self.h:
-            x = blk(x)
-        return self.lm_head(self.ln_f(x))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
