@@ -24,28 +24,7 @@ BG_INLINE vf ld(const float* p) { vf v; __builtin_memcpy(&v, p, sizeof v); retur
 BG_INLINE void st(float* p, vf v) { __builtin_memcpy(p, &v, sizeof v); }
 BG_INLINE vf splat(float x) { return vf{} + x; }  // constants only: hoisted out of the loops
 
-// e^x for x <= 0 (all this file needs): x = n ln2 + r, |r| <= ln2/2, e^r by its degree-6 Taylor
-// polynomial (relative error < 1.3e-7), 2^n built in the exponent bits. x below -87.3 gives 0.
-BG_INLINE vf vexp_nonpositive(vf x) {
-  const vf lo = splat(-87.3365447f);
-  const vi small = x < lo;
-  x = small ? lo : x;
-  const vf magic = splat(12582912.0f);  // 1.5 * 2^23: adding it rounds to the nearest integer
-  const vf n = (x * 1.44269504f + magic) - magic;
-  vf r = x - n * 0.693359375f;  // ln2 split in two so n * ln2_hi is exact
-  r = r - n * -2.12194440e-4f;
-  vf p = splat(1.0f / 720);
-  p = p * r + 1.0f / 120;
-  p = p * r + 1.0f / 24;
-  p = p * r + 1.0f / 6;
-  p = p * r + 0.5f;
-  p = p * r + 1.0f;
-  p = p * r + 1.0f;
-  const vi bits = (__builtin_convertvector(n, vi) + 127) << 23;
-  vf scale;
-  __builtin_memcpy(&scale, &bits, sizeof scale);
-  return small ? splat(0.0f) : p * scale;
-}
+#include "simd_exp.h"  // vexp()
 
 struct Gelu {
   vf cdf;  // Φ(h)
@@ -60,7 +39,7 @@ BG_INLINE Gelu gelu_parts(vf h) {
   poly = poly * t + 1.421413741f;
   poly = poly * t - 0.284496736f;
   poly = poly * t + 0.254829592f;
-  const vf e = vexp_nonpositive(-z * z);  // NaN h: NaN (the comparisons in the exp are false)
+  const vf e = vexp(-z * z);  // NaN h: NaN (the comparisons in the exp are false)
   const vf tail = 0.5f * t * poly * e;    // Φ(−|h|)
   return Gelu{h < 0.0f ? tail : 1.0f - tail, e * 0.39894228040143268f};
 }

@@ -82,17 +82,8 @@ __global__ void __launch_bounds__(128) attn_dq_kernel(AttnParams p) {
       }
     }
     __syncwarp();
-    if (exact_dsk) {
-      warp_seen_product(dq, sSw, ldp, sK, ld, BN, 0, dp,
-                        [&](int r, int j) { return visible(p, m0 + warp * 16 + r, n0 + j); });
-    } else {
-#pragma unroll
-      for (int kk = 0; kk < BN; kk += 16) {
-#pragma unroll
-        for (int n = 0; n < NO; ++n)
-          if (n * 8 < dp) warp_mma(dq[n], sSw + kk, ldp, 1, sK + kk * ld + n * 8, ld, 1);
-      }
-    }
+    warp_tile_product<BN>(dq, sSw, ldp, sK, ld, dp, exact_dsk,
+                          [&](int r, int j) { return visible(p, m0 + warp * 16 + r, n0 + j); });
     __syncwarp();
   }
 

@@ -109,6 +109,24 @@ __device__ __forceinline__ void warp_seen_product(float (&acc)[N8][4], const T* 
   }
 }
 
+// acc += A B for a warp: A its 16 x K tile (row-major, lda), B a K x cols tile (row-major, ldb), on
+// the tensor cores; with `exact` (a masked tile whose B holds a NaN or Inf) one scalar product per
+// pair `seen` admits instead.
+template <int K, int N8, class T, class Seen>
+__device__ __forceinline__ void warp_tile_product(float (&acc)[N8][4], const T* a, int lda, const T* b, int ldb,
+                                                  int cols, bool exact, Seen seen) {
+  if (exact) {
+    warp_seen_product(acc, a, lda, b, ldb, K, 0, cols, seen);
+    return;
+  }
+#pragma unroll
+  for (int kk = 0; kk < K; kk += 16) {
+#pragma unroll
+    for (int n = 0; n < N8; ++n)
+      if (n * 8 < cols) warp_mma(acc[n], a + kk, lda, 1, b + kk * ldb + n * 8, ldb, 1);
+  }
+}
+
 // Sum over the 4 lanes that share an accumulator row (lanes 4g..4g+3).
 __device__ __forceinline__ float quad_sum(float x) {
   x += __shfl_xor_sync(0xffffffffu, x, 1);

@@ -94,17 +94,8 @@ __global__ void __launch_bounds__(128) attn_fwd_kernel(AttnParams p) {
       }
     }
     __syncwarp();  // P is written by all lanes of the warp and read as fragments by all
-    if (exact_pv) {
-      warp_seen_product(o, sPw, ldp, sV, ld, BN, 0, dp,
-                        [&](int r, int j) { return visible(p, m0 + warp * 16 + r, n0 + j); });
-    } else {
-#pragma unroll
-      for (int kk = 0; kk < BN; kk += 16) {
-#pragma unroll
-        for (int n = 0; n < NO; ++n)
-          if (n * 8 < dp) warp_mma(o[n], sPw + kk, ldp, 1, sV + kk * ld + n * 8, ld, 1);
-      }
-    }
+    warp_tile_product<BN>(o, sPw, ldp, sV, ld, dp, exact_pv,
+                          [&](int r, int j) { return visible(p, m0 + warp * 16 + r, n0 + j); });
     __syncwarp();  // reads of sPw finish before the next tile overwrites it
   };
 
