@@ -18,6 +18,7 @@ def tuning_on(monkeypatch, tmp_path, fresh_engine):
     """Measuring on, a private cache directory, nothing decided or warned yet (fresh_engine: conftest.py)."""
     monkeypatch.setenv("BABYGPT_TUNE", "1")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(measure, "cpu_oversubscribed", lambda: None)  # the suite's own load must not matter
 
 
 class FakeClock(measure.WallClock):
@@ -87,6 +88,14 @@ def test_one_lucky_sample_does_not_displace_the_static_choice(fakes):
     e = ops.explain(*qkv())
     assert e.times["lucky"] < e.times["static"] / 1.05
     assert e.backend == "static" and "round by round it is only 0.83x the static choice 'static'" in e.how
+
+
+def test_an_oversubscribed_cpu_keeps_the_static_choice_and_caches_nothing(fakes, monkeypatch, tmp_path):
+    calls = fakes({"static": 10e-3, "fast": 5e-3})
+    monkeypatch.setattr(measure, "cpu_oversubscribed", lambda: "the machine is oversubscribed (load average 9.0 on 2 cores)")
+    e = ops.explain(*qkv())
+    assert e.backend == "static" and e.times == {} and "oversubscribed (load average 9.0 on 2 cores)" in e.how
+    assert calls["fast"] == [] and not (tmp_path / "babygpt_ext" / "tuning.json").exists()
 
 
 def test_a_failing_candidate_is_skipped_with_a_warning_and_the_call_succeeds(fakes):

@@ -10,7 +10,9 @@ later processes find it; later calls of the key are one dictionary lookup.
 
 The static policy (registry.decide) decides instead, and Decision.how says why, when:
 BABYGPT_TUNE=0; only one backend can take the call; the inputs cannot be timed (fake, functional
-or other tensor subclasses, a CUDA graph being captured); or under torch.compile tracing with no
+or other tensor subclasses, a CUDA graph being captured); on a CPU that is oversubscribed (more
+runnable threads than measure.OVERSUBSCRIBED per core: timing would measure the other work; the
+decision is then not cached on disk); or under torch.compile tracing with no
 measured decision for the key (the graph holds the chosen kernel, never timing code).
 Environment variables are read when a key is decided, not on every call.
 """
@@ -146,6 +148,9 @@ def _measured(spec: OpSpec, args: tuple, call: Call, static: str, skipped: list,
     if cached is not None and cached["backend"] in takers:
         return Decision(cached["backend"], f"measured earlier, read from the tuning cache {tuning_cache.path()}",
                         skipped, static, {n: t / 1e6 for n, t in cached["times_us"].items()}, {}, cached["rounds"])
+    if call.device == "cpu" and (busy := measure.cpu_oversubscribed()) is not None:
+        # Not written to the cache: a process that starts on a quieter machine measures the key.
+        return Decision(static, f"static policy: {busy}", skipped, static)
     steps = _steps(spec, args, call.needs_grad, takers)
     times, failed, rounds, samples = measure.time_candidates(steps, measure.clock_for(args[0].device),
                                                              measure.BUDGET_S)

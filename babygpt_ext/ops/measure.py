@@ -19,8 +19,9 @@ CPU steps are timed by the wall clock; CUDA steps by CUDA events with a synchron
 (kernels are asynchronous, so the host clock alone would time the launches).
 """
 
+import os
 import time
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
@@ -29,6 +30,24 @@ MIN_ROUNDS, MAX_ROUNDS = 5, 15  # MIN_ROUNDS where they fit in a few budgets, el
 SAMPLE_S = 2e-3  # long enough that one preemption by another process does not decide a sample
 MAX_REPEATS = 64
 PRUNE_AFTER_WARMUP = 3.0  # dropped when its estimate is this many times the fastest one's
+# CPU timing is not attempted above this many runnable threads per core (1-minute load average):
+# at load 9-15 on 2 cores a 2-thread parallel region waits out whole scheduler slices whenever one
+# of its threads is descheduled, a 20 µs call measured 16-36 ms, and the engine picked backends
+# the benchmark then timed at 0.11x-0.62x the best; at load 2-3 its choices held.
+OVERSUBSCRIBED = 2.0
+
+
+def cpu_oversubscribed() -> Optional[str]:
+    """Why timing on the CPU now would measure other work (the machine runs more than OVERSUBSCRIBED
+    threads per core of this process), or None."""
+    try:
+        load = os.getloadavg()[0]
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # no load average or affinity on this OS: assume quiet
+        return None
+    if load <= OVERSUBSCRIBED * cores:
+        return None
+    return f"the machine is oversubscribed (load average {load:.1f} on {cores} cores), so timing would measure other work"
 
 
 class WallClock:
