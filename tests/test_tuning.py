@@ -98,6 +98,13 @@ def test_an_oversubscribed_cpu_keeps_the_static_choice_and_caches_nothing(fakes,
     assert calls["fast"] == [] and not (tmp_path / "babygpt_ext" / "tuning.json").exists()
 
 
+def test_a_key_whose_static_call_is_long_times_no_other_candidate(fakes):
+    calls = fakes({"static": 5 * measure.BUDGET_S, "fast": 1e-3})
+    e = ops.explain(*qkv())
+    assert e.backend == "static" and calls["fast"] == [] and len(calls["static"]) == 1
+    assert "so the others are not timed" in e.how
+
+
 def test_a_failing_candidate_is_skipped_with_a_warning_and_the_call_succeeds(fakes):
     fakes({"broken": RuntimeError("kernel exploded"), "static": 10e-3, "fast": 5e-3})
     q, k, v = qkv()

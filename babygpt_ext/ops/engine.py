@@ -160,6 +160,11 @@ def _measured(spec: OpSpec, args: tuple, call: Call, static: str, skipped: list,
     if not times:
         return Decision(static, "static policy: every candidate failed while being timed", skipped, static,
                         failed=failed)
+    if rounds == 0 and len(times) == 1 and len(takers) > 1 + len(failed):
+        (only, t), = times.items()
+        tuning_cache.store(call, only, static, times, 0)
+        return Decision(only, f"static policy: one call of {only!r} takes {t:.2f} s, so the others are not timed "
+                        "(each would cost several such calls)", skipped, static, times, failed)
     best = min(times, key=lambda n: (times[n], takers.index(n)))
     if static in times and (best == static or times[best] * (1 + MARGIN) >= times[static]):
         chosen, how = static, (f"measured: the static choice {static!r} is fastest" if best == static else

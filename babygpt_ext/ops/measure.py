@@ -30,6 +30,10 @@ MIN_ROUNDS, MAX_ROUNDS = 5, 15  # MIN_ROUNDS where they fit in a few budgets, el
 SAMPLE_S = 2e-3  # long enough that one preemption by another process does not decide a sample
 MAX_REPEATS = 64
 PRUNE_AFTER_WARMUP = 3.0  # dropped when its estimate is this many times the fastest one's
+# When the first candidate (the static choice) takes this many budgets for one call, the others are
+# not timed: each would cost at least two such calls, and a far slower one far more (the eager
+# composition in bf16 at T = 4096 on a CPU without bf16 units: about 6 minutes a call).
+LONG_CALL_BUDGETS = 4
 # CPU timing is not attempted above this many runnable threads per core (1-minute load average):
 # at load 9-15 on 2 cores a 2-thread parallel region waits out whole scheduler slices whenever one
 # of its threads is descheduled, a 20 µs call measured 16-36 ms, and the engine picked backends
@@ -108,6 +112,9 @@ def time_candidates(steps: Dict[str, Callable], clock: WallClock, budget_s: floa
             estimated[name] = first < budget_s
         except Exception as e:  # noqa: BLE001 - any failure means "not this backend"
             failed[name] = _failure(e)
+            continue
+        if len(warm) == 1 and first >= LONG_CALL_BUDGETS * budget_s:
+            return dict(warm), failed, 0, {}  # the first candidate alone: see LONG_CALL_BUDGETS
     if not warm:
         return {}, failed, 0, {}
     best = min(warm.values())
