@@ -5,7 +5,8 @@ device and its name, dtype, head dim, heads, causal, whether grads are needed, s
 powers of two) times every backend of the device's chain that can take it (measure.py: forward, plus
 backward when grads are needed, on private copies of the inputs; the outputs are thrown away) and
 keeps the fastest, unless it beats the static policy's first choice by less than MARGIN, in its
-fastest sample or in the median of the rounds compared side by side (so noise does not flip decisions). The decision goes to the tuning cache on disk (tuning_cache.py), where
+fastest sample or in the median of the rounds compared side by side (so noise does not flip
+decisions). The decision goes to the tuning cache on disk (tuning_cache.py), where
 later processes find it; later calls of the key are one dictionary lookup.
 
 The static policy (registry.decide) decides instead, and Decision.how says why, when:

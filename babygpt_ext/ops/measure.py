@@ -11,7 +11,8 @@ is the fastest sample per candidate (on a machine shared with other work load on
 time: on a loaded 2-core machine the median of one backend varied 5x between measurements; the
 minimum picked the faster backend 12 times of 12, the median 9 of 12), plus every sample in round
 order, so that the engine can also compare two candidates round by round: samples taken side by
-side share the machine's load, which a minimum alone does not see when the load never lets up. A key costs about
+side share the machine's load, which a minimum alone does not see when the load never lets up.
+A key costs about
 BUDGET_S when its calls are short, up to four budgets for mid-sized calls, and about three calls
 per candidate when a single call exceeds the budget.
 
