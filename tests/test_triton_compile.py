@@ -1,15 +1,15 @@
 """The Triton kernels compile for real GPUs here, without one (docs/design.md §9.2).
 
 Every kernel — fp16 and bf16, D in {64, 128} for attention, every configuration of its autotune
-list at the head dims the list keeps it for (configs.head_dims), and the attention kernels' dropout
-path at their first configuration (fp16, D 64) — is compiled for sm_80 and sm_90
+list at the head dims the list keeps it for (configs.head_dims), and for the attention kernels the
+same with dropout compiled in where the list keeps it (configs.dropout_dims) — is compiled for sm_80 and sm_90
 with triton.compile(ASTSource(...), target=GPUTarget(...)) (babygpt_ext/gpu_report/triton_aot.py),
 so whatever the autotuner picks on a GPU has been compiled here. The cubin is read back with
 cuobjdump (babygpt_ext/gpu_report/cubin.py). A test fails on any spill (LOCAL or STACK bytes, or STL/LDL
 in the SASS) and when a matmul kernel's SASS has no tensor-core instruction (HMMA; HGMMA, wgmma,
 on sm_90).
 
-Cost: 98 compiles of ~2-5 s, run by 2 worker subprocesses (the interpreter mode set by conftest
+Cost: 150 compiles of ~2-5 s, run by 2 worker subprocesses (the interpreter mode set by conftest
 makes @triton.jit kernels uncompilable in this process); Triton's on-disk cache makes reruns take
 seconds.
 """

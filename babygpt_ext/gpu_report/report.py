@@ -70,7 +70,8 @@ def triton_rows(all_configs: bool = False, archs=(80, 90), dtypes=("fp16", "bf16
 
 def _config_text(r) -> str:
     meta = {k: v for k, v in r.meta.items() if k.startswith(("BLOCK", "GROUP"))}
-    return " ".join(f"{k}={v}" for k, v in meta.items()) + f" w={r.num_warps} s={r.num_stages}"
+    return (" ".join(f"{k}={v}" for k, v in meta.items()) + f" w={r.num_warps} s={r.num_stages}"
+            + (" dropout" if r.meta.get("DROPOUT") else ""))
 
 
 def cuda_rows() -> list:

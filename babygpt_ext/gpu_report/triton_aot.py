@@ -124,7 +124,9 @@ USES_TENSOR_CORES = ("attn_fwd", "attn_bwd_dkdv", "attn_bwd_dq", "lora_matmul")
 
 def default_specs(all_configs: bool = False) -> list:
     """fp16 + bf16 x sm_80 + sm_90 x (D in {64, 128} for attention) x (first config | all configs),
-    each configuration only at the head dims its autotune list keeps it for (configs.head_dims)."""
+    each configuration only at the head dims its autotune list keeps it for (configs.head_dims); the
+    attention kernels also with dropout compiled in, where the list keeps it for dropout
+    (configs.dropout_dims)."""
     from ..kernels.triton import attention, configs as C
     table = kernel_table()
     specs = []
@@ -132,12 +134,11 @@ def default_specs(all_configs: bool = False) -> list:
         for name, (_, family, _, _) in table.items():
             cfgs = C.configs(family, arch) if family else [None]
             for i, cfg in enumerate(cfgs if all_configs else cfgs[:1]):
-                for dtype in DTYPES:
-                    for d in (HEAD_DIMS if name in ATTENTION_KERNELS else (0,)):
-                        if cfg is None or not d or C.kept_for_head_dim(cfg, attention.block_d(d)):
-                            specs.append(Spec(name, dtype, arch, d, i))
-        # The dropout path (Philox in registers) at the first config, one dtype and head dim each.
-        specs += [Spec(name, "fp16", arch, 64, 0, dropout=True) for name in DROPOUT_KERNELS]
+                for dropout in ((False, True) if name in DROPOUT_KERNELS else (False,)):
+                    for dtype in DTYPES:
+                        for d in (HEAD_DIMS if name in ATTENTION_KERNELS else (0,)):
+                            if cfg is None or not d or C.kept_for_head_dim(cfg, attention.block_d(d), dropout):
+                                specs.append(Spec(name, dtype, arch, d, i, dropout))
     return specs
 
 
@@ -169,20 +170,21 @@ def compile_one(spec: Spec) -> Result:
     sig, const = build(spec.dtype, spec.head_dim, fn.arg_names)
     if "DROPOUT" in const:
         const["DROPOUT"] = spec.dropout
-    num_warps, num_stages = 4, 2
+    options = {"num_warps": 4, "num_stages": 2}
     if family is not None:
         cfg = C.configs(family, spec.arch)[spec.config_index]
         const.update(cfg.kwargs)
-        num_warps, num_stages = cfg.num_warps, cfg.num_stages
+        options = {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
+        if cfg.maxnreg is not None:
+            options["maxnreg"] = cfg.maxnreg
     for name in const:
         sig[name] = "constexpr"
     src = triton.compiler.ASTSource(fn, sig, constexprs=const, attrs=_divisibility_attrs(fn, sig))
-    kernel = triton.compile(src, target=GPUTarget("cuda", spec.arch, 32),
-                            options={"num_warps": num_warps, "num_stages": num_stages})
+    kernel = triton.compile(src, target=GPUTarget("cuda", spec.arch, 32), options=options)
     k = inspect_cubin(kernel.asm["cubin"])
     smem = max(k.static_smem, int(kernel.metadata.shared))  # Triton's smem is dynamic: take its figure
     return Result(spec, k.regs, smem, k.spill_bytes, k.local_mem_instrs, k.tensor_core_instrs, k.tensor_core_ops,
-                  num_warps, num_stages, {n: v for n, v in const.items() if n.isupper()})
+                  options["num_warps"], options["num_stages"], {n: v for n, v in const.items() if n.isupper()})
 
 
 def _safe_compile(spec: Spec) -> Result:

@@ -19,6 +19,13 @@ Choices, and why:
 - Attention dropout (DROPOUT) keeps l and lse those of the undropped P and zeroes/scales P only
   where it multiplies V; the backward regenerates the same mask (dropout.py: the twin of
   csrc/dropout_rng.h) and applies it to P (for dV) and to dP. DROPOUT=False compiles none of it.
+- NaN/Inf (docs/design.md §2.7): a masked pair contributes nothing, but in a masked block a dot
+  multiplies the zero P (or dS) of a masked pair by its V (or K, Q) row, and 0 · NaN = NaN. Each
+  program first checks the rows its masked stage reads (_any_nonfinite); when they are finite, the
+  masked stage is the plain dot; otherwise it runs a copy (NONFINITE) whose dots take the operand's
+  finite part and put NaN back where a seen pair meets a non-finite element (_dot_seen). The check
+  is outside the loops, and the copy is its own loop, because a check inside the loop held tiles
+  that made the kernels spill (up to 1.3 KB per thread for the sm_80 forward at D = 128).
 - Any T (loads masked by bounds), any D <= 256 (BLOCK_D = next power of two >= max(D, 16), the
   padded columns load as 0 and are never stored). Accumulation is float32 for every dtype;
   float32 inputs use IEEE dots (TF32 would miss the contract's 1e-5 tolerance).
@@ -35,31 +42,51 @@ from ...ops import dropout
 from . import configs as C
 from .dropout import kept as dropout_kept
 
+NO_KEY = tl.constexpr(2**31 - 1)  # int32 max: "no non-finite row" in _dot_seen's column minimum
 
 
 @triton.jit
-def _dot_seen(a, b, seen, PRECISION: tl.constexpr):
-    """a @ b over a masked block, where a is an exact 0 at the pairs (row of a, row of b) that are not
-    `seen`: a non-finite row of b would still make 0 · NaN = NaN there (docs/design.md §2.7). The plain
-    dot when b is finite (the common case: one pass over b); else the dot of b's finite part, and NaN
-    wherever a seen pair meets a non-finite element of b."""
-    bad = tl.where(tl.abs(b.to(tl.float32)) < float("inf"), 0.0, 1.0)  # 1 at NaN and ±Inf
-    if tl.max(tl.max(bad, 1), 0) == 0:
-        out = tl.dot(a, b, input_precision=PRECISION)
-    else:
-        out = tl.dot(a, tl.where(bad == 0, b, 0.0).to(b.dtype), input_precision=PRECISION)
-        hits = tl.dot(seen.to(b.dtype), bad.to(b.dtype), input_precision=PRECISION)
-        out = tl.where(hits > 0, float("nan"), out)
-    return out
+def _any_nonfinite(base, stride, lo, hi, n_rows, offs_d, D, BLOCK: tl.constexpr):
+    """Whether rows [lo, hi) (of n_rows) of a (rows, D) source hold a NaN or ±Inf: read once per
+    program, before the masked stage, to choose its path."""
+    bad = 0
+    for start in range(lo, hi, BLOCK):
+        rows = start + tl.arange(0, BLOCK)
+        x = tl.load(base + rows[:, None] * stride + offs_d[None, :],
+                    mask=(rows[:, None] < n_rows) & (offs_d[None, :] < D), other=0.0)
+        bad = tl.maximum(bad, tl.max(tl.max(tl.where(tl.abs(x.to(tl.float32)) < float("inf"), 0, 1), 1), 0))
+    return bad
+
+
+@triton.jit
+def _dot_seen(acc, a, b, a_key, b_key, PRECISION: tl.constexpr):
+    """acc + a @ b over a masked block whose b holds a NaN or ±Inf, where a is an exact 0 at the
+    pairs (row r of a, row c of b) that are not seen, and a pair is seen iff b_key[c] <= a_key[r]
+    (every mask here is monotone). A plain dot would give 0 · NaN = NaN at unseen pairs
+    (docs/design.md §2.7): this one takes b's finite part, and sets NaN at (r, d) iff a seen row of b
+    is non-finite in column d, i.e. iff the least b_key of column d's non-finite rows is <= a_key[r]."""
+    finite = tl.abs(b.to(tl.float32)) < float("inf")
+    first_bad = tl.min(tl.where(finite, NO_KEY, b_key[:, None]), 0)  # (BLOCK_D,)
+    acc = tl.dot(a, tl.where(finite, b, 0.0).to(b.dtype), acc, input_precision=PRECISION)
+    return tl.where(first_bad[None, :] <= a_key[:, None], float("nan"), acc)
+
+
+@triton.constexpr_function
+def _half(block):
+    """The key step of the forward's and dQ's non-finite path: half the fast path's, so that that
+    path's extra tiles fit in the registers the fast path leaves (tl.dot's minimum of 16 kept)."""
+    return max(block // 2, 16)
 
 
 # ------------------------------------------------------------------------------ forward
 @triton.jit
-def _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kt, stride_vt, offs_m, offs_d, D, Tk, offset,
-               qk_scale, lo, hi, drop, MASKED: tl.constexpr, CAUSAL: tl.constexpr, PRECISION: tl.constexpr,
-               BLOCK_N: tl.constexpr, DROPOUT: tl.constexpr):
-    """Online softmax over key blocks [lo, hi). MASKED adds the causal and Tk-bound masks. drop:
+def _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kt, stride_vt, start_m, offs_d, D, Tk, offset,
+               qk_scale, lo, hi, drop, MASKED: tl.constexpr, NONFINITE: tl.constexpr, CAUSAL: tl.constexpr,
+               PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DROPOUT: tl.constexpr):
+    """Online softmax over key blocks [lo, hi). MASKED adds the causal and Tk-bound masks, NONFINITE
+    the P·V dot of _dot_seen. drop:
     (seed_lo, seed_hi, threshold, keep_scale, b, h), read when DROPOUT."""
+    offs_m = start_m + tl.arange(0, BLOCK_M)
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         kv_mask = (offs_n[:, None] < Tk) & (offs_d[None, :] < D)
@@ -77,13 +104,14 @@ def _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kt, stride_vt, offs_m, o
         l_i = l_i * alpha + tl.sum(p, 1)
         if DROPOUT:
             seed_lo, seed_hi, threshold, keep_scale, b, h = drop
-            kept = dropout_kept(seed_lo, seed_hi, threshold, b, h, offs_m[:, None], offs_n[None, :])
+            kept = dropout_kept(seed_lo, seed_hi, threshold, b, h, start_m, start_n, BLOCK_M, BLOCK_N)
             p = tl.where(kept, p * keep_scale, 0.0)
-        if MASKED:
-            pv = _dot_seen(p.to(v.dtype), v, keep, PRECISION)
+        acc = acc * alpha[:, None]
+        if NONFINITE:  # seen: key < Tk (rows past Tk load as 0) and, causal, key <= query + offset
+            last_key = offs_m + offset if CAUSAL else tl.full([BLOCK_M], Tk, tl.int32)
+            acc = _dot_seen(acc, p.to(v.dtype), v, last_key, offs_n, PRECISION)
         else:
-            pv = tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-        acc = acc * alpha[:, None] + pv
+            acc = tl.dot(p.to(v.dtype), v, acc, input_precision=PRECISION)
         m_i = m_new
     return acc, l_i, m_i
 
@@ -126,10 +154,16 @@ def attn_fwd_kernel(Q, K, V, O, LSE,
         full_end = (Tk // BLOCK_N) * BLOCK_N
         hi = Tk
     drop = (seed_lo, seed_hi, threshold, keep_scale, b, h)
-    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kt, stride_vt, offs_m, offs_d, D, Tk,
-                               offset, qk_scale, 0, full_end, drop, False, CAUSAL, PRECISION, BLOCK_N, DROPOUT)
-    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kt, stride_vt, offs_m, offs_d, D, Tk,
-                               offset, qk_scale, full_end, hi, drop, True, CAUSAL, PRECISION, BLOCK_N, DROPOUT)
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kt, stride_vt, start_m, offs_d, D, Tk, offset,
+                               qk_scale, 0, full_end, drop, False, False, CAUSAL, PRECISION, BLOCK_M, BLOCK_N, DROPOUT)
+    if _any_nonfinite(v_base, stride_vt, full_end, hi, Tk, offs_d, D, BLOCK_N):
+        acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kt, stride_vt, start_m, offs_d, D, Tk,
+                                   offset, qk_scale, full_end, hi, drop, True, True, CAUSAL, PRECISION, BLOCK_M,
+                                   _half(BLOCK_N), DROPOUT)
+    else:
+        acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kt, stride_vt, start_m, offs_d, D, Tk,
+                                   offset, qk_scale, full_end, hi, drop, True, False, CAUSAL, PRECISION, BLOCK_M,
+                                   BLOCK_N, DROPOUT)
 
     o = acc / l_i[:, None]
     tl.store(o_base + offs_m[:, None] * stride_ot + offs_d[None, :], o.to(O.dtype.element_ty), mask=q_mask)
@@ -157,15 +191,16 @@ def attn_bwd_preprocess_kernel(O, DO, DELTA, stride_ob, stride_oh, stride_ot, st
 
 
 @triton.jit
-def _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qt, stride_dt, offs_n, offs_d,
-                D, Tq, offset, qk_scale, lo, hi, drop, MASKED: tl.constexpr, PRECISION: tl.constexpr,
-                BLOCK_M: tl.constexpr, DROPOUT: tl.constexpr):
+def _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qt, stride_dt, start_n, offs_d,
+                D, Tq, offset, qk_scale, lo, hi, drop, MASKED: tl.constexpr, NONFINITE: tl.constexpr,
+                PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DROPOUT: tl.constexpr):
     """Accumulate one query head's dK, dV for a key block over query blocks [lo, hi).
 
     Works on transposed scores (keys x queries) so that dK += dSᵀ Q and dV += Pᵀ dO need no
     transposes of the big operands. MASKED adds the causal mask (rows are always bound-masked:
     a padded row loads q = dO = 0 and lse = +inf, so it contributes exactly zero).
     """
+    offs_n = start_n + tl.arange(0, BLOCK_N)
     for start_m in range(lo, hi, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
         row_ok = offs_m < Tq
@@ -181,19 +216,20 @@ def _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qt, 
             p_t = tl.where(seen, p_t, 0.0)
         if DROPOUT:  # O = (P ∘ Z) V with Z = mask / (1 - p): dV takes P ∘ Z, and dP is Z ∘ (dO Vᵀ)
             seed_lo, seed_hi, threshold, keep_scale, b, h = drop
-            kept_t = dropout_kept(seed_lo, seed_hi, threshold, b, h, offs_m[None, :], offs_n[:, None])
+            kept_t = tl.trans(dropout_kept(seed_lo, seed_hi, threshold, b, h, start_m, start_n, BLOCK_M, BLOCK_N))
             z_t = tl.where(kept_t, keep_scale, 0.0)
-            dv += tl.dot((p_t * z_t).to(do.dtype), do, input_precision=PRECISION)
+            dv = tl.dot((p_t * z_t).to(do.dtype), do, dv, input_precision=PRECISION)
             dp_t = tl.dot(v, tl.trans(do), input_precision=PRECISION) * z_t
         else:
-            dv += tl.dot(p_t.to(do.dtype), do, input_precision=PRECISION)
+            dv = tl.dot(p_t.to(do.dtype), do, dv, input_precision=PRECISION)
             dp_t = tl.dot(v, tl.trans(do), input_precision=PRECISION)
         ds_t = p_t * (dp_t - delta[None, :])
-        if MASKED:  # a masked pair: p_t = 0, but dP or delta may be NaN (0 · NaN), and so may q
+        if MASKED:  # a masked pair: p_t = 0, but dP or delta may be NaN (0 · NaN)
             ds_t = tl.where(seen, ds_t, 0.0)
-            dk += _dot_seen(ds_t.to(q.dtype), q, seen, PRECISION)
+        if NONFINITE:  # seen: key <= query + offset, i.e. -query <= offset - key
+            dk = _dot_seen(dk, ds_t.to(q.dtype), q, offset - offs_n, -offs_m, PRECISION)
         else:
-            dk += tl.dot(ds_t.to(q.dtype), q, input_precision=PRECISION)
+            dk = tl.dot(ds_t.to(q.dtype), q, dk, input_precision=PRECISION)
     return dk, dv
 
 
@@ -239,10 +275,17 @@ def attn_bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV,
         lse_base = LSE + bh.to(tl.int64) * Tq
         delta_base = DELTA + bh.to(tl.int64) * Tq
         drop = (seed_lo, seed_hi, threshold, keep_scale, b, h)
-        dk, dv = _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qt, stride_dt, offs_n,
-                             offs_d, D, Tq, offset, qk_scale, lo, mid, drop, True, PRECISION, BLOCK_M, DROPOUT)
-        dk, dv = _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qt, stride_dt, offs_n,
-                             offs_d, D, Tq, offset, qk_scale, mid, Tq, drop, False, PRECISION, BLOCK_M, DROPOUT)
+        if _any_nonfinite(q_base, stride_qt, lo, mid, Tq, offs_d, D, BLOCK_M):
+            dk, dv = _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qt, stride_dt, start_n,
+                                 offs_d, D, Tq, offset, qk_scale, lo, mid, drop, True, True, PRECISION, BLOCK_M,
+                                 BLOCK_N, DROPOUT)
+        else:
+            dk, dv = _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qt, stride_dt, start_n,
+                                 offs_d, D, Tq, offset, qk_scale, lo, mid, drop, True, False, PRECISION, BLOCK_M,
+                                 BLOCK_N, DROPOUT)
+        dk, dv = _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qt, stride_dt, start_n,
+                             offs_d, D, Tq, offset, qk_scale, mid, Tq, drop, False, False, PRECISION, BLOCK_M, BLOCK_N,
+                             DROPOUT)
     dk = dk * scale  # dS was taken w.r.t. the scaled scores
     tl.store(DK + b.to(tl.int64) * stride_dkb + hk.to(tl.int64) * stride_dkh + offs_n[:, None] * stride_dkt
              + offs_d[None, :], dk.to(DK.dtype.element_ty), mask=kv_mask)
@@ -251,10 +294,11 @@ def attn_bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV,
 
 
 @triton.jit
-def _dq_inner(dq, q, do, lse2, delta, k_base, v_base, stride_kt, stride_vt, offs_m, offs_d, D, Tk, offset,
-              qk_scale, lo, hi, drop, MASKED: tl.constexpr, CAUSAL: tl.constexpr, PRECISION: tl.constexpr,
-              BLOCK_N: tl.constexpr, DROPOUT: tl.constexpr):
+def _dq_inner(dq, q, do, lse2, delta, k_base, v_base, stride_kt, stride_vt, start_m, offs_d, D, Tk, offset,
+              qk_scale, lo, hi, drop, MASKED: tl.constexpr, NONFINITE: tl.constexpr, CAUSAL: tl.constexpr,
+              PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DROPOUT: tl.constexpr):
     """dQ += dS K over key blocks [lo, hi), recomputing P = exp2(S - lse) block by block."""
+    offs_m = start_m + tl.arange(0, BLOCK_M)
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         kv_mask = (offs_n[:, None] < Tk) & (offs_d[None, :] < D)
@@ -270,14 +314,16 @@ def _dq_inner(dq, q, do, lse2, delta, k_base, v_base, stride_kt, stride_vt, offs
         dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
         if DROPOUT:
             seed_lo, seed_hi, threshold, keep_scale, b, h = drop
-            kept = dropout_kept(seed_lo, seed_hi, threshold, b, h, offs_m[:, None], offs_n[None, :])
+            kept = dropout_kept(seed_lo, seed_hi, threshold, b, h, start_m, start_n, BLOCK_M, BLOCK_N)
             dp = tl.where(kept, dp * keep_scale, 0.0)
         ds = p * (dp - delta[:, None])
-        if MASKED:  # a masked pair: p = 0, but dP or delta may be NaN (0 · NaN), and so may k
+        if MASKED:  # a masked pair: p = 0, but dP or delta may be NaN (0 · NaN)
             ds = tl.where(keep, ds, 0.0)
-            dq += _dot_seen(ds.to(k.dtype), k, keep, PRECISION)
+        if NONFINITE:
+            last_key = offs_m + offset if CAUSAL else tl.full([BLOCK_M], Tk, tl.int32)
+            dq = _dot_seen(dq, ds.to(k.dtype), k, last_key, offs_n, PRECISION)
         else:
-            dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
+            dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=PRECISION)
     return dq
 
 
@@ -318,10 +364,14 @@ def attn_bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ,
         full_end = (Tk // BLOCK_N) * BLOCK_N
         hi = Tk
     drop = (seed_lo, seed_hi, threshold, keep_scale, b, h)
-    dq = _dq_inner(dq, q, do, lse2, delta, k_base, v_base, stride_kt, stride_vt, offs_m, offs_d, D, Tk, offset,
-                   qk_scale, 0, full_end, drop, False, CAUSAL, PRECISION, BLOCK_N, DROPOUT)
-    dq = _dq_inner(dq, q, do, lse2, delta, k_base, v_base, stride_kt, stride_vt, offs_m, offs_d, D, Tk, offset,
-                   qk_scale, full_end, hi, drop, True, CAUSAL, PRECISION, BLOCK_N, DROPOUT)
+    dq = _dq_inner(dq, q, do, lse2, delta, k_base, v_base, stride_kt, stride_vt, start_m, offs_d, D, Tk, offset,
+                   qk_scale, 0, full_end, drop, False, False, CAUSAL, PRECISION, BLOCK_M, BLOCK_N, DROPOUT)
+    if _any_nonfinite(k_base, stride_kt, full_end, hi, Tk, offs_d, D, BLOCK_N):
+        dq = _dq_inner(dq, q, do, lse2, delta, k_base, v_base, stride_kt, stride_vt, start_m, offs_d, D, Tk, offset,
+                       qk_scale, full_end, hi, drop, True, True, CAUSAL, PRECISION, BLOCK_M, _half(BLOCK_N), DROPOUT)
+    else:
+        dq = _dq_inner(dq, q, do, lse2, delta, k_base, v_base, stride_kt, stride_vt, start_m, offs_d, D, Tk, offset,
+                       qk_scale, full_end, hi, drop, True, False, CAUSAL, PRECISION, BLOCK_M, BLOCK_N, DROPOUT)
     dq = dq * scale
     tl.store(DQ + b.to(tl.int64) * stride_dqb + h.to(tl.int64) * stride_dqh + offs_m[:, None] * stride_dqt
              + offs_d[None, :], dq.to(DQ.dtype.element_ty), mask=mask)
@@ -368,8 +418,9 @@ def _launch(family, grid_fn, args, meta, device, config):
     if config is None:
         tuned(family, _arch(device))[grid_fn](*args, **meta)
     else:
+        options = {} if config.maxnreg is None else {"maxnreg": config.maxnreg}
         KERNELS[family][grid_fn(config.kwargs)](*args, **meta, **config.kwargs, num_warps=config.num_warps,
-                                                   num_stages=config.num_stages)
+                                                   num_stages=config.num_stages, **options)
 
 
 def _unit_last(t: torch.Tensor) -> torch.Tensor:

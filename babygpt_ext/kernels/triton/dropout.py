@@ -1,8 +1,10 @@
 """Attention dropout's mask in Triton: the twin of csrc/dropout_rng.h (Philox-4x32-10 keyed by the
 seed, counter (counter_of(j), i, h, b), word word_of(j)), bit for bit, in uint32 arithmetic.
 
-Each score computes its own Philox block and keeps one of its four words (the C++ SIMD copy shares a
-block among four keys); on a GPU the ten rounds are cheap next to the two dots of a tile.
+Keys j = 16a + 4w + c (c, w in 0..3) share the Philox block of counter 4a + c and take its word w.
+`kept` computes one block per four keys, on a (rows, keys / 4) tile, and interleaves the four words
+into the (rows, keys) tile: a block per key held four times the Philox state in registers, and the
+kernels spilled with it (64 B per thread for the sm_80 dK/dV kernel at D = 64).
 """
 
 import triton
@@ -23,17 +25,19 @@ def _philox(c0, c1, c2, c3, k0, k1):
 
 
 @triton.jit
-def kept(seed_lo, seed_hi, threshold, b, h, i, j):
-    """Whether score (b, h, i, j) survives dropout; i and j broadcast against each other (a tile or
-    its transpose). seed_lo/seed_hi/threshold are uint32 values passed as ints."""
-    i, j = tl.broadcast(i, j)
-    c0 = ((j >> 4) * 4 + (j & 3)).to(tl.uint32)
-    c1 = i.to(tl.uint32)
+def kept(seed_lo, seed_hi, threshold, b, h, i0, j0, ROWS: tl.constexpr, KEYS: tl.constexpr):
+    """(ROWS, KEYS) tile: whether score (b, h, i0 + r, j0 + k) survives dropout. j0 and KEYS are
+    multiples of 16 (a key block start and size). seed_lo/seed_hi/threshold are uint32 values passed
+    as ints."""
+    rows = i0 + tl.arange(0, ROWS)
+    quads = (j0 // 16) * 4 + tl.arange(0, KEYS // 4)  # counter_of of keys j0 + 16a + c, a block each
+    c0 = (tl.zeros([ROWS, KEYS // 4], tl.int32) + quads[None, :]).to(tl.uint32)
+    c1 = (tl.zeros([ROWS, KEYS // 4], tl.int32) + rows[:, None]).to(tl.uint32)
     c2 = tl.zeros_like(c1) + h.to(tl.uint32)
     c3 = tl.zeros_like(c1) + b.to(tl.uint32)
-    k0 = tl.zeros_like(c1) + seed_lo.to(tl.uint32)
-    k1 = tl.zeros_like(c1) + seed_hi.to(tl.uint32)
-    w0, w1, w2, w3 = _philox(c0, c1, c2, c3, k0, k1)
-    word = (j >> 2) & 3
-    x = tl.where(word == 0, w0, tl.where(word == 1, w1, tl.where(word == 2, w2, w3)))
-    return x >= threshold.to(tl.uint32)
+    w0, w1, w2, w3 = _philox(c0, c1, c2, c3, seed_lo.to(tl.uint32), seed_hi.to(tl.uint32))
+    t = threshold.to(tl.uint32)
+    # words[r, 4a + c, w & 1, w >> 1]; the key of (a, w, c) is 16a + 4w + c
+    words = tl.join(tl.join(w0 >= t, w1 >= t), tl.join(w2 >= t, w3 >= t))
+    words = tl.reshape(words, [ROWS, KEYS // 16, 4, 2, 2])  # (r, a, c, w & 1, w >> 1)
+    return tl.reshape(tl.permute(words, (0, 1, 4, 3, 2)), [ROWS, KEYS])  # (r, a, w >> 1, w & 1, c)
