@@ -170,6 +170,9 @@ def test_prune_keeps_configs_at_the_head_dims_they_were_measured_at():
                 kept = C.prune_for_head_dim(full, {}, BLOCK_D=d)
                 bucket = 64 if d <= 64 else 128
                 assert kept[0] is full[0] and kept == [c for c in full if c.head_dims in (None, (bucket,))]
+                with_dropout = C.prune_for_head_dim(full, {}, BLOCK_D=d, DROPOUT=True)
+                assert with_dropout == [c for c in kept if c.dropout_dims is None or bucket in c.dropout_dims]
+                assert with_dropout, f"{family} sm_{arch} offers no config for dropout at D = {d}"
             kept = C.prune_for_head_dim(full, {}, BLOCK_D=256)
             assert kept and all(c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 64 * 64 for c in kept)
             assert all(c.head_dims is None for c in kept)

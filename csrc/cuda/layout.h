@@ -53,16 +53,17 @@ struct Carver {
 
 // -------------------------------------------------------------------- attention: fwd and dQ
 // Warps own 16 query rows each (the M of one m16n8k16), so BM = 16 * warps. Key tiles are 64 wide
-// for 16-bit types up to D = 128, 16 for fp32 at D > 128, else 32: that keeps the fp32 score tile
-// (BN/2 registers per thread) next to the O accumulator (DMAX/2 registers per thread) under 255
-// registers (fp32 at D = 256 with 32-key tiles spilled 12-20 bytes in the forward and dQ kernels
-// once they carried the dropout mask and the NaN checks), and shared memory within sm_80's 163 KiB
-// for fp32 at D = 256. fp32 at D > 128 takes 2 warps (BM = 32): the
+// for 16-bit types up to D = 128, 32 for fp32 up to D = 128, and 16 at D > 128: that keeps the
+// fp32 score tile (BN/2 registers per thread) next to the O accumulator (DMAX/2 registers per
+// thread) under 255 registers (at D = 256, 32-key tiles spilled once the kernels carried the
+// dropout mask and the NaN checks: 12-20 bytes in the fp32 forward and dQ kernels, 24 in the
+// 16-bit dQ kernel on sm_80), and shared memory within sm_80's 163 KiB for fp32 at D = 256. fp32
+// at D > 128 takes 2 warps (BM = 32): the
 // dQ kernel's four fp32 tiles of 64 x 264 would need 204 KiB of shared memory, over sm_80's 163 KiB.
 template <int ES, int DMAX>
 struct AttnTiles {
   static constexpr int kWarps = (ES == 4 && DMAX > 128) ? 2 : 4, kThreads = 32 * kWarps, BM = 16 * kWarps;
-  static constexpr int BN = (ES == 4 && DMAX > 128) ? 16 : (ES == 4 || DMAX > 128) ? 32 : 64;
+  static constexpr int BN = DMAX > 128 ? 16 : ES == 4 ? 32 : 64;
 };
 
 // attn_fwd_kernel (with_dout = false) and attn_dq_kernel (true) at head dim D: the CTA's query
@@ -89,13 +90,13 @@ struct AttnSmem {
 // ------------------------------------------------------------------------- attention: dK/dV
 // BNK keys per CTA (16 per warp) against BMQ-query tiles. dK and dV accumulate in registers, DCH
 // columns at a time (two passes over the queries when D > 128, so the two accumulators stay at
-// <= 128 registers per thread instead of spilling). 16-bit types at D = 128 take 16-query tiles:
+// <= 128 registers per thread instead of spilling). 16-bit types at D >= 128 take 16-query tiles:
 // next to the full 128-register accumulators, the Sᵀ and dPᵀ tiles of 32 queries (32 registers)
-// spilled 4 bytes on sm_80 once the kernel carried the dropout mask and the NaN checks.
+// spilled 4-8 bytes on sm_80 once the kernel carried the dropout mask and the NaN checks.
 template <int ES, int DMAX>
 struct DkDvTiles {
   static constexpr int BNK = (ES == 4 && DMAX > 128) ? 32 : 64, kWarps = BNK / 16, kThreads = 32 * kWarps;
-  static constexpr int BMQ = (ES == 2 && DMAX == 128) ? 16 : 32, DCH = DMAX < 128 ? DMAX : 128;
+  static constexpr int BMQ = (ES == 2 && DMAX >= 128) ? 16 : 32, DCH = DMAX < 128 ? DMAX : 128;
 };
 
 // attn_dkdv_kernel at head dim D: lse and delta of the query tile (fp32), the CTA's keys and
