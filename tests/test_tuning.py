@@ -228,6 +228,15 @@ def test_under_torch_compile_nothing_is_timed_and_a_measured_decision_is_used(mo
     torch.testing.assert_close(f2(q2, k2, v2), ops.causal_attention(q2, k2, v2, backend="cpu"))
 
 
+def test_a_traced_call_takes_only_decisions_measured_with_its_dropout_fact(fakes):
+    fakes({"static": 10e-3, "fast": 5e-3})
+    q, k, v = qkv(t=9)
+    assert ops.explain(q, k, v, dropout_p=0.1).backend == "fast"  # measures a dropout key
+    for p, chosen in ((0.0, "static"), (0.1, "fast")):
+        facts = ops.OPS["attention"].traced_facts(q, k, v, 8 ** -0.5, True, p, None)
+        assert engine._traced_choice("attention", q.device, q.dtype, False, facts, None) == chosen
+
+
 def test_fake_tensors_are_not_timed():
     from torch._subclasses.fake_tensor import FakeTensorMode
     with FakeTensorMode():

@@ -48,8 +48,11 @@ def _describe(key):
 
 def _traced_facts(q, k, v, scale, causal, dropout_p, seed):
     # operator.index makes dynamo specialise the graph on D (a symbolic D cannot be a constant of
-    # the graph); sizes that change between calls, T and B, stay symbolic.
-    return operator.index(q.shape[-1]), (("causal", causal),) + (DROPOUT_FACT if dropout_p > 0 else ())
+    # the graph); sizes that change between calls, T and B, stay symbolic. The dropout fact is named
+    # either way, so a call without dropout never takes the backend measured for dropout calls (as
+    # a branch, which specialises the graph: with dynamic shapes dropout_p may be traced as a symbol).
+    dropout = ("dropout", True) if dropout_p > 0 else ("dropout", False)
+    return operator.index(q.shape[-1]), (("causal", causal), dropout)
 
 
 def _make_args(call, device, dtype, requires_grad):

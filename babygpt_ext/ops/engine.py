@@ -221,9 +221,13 @@ def _steps(spec: OpSpec, args: tuple, needs_grad: bool, names: List[str]) -> dic
 
 
 def _matches(c: Call, probe: Call) -> bool:
+    """Whether measured key c is one of the calls a traced probe stands for: the same op, device,
+    dtype, mode and head dim, and every fact the probe names (a flag missing from a key, such as
+    attention's dropout fact, reads as False)."""
+    facts = dict(c.dims)
     return ((c.op, c.device, c.device_name, c.dtype, c.needs_grad, c.head_dim)
             == (probe.op, probe.device, probe.device_name, probe.dtype, probe.needs_grad, probe.head_dim)
-            and set(probe.dims) <= set(c.dims))
+            and all(facts.get(name, False) == value for name, value in probe.dims))
 
 
 def _traced_choice(op: str, device: torch.device, dtype: torch.dtype, grad: bool, facts: tuple,
