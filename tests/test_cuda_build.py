@@ -59,7 +59,7 @@ def test_shared_memory_fits_sm80_at_the_largest_head_dim(kernels):
 
 
 def test_gpu_report_rows_cover_every_kernel(kernels):
-    rows = report.cuda_rows()
+    rows = report.cuda_rows(kernels)
     assert all(r.backend == "cuda" and r.error is None for r in rows)
     assert {(r.kernel, r.arch, r.dtype, r.head_dim) for r in rows} == {(k.kernel, k.cubin.arch, k.dtype, k.head_dim)
                                                                        for k in kernels}

@@ -74,14 +74,16 @@ def _config_text(r) -> str:
             + (" dropout" if r.meta.get("DROPOUT") else ""))
 
 
-def cuda_rows() -> list:
-    """Rows for every CUDA C++ kernel × arch × dtype of the built extension. The CUDA kernels have
-    one tile configuration per (dtype, head-dim bucket), so there is nothing like all_configs."""
+def cuda_rows(kernels: Optional[list] = None) -> list:
+    """Rows for every CUDA C++ kernel × arch × dtype of the built extension (or of `kernels`, as
+    cuda.read_kernels returns them: reading the cubins takes ~40 s). The CUDA kernels have one tile
+    configuration per (dtype, head-dim bucket), so there is nothing like all_configs."""
     from . import cuda
-    if (why := cuda.cuda_missing()) is not None:
-        return [Row(kernel="(all)", backend="cuda", arch=0, dtype="-", regs=0, smem=0, spill_bytes=0,
-                    tensor_core_instrs=0, predicted_ms=None, error=why)]
-    kernels = cuda.read_kernels(cuda.extension_path())
+    if kernels is None:
+        if (why := cuda.cuda_missing()) is not None:
+            return [Row(kernel="(all)", backend="cuda", arch=0, dtype="-", regs=0, smem=0, spill_bytes=0,
+                        tensor_core_instrs=0, predicted_ms=None, error=why)]
+        kernels = cuda.read_kernels(cuda.extension_path())
     head_dims = {k.head_dim for k in kernels if k.head_dim}
     rows = []
     for k in kernels:

@@ -78,6 +78,50 @@ def _half(block):
     return max(block // 2, 16)
 
 
+@triton.jit
+def _query_program(H, GROUP, BLOCK_M: tl.constexpr):
+    """(bh, b, h, K/V head, first query row) of a program over one query block of one head."""
+    bh = tl.program_id(1)
+    h = bh % H
+    return bh, bh // H, h, h // GROUP, tl.program_id(0) * BLOCK_M
+
+
+@triton.jit
+def _key_stages(start_m, Tq, Tk, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """(offset, full_end, hi) of a query block: keys [0, full_end) are seen by every row of the block
+    (no mask), [full_end, hi) need the causal and Tk-bound masks; offset = Tk - Tq shifts the
+    diagonal right (bottom-right alignment)."""
+    offset = Tk - Tq
+    if CAUSAL:
+        # keys every row of this block sees: j <= start_m + offset
+        full_end = ((start_m + offset + 1) // BLOCK_N) * BLOCK_N
+        hi = tl.minimum(Tk, start_m + BLOCK_M + offset)
+    else:
+        full_end = (Tk // BLOCK_N) * BLOCK_N
+        hi = Tk
+    return offset, full_end, hi
+
+
+@triton.jit
+def _kv_block(k_base, v_base, stride_kt, stride_vt, start_n, offs_d, D, Tk, BLOCK_N: tl.constexpr):
+    """(key indices, K tile, V tile) of keys [start_n, start_n + BLOCK_N); rows past Tk load as 0."""
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    kv_mask = (offs_n[:, None] < Tk) & (offs_d[None, :] < D)
+    k = tl.load(k_base + offs_n[:, None] * stride_kt + offs_d[None, :], mask=kv_mask, other=0.0)
+    v = tl.load(v_base + offs_n[:, None] * stride_vt + offs_d[None, :], mask=kv_mask, other=0.0)
+    return offs_n, k, v
+
+
+@triton.jit
+def _seen(offs_m, offs_n, Tk, offset, CAUSAL: tl.constexpr):
+    """(queries, keys) tile: which pairs of a masked block are seen (key < Tk and, causal, key <=
+    query + offset)."""
+    keep = offs_n[None, :] < Tk
+    if CAUSAL:
+        keep = keep & (offs_n[None, :] <= offs_m[:, None] + offset)
+    return keep
+
+
 # ------------------------------------------------------------------------------ forward
 @triton.jit
 def _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kt, stride_vt, start_m, offs_d, D, Tk, offset,
@@ -88,16 +132,10 @@ def _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kt, stride_vt, start_m, 
     (seed_lo, seed_hi, threshold, keep_scale, b, h), read when DROPOUT."""
     offs_m = start_m + tl.arange(0, BLOCK_M)
     for start_n in range(lo, hi, BLOCK_N):
-        offs_n = start_n + tl.arange(0, BLOCK_N)
-        kv_mask = (offs_n[:, None] < Tk) & (offs_d[None, :] < D)
-        k = tl.load(k_base + offs_n[:, None] * stride_kt + offs_d[None, :], mask=kv_mask, other=0.0)
-        v = tl.load(v_base + offs_n[:, None] * stride_vt + offs_d[None, :], mask=kv_mask, other=0.0)
+        offs_n, k, v = _kv_block(k_base, v_base, stride_kt, stride_vt, start_n, offs_d, D, Tk, BLOCK_N)
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale  # log2 units
         if MASKED:
-            keep = offs_n[None, :] < Tk
-            if CAUSAL:
-                keep = keep & (offs_n[None, :] <= offs_m[:, None] + offset)
-            s = tl.where(keep, s, float("-inf"))
+            s = tl.where(_seen(offs_m, offs_n, Tk, offset, CAUSAL), s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(s - m_new[:, None])
@@ -124,17 +162,12 @@ def attn_fwd_kernel(Q, K, V, O, LSE,
                     CAUSAL: tl.constexpr, PRECISION: tl.constexpr, BLOCK_D: tl.constexpr, DROPOUT: tl.constexpr,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     # SEQ_BUCKET is only an autotune key (power-of-two size class of max(Tq, Tk)).
-    pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
-    hk = h // GROUP
+    bh, b, h, hk, start_m = _query_program(H, GROUP, BLOCK_M)
     q_base = Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
     k_base = K + b.to(tl.int64) * stride_kb + hk.to(tl.int64) * stride_kh
     v_base = V + b.to(tl.int64) * stride_vb + hk.to(tl.int64) * stride_vh
     o_base = O + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh
 
-    start_m = pid_m * BLOCK_M
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     q_mask = (offs_m[:, None] < Tq) & (offs_d[None, :] < D)
@@ -145,14 +178,7 @@ def attn_fwd_kernel(Q, K, V, O, LSE,
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     qk_scale = scale * 1.4426950408889634  # fold log2(e): softmax in the exp2 domain
 
-    offset = Tk - Tq  # bottom-right alignment shifts the diagonal right by Tk - Tq
-    if CAUSAL:
-        # keys every row of this block sees: j <= start_m + offset
-        full_end = ((start_m + offset + 1) // BLOCK_N) * BLOCK_N
-        hi = tl.minimum(Tk, start_m + BLOCK_M + offset)
-    else:
-        full_end = (Tk // BLOCK_N) * BLOCK_N
-        hi = Tk
+    offset, full_end, hi = _key_stages(start_m, Tq, Tk, CAUSAL, BLOCK_M, BLOCK_N)
     drop = (seed_lo, seed_hi, threshold, keep_scale, b, h)
     acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kt, stride_vt, start_m, offs_d, D, Tk, offset,
                                qk_scale, 0, full_end, drop, False, False, CAUSAL, PRECISION, BLOCK_M, BLOCK_N, DROPOUT)
@@ -300,16 +326,11 @@ def _dq_inner(dq, q, do, lse2, delta, k_base, v_base, stride_kt, stride_vt, star
     """dQ += dS K over key blocks [lo, hi), recomputing P = exp2(S - lse) block by block."""
     offs_m = start_m + tl.arange(0, BLOCK_M)
     for start_n in range(lo, hi, BLOCK_N):
-        offs_n = start_n + tl.arange(0, BLOCK_N)
-        kv_mask = (offs_n[:, None] < Tk) & (offs_d[None, :] < D)
-        k = tl.load(k_base + offs_n[:, None] * stride_kt + offs_d[None, :], mask=kv_mask, other=0.0)
-        v = tl.load(v_base + offs_n[:, None] * stride_vt + offs_d[None, :], mask=kv_mask, other=0.0)
+        offs_n, k, v = _kv_block(k_base, v_base, stride_kt, stride_vt, start_n, offs_d, D, Tk, BLOCK_N)
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
         p = tl.exp2(s - lse2[:, None])
         if MASKED:
-            keep = offs_n[None, :] < Tk
-            if CAUSAL:
-                keep = keep & (offs_n[None, :] <= offs_m[:, None] + offset)
+            keep = _seen(offs_m, offs_n, Tk, offset, CAUSAL)
             p = tl.where(keep, p, 0.0)
         dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
         if DROPOUT:
@@ -335,12 +356,7 @@ def attn_bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ,
                        H, GROUP, Tq, Tk, D, scale, seed_lo, seed_hi, threshold, keep_scale, SEQ_BUCKET,
                        CAUSAL: tl.constexpr, PRECISION: tl.constexpr, BLOCK_D: tl.constexpr, DROPOUT: tl.constexpr,
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
-    hk = h // GROUP
-    start_m = pid_m * BLOCK_M
+    bh, b, h, hk, start_m = _query_program(H, GROUP, BLOCK_M)
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     row_ok = offs_m < Tq
@@ -356,13 +372,7 @@ def attn_bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ,
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     qk_scale = scale * 1.4426950408889634
 
-    offset = Tk - Tq
-    if CAUSAL:
-        full_end = ((start_m + offset + 1) // BLOCK_N) * BLOCK_N
-        hi = tl.minimum(Tk, start_m + BLOCK_M + offset)
-    else:
-        full_end = (Tk // BLOCK_N) * BLOCK_N
-        hi = Tk
+    offset, full_end, hi = _key_stages(start_m, Tq, Tk, CAUSAL, BLOCK_M, BLOCK_N)
     drop = (seed_lo, seed_hi, threshold, keep_scale, b, h)
     dq = _dq_inner(dq, q, do, lse2, delta, k_base, v_base, stride_kt, stride_vt, start_m, offs_d, D, Tk, offset,
                    qk_scale, 0, full_end, drop, False, False, CAUSAL, PRECISION, BLOCK_M, BLOCK_N, DROPOUT)
