@@ -105,6 +105,21 @@ def test_a_key_whose_static_call_is_long_times_no_other_candidate(fakes):
     assert "so the others are not timed" in e.how
 
 
+def test_a_long_key_times_the_backends_that_competed_at_the_nearest_smaller_size(fakes):
+    calls = {}
+
+    def cost(name, short, long):  # seconds per call: `long` for the larger sequence
+        return lambda i: long if calls[name][i].shape[2] > 8 else short
+    calls.update(fakes({"static": cost("static", 10e-3, 5 * measure.BUDGET_S),
+                        "close": cost("close", 11e-3, 2 * measure.BUDGET_S),
+                        "slow": cost("slow", 40e-3, 50 * measure.BUDGET_S)}))
+    assert ops.explain(*qkv(t=8)).backend == "static"  # the smaller size, timed in full
+    slow_calls = len(calls["slow"])
+    e = ops.explain(*qkv(t=16))
+    assert e.backend == "close" and set(e.times) == {"static", "close"}
+    assert len(calls["slow"]) == slow_calls  # 4x slower at the smaller size: never called at the long one
+
+
 def test_a_failing_candidate_is_skipped_with_a_warning_and_the_call_succeeds(fakes):
     fakes({"broken": RuntimeError("kernel exploded"), "static": 10e-3, "fast": 5e-3})
     q, k, v = qkv()

@@ -33,6 +33,9 @@ TUNE_VAR = "BABYGPT_TUNE"
 # Bound once: the per-call path skips an attribute lookup (dynamo knows the function by identity).
 _is_compiling = torch.compiler.is_compiling
 MARGIN = 0.05  # a candidate must be this much faster than the static choice to displace it
+# A key whose static call is long (measure.LONG_CALL_BUDGETS) times only the backends that ran within
+# this factor of the static choice at the nearest smaller measured size (_competitive).
+COMPETITIVE = 1.5
 
 
 @dataclass
@@ -154,7 +157,7 @@ def _measured(spec: OpSpec, args: tuple, call: Call, static: str, skipped: list,
         return Decision(static, f"static policy: {busy}", skipped, static)
     steps = _steps(spec, args, call.needs_grad, takers)
     times, failed, rounds, samples = measure.time_candidates(steps, measure.clock_for(args[0].device),
-                                                             measure.BUDGET_S)
+                                                             measure.BUDGET_S, _competitive(call, static))
     for name, err in failed.items():
         registry.warn_once(f"babygpt_ext: backend {name!r} failed while being timed for {call.label()} ({err}); "
                            "left out of the choice")
@@ -180,6 +183,36 @@ def _measured(spec: OpSpec, args: tuple, call: Call, static: str, skipped: list,
                if static in times else f"measured: {best!r} is fastest (the static choice {static!r} failed)")
     tuning_cache.store(call, chosen, static, times, rounds)
     return Decision(chosen, how, skipped, static, times, failed, rounds)
+
+
+def _sizes(c: Call) -> tuple:
+    return tuple(v for n, v in c.dims if n.endswith("<="))
+
+
+def _flags(c: Call) -> set:
+    return {f for f in c.dims if isinstance(f[1], bool)}
+
+
+def _competitive(call: Call, static: str) -> frozenset:
+    """The backends that ran within COMPETITIVE of `static` at the largest smaller measured size of
+    this op (same device, dtype, mode and flags such as causal and dropout; every size bucket at
+    most this call's; head dim and head counts may differ: the `xl` benchmark shape has D = 128, the
+    next smaller one D = 64): the only ones worth timing when one call of this size is long. (AMD
+    EPYC Zen 3, fp32 fwd+bwd, 2 threads: sdpa took 0.93x the cpu kernel's time at `long` and 0.75x
+    at `xl`, where one call of the cpu kernel takes 3 s.)"""
+    same = lambda c: (_sizes(c) != _sizes(call) and all(a <= b for a, b in zip(_sizes(c), _sizes(call)))  # noqa: E731
+                      and (c.op, c.device, c.device_name, c.dtype, c.needs_grad)
+                      == (call.op, call.device, call.device_name, call.dtype, call.needs_grad)
+                      and _flags(c) == _flags(call))
+    smaller = [(c, d.times) for (c, b), d in _decisions.items() if b is None and d.times and same(c)]
+    smaller += [(tuning_cache.to_call(e), {n: t / 1e6 for n, t in e["times_us"].items()})
+                for e in tuning_cache.entries().values() if same(tuning_cache.to_call(e))]
+    if not smaller:
+        return frozenset()
+    _, times = max(smaller, key=lambda ct: sum(_sizes(ct[0])))
+    if static not in times:
+        return frozenset()
+    return frozenset(n for n, t in times.items() if n != static and t <= COMPETITIVE * times[static])
 
 
 def _paired_ratio(static: Optional[list], challenger: Optional[list]) -> float:

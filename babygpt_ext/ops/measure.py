@@ -31,9 +31,11 @@ MIN_ROUNDS, MAX_ROUNDS = 5, 15  # MIN_ROUNDS where they fit in a few budgets, el
 SAMPLE_S = 2e-3  # long enough that one preemption by another process does not decide a sample
 MAX_REPEATS = 64
 PRUNE_AFTER_WARMUP = 3.0  # dropped when its estimate is this many times the fastest one's
-# When the first candidate (the static choice) takes this many budgets for one call, the others are
-# not timed: each would cost at least two such calls, and a far slower one far more (the eager
-# composition in bf16 at T = 4096 on a CPU without bf16 units: about 6 minutes a call).
+# When the first candidate (the static choice) takes this many budgets for one call, only the others
+# the caller names as competitive are timed (the engine: those within COMPETITIVE of the static
+# choice at the nearest smaller measured size): each costs at least two such calls, and a far slower
+# one far more (the eager composition in bf16 at T = 4096 on a CPU without bf16 units: about 6
+# minutes a call).
 LONG_CALL_BUDGETS = 4
 # CPU timing is not attempted above this many runnable threads per core (1-minute load average):
 # at load 9-15 on 2 cores a 2-thread parallel region waits out whole scheduler slices whenever one
@@ -97,14 +99,18 @@ def _failure(e: Exception) -> str:
     return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
 
 
-def time_candidates(steps: Dict[str, Callable], clock: WallClock, budget_s: float
+def time_candidates(steps: Dict[str, Callable], clock: WallClock, budget_s: float, timed_if_long=frozenset()
                     ) -> Tuple[Dict[str, float], Dict[str, str], int, Dict[str, List[float]]]:
     """({name: fastest seconds per step}, {name: why it failed}, rounds, {name: seconds per step of
     each round, in order}) for the given steps. A step that raises, at any point, is dropped and
-    reported instead of timed; a candidate pruned after the warm-up has no samples."""
+    reported instead of timed; a candidate pruned after the warm-up has no samples. When the first
+    step takes LONG_CALL_BUDGETS budgets, only the names in timed_if_long are timed besides it."""
     begin = clock.now()
     warm, estimated, failed = {}, {}, {}
+    long_call = False
     for name, step in steps.items():
+        if long_call and name not in timed_if_long:
+            continue
         try:
             # The first call pays one-time costs (allocation, lazy setup); a second one, when the
             # first fits the budget, gives an estimate good enough to prune on.
@@ -115,7 +121,9 @@ def time_candidates(steps: Dict[str, Callable], clock: WallClock, budget_s: floa
             failed[name] = _failure(e)
             continue
         if len(warm) == 1 and first >= LONG_CALL_BUDGETS * budget_s:
-            return dict(warm), failed, 0, {}  # the first candidate alone: see LONG_CALL_BUDGETS
+            long_call = True  # see LONG_CALL_BUDGETS
+            if not timed_if_long:
+                return dict(warm), failed, 0, {}
     if not warm:
         return {}, failed, 0, {}
     best = min(warm.values())
