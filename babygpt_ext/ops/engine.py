@@ -198,8 +198,8 @@ def _competitive(call: Call, static: str) -> frozenset:
     this op (same device, dtype, mode and flags such as causal and dropout; every size bucket at
     most this call's; head dim and head counts may differ: the `xl` benchmark shape has D = 128, the
     next smaller one D = 64): the only ones worth timing when one call of this size is long. (AMD
-    EPYC Zen 3, fp32 fwd+bwd, 2 threads: sdpa took 0.93x the cpu kernel's time at `long` and 0.75x
-    at `xl`, where one call of the cpu kernel takes 3 s.)"""
+    EPYC Zen 3, fp32 fwd+bwd, 2 threads: sdpa took 0.93x the cpu kernel's time at `long` and
+    0.76-0.79x at `xl`, where one call of the cpu kernel takes 3 s.)"""
     same = lambda c: (_sizes(c) != _sizes(call) and all(a <= b for a, b in zip(_sizes(c), _sizes(call)))  # noqa: E731
                       and (c.op, c.device, c.device_name, c.dtype, c.needs_grad)
                       == (call.op, call.device, call.device_name, call.dtype, call.needs_grad)
