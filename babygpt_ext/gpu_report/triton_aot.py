@@ -174,9 +174,7 @@ def compile_one(spec: Spec) -> Result:
     if family is not None:
         cfg = C.configs(family, spec.arch)[spec.config_index]
         const.update(cfg.kwargs)
-        options = {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
-        if cfg.maxnreg is not None:
-            options["maxnreg"] = cfg.maxnreg
+        options = {n: v for n, v in cfg.all_kwargs().items() if n not in cfg.kwargs}  # num_warps, maxnreg, ...
     for name in const:
         sig[name] = "constexpr"
     src = triton.compiler.ASTSource(fn, sig, constexprs=const, attrs=_divisibility_attrs(fn, sig))

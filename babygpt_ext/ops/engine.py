@@ -204,9 +204,10 @@ def _competitive(call: Call, static: str) -> frozenset:
                       and (c.op, c.device, c.device_name, c.dtype, c.needs_grad)
                       == (call.op, call.device, call.device_name, call.dtype, call.needs_grad)
                       and _flags(c) == _flags(call))
-    smaller = [(c, d.times) for (c, b), d in _decisions.items() if b is None and d.times and same(c)]
+    smaller = [(c, d.times) for (c, b), d in _decisions.items() if b is None and d.times]
     smaller += [(tuning_cache.to_call(e), {n: t / 1e6 for n, t in e["times_us"].items()})
-                for e in tuning_cache.entries().values() if same(tuning_cache.to_call(e))]
+                for e in tuning_cache.entries().values()]
+    smaller = [(c, times) for c, times in smaller if same(c)]
     if not smaller:
         return frozenset()
     _, times = max(smaller, key=lambda ct: sum(_sizes(ct[0])))

@@ -428,9 +428,7 @@ def _launch(family, grid_fn, args, meta, device, config):
     if config is None:
         tuned(family, _arch(device))[grid_fn](*args, **meta)
     else:
-        options = {} if config.maxnreg is None else {"maxnreg": config.maxnreg}
-        KERNELS[family][grid_fn(config.kwargs)](*args, **meta, **config.kwargs, num_warps=config.num_warps,
-                                                   num_stages=config.num_stages, **options)
+        KERNELS[family][grid_fn(config.kwargs)](*args, **meta, **config.all_kwargs())  # as the autotuner passes it
 
 
 def _unit_last(t: torch.Tensor) -> torch.Tensor:
