@@ -1,7 +1,8 @@
-"""The CPU attention and LoRA kernels exist in one copy per instruction set (AVX-512, AVX2+FMA, baseline
-x86-64), and each process uses the widest its CPU has (csrc/cpu/attention.cpp, lora.cpp). The shared suite
-therefore only sees one copy; this file re-runs the CPU attention and LoRA tests in a subprocess for every
-copy this CPU can execute, forced with BABYGPT_CPU_ISA."""
+"""The CPU attention, LoRA and decoding kernels exist in one copy per instruction set (AVX-512, AVX2+FMA,
+baseline x86-64; decode.cpp runs its AVX2 copy on AVX-512 too), and each process uses the widest its CPU
+has (csrc/cpu/attention.cpp, lora.cpp, decode.cpp). The shared suite therefore only sees one copy; this file
+re-runs the CPU attention, LoRA and decoding tests in a subprocess for every copy this CPU can execute,
+forced with BABYGPT_CPU_ISA."""
 
 import os
 import platform
@@ -37,7 +38,7 @@ def test_attention_suite_on_each_instruction_set(isa):
                           capture_output=True, text=True, env=env, cwd=ROOT)
     assert used.returncode == 0 and used.stdout.split() == [isa, isa], (used.stdout, used.stderr[-2000:])
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "tests/test_attention.py",
-                        "tests/test_properties.py", "tests/test_lora.py", "-k", "cpu"], capture_output=True, text=True,
+                        "tests/test_properties.py", "tests/test_lora.py", "tests/test_decode_step.py", "-k", "cpu"], capture_output=True, text=True,
                        env=env, cwd=ROOT)
     assert r.returncode == 0, f"the {isa} copy failed:\n{r.stdout[-4000:]}\n{r.stderr[-2000:]}"
 

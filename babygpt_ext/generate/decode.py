@@ -12,7 +12,17 @@ output (B, H, 1, D) is already the (B, C) layout of the heads side by side, and 
 through the engine with arguments validated once (their shapes are the plan's own). Anything the
 plan does not reproduce exactly (LoRA or low-rank projections, other modules, forward hooks) makes
 DecodePlan.of return None, and the loop calls the model instead.
+
+A float32 model on the CPU with the compiled extension takes one step further: the whole step is
+one call, torch.classes.babygpt.GptDecoder (csrc/cpu/decode.cpp), which checks the weights and
+caches once, then reads each weight once per step as a matrix-vector product with the biases,
+residual adds and GELU fused into the products, so a token costs one call instead of ~20 ops per
+layer. It is the `cpu` backend's (attention included), so it runs when the model's attention
+backend is the engine's choice or `cpu` and BABYGPT_BACKEND names no other; every other case runs
+the tensor-op step below.
 """
+
+import os
 
 from typing import Optional
 
@@ -21,7 +31,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import ops
-from ..ops import engine
+from ..ops import engine, registry
+from ..ops.backends import BUILD_HINT, load
 from ..models.gpt import GPT
 from ..nn.attention import CausalSelfAttention
 from ..nn.block import MLP, Block
@@ -41,6 +52,10 @@ def _linear(lin: nn.Linear) -> tuple:
     return lin.bias, lin.weight.t()
 
 
+def _contiguous(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    return None if t is None else t.contiguous()  # the tensor itself when it is contiguous already
+
+
 def _affine(x: torch.Tensor, bias: Optional[torch.Tensor], weight_t: torch.Tensor) -> torch.Tensor:
     return torch.mm(x, weight_t) if bias is None else torch.addmm(bias, x, weight_t)
 
@@ -50,7 +65,7 @@ class DecodePlan:
         t = model.transformer
         self.wte, self.wpe = t.wte.weight, t.wpe.weight
         self.ln_f, self.head = _layer_norm(t.ln_f), _linear(model.lm_head)
-        self.layers = []
+        self.caches, self.layers = cache, []
         for blk, kv in zip(t.h, cache):
             a, m = blk.attn, blk.mlp
             self.layers.append((_layer_norm(blk.ln_1), _linear(a.c_attn), _linear(a.c_proj), _layer_norm(blk.ln_2),
@@ -58,6 +73,30 @@ class DecodePlan:
         a = t.h[0].attn
         self.n_head, self.n_kv_head, self.head_dim, self.backend = a.n_head, a.n_kv_head, a.head_dim, a.backend
         self._attn_rest = None  # the attention op's arguments after (q, k, v), validated at the first step
+        self.fused = self._fused(model, cache)  # the whole step as one call, or None
+
+    def _fused(self, model: GPT, cache: list):
+        """A GptDecoder (csrc/cpu/decode.cpp) over this model's weights and caches when it computes
+        this model's step (float32 CPU weights and caches, one LayerNorm eps, the cpu backend's
+        attention), else None."""
+        t = model.transformer
+        lns = [ln for blk in t.h for ln in (blk.ln_1, blk.ln_2)] + [t.ln_f]
+        wanted = os.environ.get(registry.ENV_VAR) or "cpu"
+        tensors = list(model.parameters()) + [c.k for c in cache] + [c.v for c in cache]
+        if (self.backend not in (None, "cpu") or wanted != "cpu" or len({ln.eps for ln in lns}) != 1
+                or any(p.dtype != torch.float32 or p.device.type != "cpu" for p in tensors)
+                or load("cpu", BUILD_HINT) is not None):
+            return None
+        params = []
+        for blk in t.h:
+            a, m = blk.attn, blk.mlp
+            for mod in (blk.ln_1, a.c_attn, a.c_proj, blk.ln_2, m.c_fc, m.c_proj):
+                params += [_contiguous(mod.weight), _contiguous(mod.bias)]
+        params += [_contiguous(t.ln_f.weight), _contiguous(t.ln_f.bias), _contiguous(model.lm_head.weight),
+                   _contiguous(model.lm_head.bias)]
+        return torch.classes.babygpt.GptDecoder(t.wte.weight.contiguous(), t.wpe.weight.contiguous(), params,
+                                                [c.k for c in cache], [c.v for c in cache], self.n_head,
+                                                float(lns[0].eps), self.head_dim ** -0.5)
 
     @classmethod
     def of(cls, model, cache: list) -> Optional["DecodePlan"]:
@@ -79,6 +118,10 @@ class DecodePlan:
 
     def step(self, tok: torch.Tensor, pos: int) -> torch.Tensor:
         """tok (B,) int64, the token at position pos (every cache holds positions < pos) -> logits (B, V)."""
+        if self.fused is not None:
+            for c in self.caches:
+                c.length = pos + 1
+            return self.fused.step(tok, pos)
         B = tok.shape[0]
         nh, nkv, hs = self.n_head, self.n_kv_head, self.head_dim
         C, kv_width = nh * hs, nkv * hs

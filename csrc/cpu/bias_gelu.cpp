@@ -166,6 +166,9 @@ std::tuple<at::Tensor, at::Tensor> bias_gelu_bwd(const at::Tensor& dy, const at:
 
 }  // namespace
 
+// y = gelu(x) on one float32 row with the copy in use: the MLP's GELU of a decoding step (decode.cpp).
+void gelu_row_f32(const float* x, float* y, int64_t n) { gelu_kernels().row(x, nullptr, y, n); }
+
 // The instruction set of the GELU rows in use ("avx512", "avx2" or "base"), for `babygpt info`.
 const char* gelu_isa() { return gelu_kernels().name; }
 
