@@ -139,10 +139,9 @@ def test_cpu_generate_takes_the_fused_step_and_matches_recompute():
             cached = m.generate(idx, 20, kv_cache=True, generator=torch.Generator().manual_seed(4), **kw)
         recompute = m.generate(idx, 20, kv_cache=False, generator=torch.Generator().manual_seed(4), **kw)
         assert torch.equal(cached, recompute), kw
-        ops_called = {e.name for e in prof.events()}
-        assert "aten::addmm" in ops_called, "the prompt (prefill) runs through the model"
-        assert len([e for e in prof.events() if e.name == "aten::layer_norm"]) == 5, \
-            "only the prefill's 2 blocks x 2 + ln_f LayerNorms: every decoding step is the fused call"
+        names = [e.name for e in prof.events()]
+        assert names.count("babygpt::GptDecoder.step") == 20, "one fused step per new token"
+        assert names.count("aten::layer_norm") == 5, "only the prefill's (2 blocks x 2 + ln_f) go through the model"
 
 
 @pytest.mark.parametrize("why", ["eager backend", "BABYGPT_BACKEND=sdpa", "bfloat16", "two eps"])

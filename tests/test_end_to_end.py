@@ -95,3 +95,11 @@ def test_decode_benchmark_rows():
     r = bench_decode(shape, rounds=1)
     assert r.same_tokens and r.cache_ms_per_step > 0 and r.recompute_ms_per_step > 0
     assert r.cache_tok_s == pytest.approx(2 / r.cache_ms_per_step * 1e3)
+    model = GPT(GPTConfig.from_preset("babygpt", vocab_size=40, block_size=48))
+    wpe = model.transformer.wpe.weight
+    assert r.weights_mb * 1e6 == pytest.approx(sum(p.numel() * 4 for p in model.parameters()) - wpe.numel() * 4)
+
+
+def test_read_bandwidth_is_a_rate():
+    from babygpt_ext.bench.decode import read_bandwidth
+    assert 0.0 < read_bandwidth(1 << 20, rounds=3) < 1e4  # GB/s

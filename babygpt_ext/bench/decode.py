@@ -46,6 +46,7 @@ class DecodeResult:
     speedup: float
     cache_tok_s: float  # tokens of every row per second
     same_tokens: bool
+    weights_mb: float  # the weights a cached step reads (all but the position table: one row of it)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -75,8 +76,23 @@ def bench_decode(shape: DecodeShape, rounds: int = 3, backend: Optional[str] = N
     cache_s = statistics.median(times[True]) / shape.new_tokens
     re_s = statistics.median(times[False]) / shape.new_tokens if recompute else float("nan")
     same = bool(torch.equal(outs[True], outs[False])) if recompute else True
+    weights = sum(p.numel() * p.element_size() for p in model.parameters()) - \
+        model.transformer.wpe.weight.numel() * model.transformer.wpe.weight.element_size()
     return DecodeResult(shape.name, backend or "auto", cache_s * 1e3, re_s * 1e3, re_s / cache_s,
-                        shape.batch / cache_s, same)
+                        shape.batch / cache_s, same, weights / 1e6)
+
+
+def read_bandwidth(nbytes: int, rounds: int = 20) -> float:
+    """GB/s at which this machine reads a float32 buffer of nbytes again and again (torch.sum, median
+    of `rounds`): the ceiling of a decoding step, which reads every weight once."""
+    x = torch.ones(max(1, nbytes // 4))
+    x.sum()
+    times = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        x.sum()
+        times.append(time.perf_counter() - t0)
+    return nbytes / statistics.median(times) / 1e9
 
 
 def format_decode_table(results: List[DecodeResult]) -> str:
@@ -106,6 +122,9 @@ def run_cli(args) -> int:
     print(f"\nCPU: {cpu_name()} ({torch.get_num_threads()} threads); gpt-mini with a 1024-position context, "
           f"prompt {shapes[0].prompt} tokens, {shapes[0].new_tokens} new tokens, greedy, fp32")
     print(format_decode_table(results))
+    gbs = read_bandwidth(int(results[0].weights_mb * 1e6))
+    print(f"a cached step reads {results[0].weights_mb:.1f} MB of weights; this machine reads that much at "
+          f"{gbs:.1f} GB/s (torch.sum), so the floor is {results[0].weights_mb / gbs:.3f} ms per step")
     if args.json:
         import json
         with open(args.json, "w") as f:

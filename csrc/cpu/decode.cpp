@@ -23,6 +23,7 @@
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
+#include <ATen/record_function.h>
 
 #include <algorithm>
 #include <cstring>
@@ -169,6 +170,7 @@ struct GptDecoder : torch::CustomClassHolder {
   // tok (B,) int64, the token of each row at position pos (the caches hold positions < pos) ->
   // next-token logits (B, V); writes position pos of every layer's key and value cache.
   at::Tensor step(const at::Tensor& tok, int64_t pos) {
+    RECORD_FUNCTION("babygpt::GptDecoder.step", std::vector<c10::IValue>());  // a row in torch.profiler tables
     TORCH_CHECK(tok.dim() == 1 && tok.size(0) == B_ && tok.scalar_type() == at::kLong && tok.device().is_cpu(),
                 "babygpt GptDecoder.step: tok must be a (B=", B_, ",) int64 CPU tensor, got ", tok.scalar_type(), " ",
                 tok.sizes());
