@@ -75,6 +75,25 @@ def test_cpu_decode_step_matches_the_float64_model(name, batch):
                                            msg=f"layer {layer}: cached keys/values")
 
 
+def test_cpu_decode_step_is_bit_identical_whatever_the_thread_count():
+    """Each output feature and each head is one thread's work in a fixed order, so the threads only
+    change who computes what."""
+    m = build(CONFIGS["D72"])
+    threads = torch.get_num_threads()
+    logits = []
+    with torch.inference_mode():
+        filled = prefill(m, torch.tensor([[1, 2, 3], [4, 5, 6]]))  # once: the model's GEMMs are not
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            with torch.inference_mode():
+                cache = copy.deepcopy(filled)
+                logits.append(DecodePlan.of(m, cache).step(torch.tensor([7, 8]), 3))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(logits[0], logits[1]) and torch.equal(logits[0], logits[2])
+
+
 def test_cpu_decode_step_propagates_a_non_finite_cached_value():
     """NaN in a visible (cached) value reaches the logits, as in the eager composition: every
     cached position is visible to the newest query."""

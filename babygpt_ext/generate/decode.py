@@ -23,7 +23,6 @@ the tensor-op step below.
 """
 
 import os
-
 from typing import Optional
 
 import torch
