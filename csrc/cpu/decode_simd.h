@@ -2,21 +2,12 @@
 // weights as they are stored, one query's attention over a KV cache, and LayerNorm rows.
 //
 // Included once per instruction set by decode.cpp, inside a namespace and under a `#pragma GCC
-// target`, as attention_simd.h is by attention.cpp: GCC vector extensions of W floats, no includes
-// but simd_exp.h, memory through memcpy.
+// target`, as attention_simd.h is by attention.cpp: GCC vector extensions of W floats (simd_vec.h),
+// no includes but simd_vec.h and simd_exp.h, memory through memcpy.
 //
-// Needs, defined by the includer: BABYGPT_VEC_FLOATS (W: 16, 8 or 4).
+// Needs, defined by the includer: BABYGPT_VEC_FLOATS (W: 16, 8 or 4; decode.cpp compiles 8 and 4).
 
-constexpr int W = BABYGPT_VEC_FLOATS;
-typedef float vf __attribute__((vector_size(W * 4)));
-typedef int vi __attribute__((vector_size(W * 4)));
-
-#define BG_INLINE static inline __attribute__((always_inline))
-
-BG_INLINE vf ld(const float* p) { vf v; __builtin_memcpy(&v, p, sizeof v); return v; }
-BG_INLINE void st(float* p, vf v) { __builtin_memcpy(p, &v, sizeof v); }
-BG_INLINE vf splat(float x) { return x - vf{}; }  // x - 0 is x for every x: one broadcast (lora_simd.h)
-
+#include "simd_vec.h"  // W, vf, vi, ld, st, splat, BG_INLINE
 #include "simd_exp.h"  // vexp()
 
 BG_INLINE float hsum(vf v) {

@@ -2,7 +2,8 @@
 //
 // Included once per instruction set by bias_gelu.cpp, inside a namespace and under a `#pragma GCC
 // target`, as attention_simd.h is by attention.cpp (see there for why: GCC vector extensions of W
-// floats, W the register width, no includes, memory through memcpy).
+// floats, W the register width (simd_vec.h), no includes but simd_vec.h and simd_exp.h, memory
+// through memcpy).
 //
 // With h = x + b and z = |h| / √2, the lower tail of the normal distribution is
 //   q(h) = Φ(−|h|) = ½ erfc(z) = ½ t P(t) e^{−z²},   t = 1 / (1 + p z)
@@ -14,16 +15,7 @@
 //
 // Needs, defined by the includer: BABYGPT_VEC_FLOATS (W: 16, 8 or 4).
 
-constexpr int W = BABYGPT_VEC_FLOATS;
-typedef float vf __attribute__((vector_size(W * 4)));
-typedef int vi __attribute__((vector_size(W * 4)));
-
-#define BG_INLINE static inline __attribute__((always_inline))
-
-BG_INLINE vf ld(const float* p) { vf v; __builtin_memcpy(&v, p, sizeof v); return v; }
-BG_INLINE void st(float* p, vf v) { __builtin_memcpy(p, &v, sizeof v); }
-BG_INLINE vf splat(float x) { return vf{} + x; }  // constants only: hoisted out of the loops
-
+#include "simd_vec.h"  // W, vf, vi, ld, st, splat, BG_INLINE
 #include "simd_exp.h"  // vexp()
 
 struct Gelu {

@@ -1,5 +1,5 @@
 // e^x on a vector of W floats, shared by the per-instruction-set kernels (attention_simd.h,
-// gelu_simd.h). Included inside their namespace and `#pragma GCC target`, so it includes nothing
+// gelu_simd.h, decode_simd.h). Included inside their namespace and `#pragma GCC target`, so it includes nothing
 // and needs, defined by the includer: vf and vi (W floats / ints), splat() and BG_INLINE.
 
 // e^x without a libm call, branch-free so it vectorises: x = n ln2 + r with |r| <= ln2/2, e^r by
