@@ -24,9 +24,14 @@ inline void attn(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, 
               "babygpt::attn: q, k, v dtypes differ");
 }
 
-// The backward's extra inputs: dout and o shaped like q, lse (B, H, Tq).
-inline void attn_bwd(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& o, const at::Tensor& lse) {
+// The backward's extra inputs: dout and o shaped like q, lse (B, H, Tq), o_lo like o or empty
+// (the forward returns it empty for fp32/fp64; an empty o_lo in fp16/bf16 takes delta from o alone).
+inline void attn_bwd(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& o, const at::Tensor& lse,
+                     const at::Tensor& o_lo) {
   TORCH_CHECK(dout.sizes() == q.sizes() && o.sizes() == q.sizes(), "babygpt::attn_bwd: dout/o must match q");
+  TORCH_CHECK(o_lo.numel() == 0 || (o_lo.sizes() == q.sizes() && o_lo.scalar_type() == q.scalar_type()),
+              "babygpt::attn_bwd: o_lo must be empty or match q in shape and dtype (it is the forward's third "
+              "output), got ", o_lo.sizes(), " ", o_lo.scalar_type(), " for q ", q.sizes(), " ", q.scalar_type());
   TORCH_CHECK(lse.dim() == 3 && lse.size(0) == q.size(0) && lse.size(1) == q.size(1) && lse.size(2) == q.size(2),
               "babygpt::attn_bwd: lse must be (B, H, Tq)");
 }

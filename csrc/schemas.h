@@ -3,7 +3,7 @@
 // kernels run on the CPU). One definition, so the namespaces cannot drift apart.
 //
 // Layouts: q (B, H, Tq, D); k, v (B, Hkv, Tk, D); o like q; lse (B, H, Tq) in float32 (float64
-// when the inputs are float64). LoRA: x (N, in), weight (out, in), lora_a (r, in), lora_b (out, r);
+// when the inputs are float64); o_lo like o for fp16/bf16, numel 0 otherwise (docs/design.md §2.2). LoRA: x (N, in), weight (out, in), lora_a (r, in), lora_b (out, r);
 // xa = x lora_aᵀ (N, r) is kept for the backward, in float32 (float64 for float64 inputs).
 #pragma once
 
@@ -17,10 +17,14 @@ constexpr int kMaxHeadDim = 256;
   do {                                                                                                    \
     /* dropout_p > 0 drops attention weights by the mask of dropout_rng.h keyed by seed (a       */   \
     /* one-element int64 CPU tensor, None when dropout_p == 0); the backward takes the same two.  */   \
+    /* o_lo: for fp16/bf16 the rounding residual of o, lowp(o32 - lowp(o32)), so that o + o_lo  */   \
+    /* carries the fp32 output into the backward's delta = rowsum(dO o); empty (numel 0) for      */   \
+    /* fp32/fp64, whose o is already the accumulator's value.                                      */   \
     (m).def("attn_fwd(Tensor q, Tensor k, Tensor v, float scale, bool causal, float dropout_p=0.,"      \
-            " Tensor? seed=None) -> (Tensor o, Tensor lse)");                                            \
-    (m).def("attn_bwd(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor o, Tensor lse, float scale,"     \
-            " bool causal, float dropout_p=0., Tensor? seed=None) -> (Tensor dq, Tensor dk, Tensor dv)"); \
+            " Tensor? seed=None) -> (Tensor o, Tensor lse, Tensor o_lo)");                               \
+    (m).def("attn_bwd(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor o, Tensor lse, Tensor o_lo,"     \
+            " float scale, bool causal, float dropout_p=0., Tensor? seed=None)"                         \
+            " -> (Tensor dq, Tensor dk, Tensor dv)");                                                    \
     (m).def("lora_fwd(Tensor x, Tensor weight, Tensor? bias, Tensor lora_a, Tensor lora_b, float scale)" \
             " -> (Tensor y, Tensor xa)");                                                                \
     /* dweight/dbias only when the frozen base needs them; otherwise empty (numel 0) tensors,  */        \

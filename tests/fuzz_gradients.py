@@ -1,6 +1,6 @@
 """Gradient fuzzer: random attention calls on one backend — shapes, dtypes, GQA/MQA, Tq <= Tk, causal or
 not, scales (default, random, zero, negative), strided layouts — each output and gradient compared with
-the float64 reference under the tolerance rule of tests/tolerance.py.
+the float64 reference on the same (rounded) inputs under the tolerance rule of tests/tolerance.py.
 
     PYTHONPATH=$PWD .venv/bin/python tests/fuzz_gradients.py --backend cpu --cases 2000 [--seed 0]
     PYTHONPATH=$PWD .venv/bin/python tests/fuzz_gradients.py --backend cpu --seed 0 --only 137   # one case again
@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
+from rounding_floor import floors
 from tolerance import FWD_FACTOR, GRAD_FACTOR, bound_ratio
 
 # The interpreter and the emulator run kernels thread by thread: their cases are kept small.
@@ -93,22 +94,27 @@ def run_case(case: Case, backend: str):
     shapes = ((case.h, case.tq), (case.hkv, case.tk), (case.hkv, case.tk), (case.h, case.tq))
     q, k, v, dout = (tensor(g, lay, case.b, n, t, case.d) for lay, (n, t) in zip(case.layouts, shapes))
 
-    def fwd_bwd(fn, dtype):
-        leaves = [t(dtype).detach().requires_grad_() for t in (q, k, v)]
+    def fwd_bwd(fn, dtype, widen=False):
+        # widen: the inputs rounded to the case's dtype, then computed in float64 (the reference).
+        leaves = [(t(dtype).double() if widen else t(dtype)).detach().requires_grad_() for t in (q, k, v)]
         o = fn(*leaves)
-        return (o.detach(), *torch.autograd.grad(o, leaves, dout(dtype)))
+        return (o.detach(), *torch.autograd.grad(o, leaves, dout(dtype).double() if widen else dout(dtype)))
 
-    ref = fwd_bwd(lambda *t: reference.attention(*t, case.scale, case.causal), torch.float64)
+    # The reference takes the inputs the backend gets (§13.2): the error of rounding them to the
+    # case's dtype is the problem's, not the kernel's.
+    ref = fwd_bwd(lambda *t: reference.attention(*t, case.scale, case.causal), case.dtype, widen=True)
     eager = fwd_bwd(lambda *t: reference.attention(*t, case.scale, case.causal), case.dtype)
     got = fwd_bwd(lambda *t: ops.causal_attention(*t, causal=case.causal, scale=case.scale, backend=backend),
                   case.dtype)
+    floor = floors(*(t(case.dtype) for t in (q, k, v, dout)), case.scale, case.causal)
     worst, failed = 0.0, None
-    for name, out, r, e, factor in zip(("o", "dq", "dk", "dv"), got, ref, eager, (FWD_FACTOR,) + (GRAD_FACTOR,) * 3):
+    for name, out, r, e, factor, fl in zip(("o", "dq", "dk", "dv"), got, ref, eager, (FWD_FACTOR,) + (GRAD_FACTOR,) * 3,
+                                           floor):
         if out.shape != r.shape or out.dtype != case.dtype:
             return float("inf"), f"{name}: {tuple(out.shape)} {out.dtype}, expected {tuple(r.shape)} {case.dtype}"
         if not torch.isfinite(out).all():
             return float("inf"), f"{name}: non-finite values"
-        ratio, why = bound_ratio(out, r, e, factor)
+        ratio, why = bound_ratio(out, r, e, factor, fl)
         if ratio > worst:
             worst = ratio
         if ratio > 1.0 and failed is None:

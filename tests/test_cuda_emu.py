@@ -121,7 +121,7 @@ def test_nan_input_propagates_without_crash(emu):
     _, ops = emu
     q, k, v = (torch.randn(1, 1, 5, 8) for _ in range(3))
     q[0, 0, 2, 3] = float("nan")
-    o, lse = ops.attn_fwd(q, k, v, 0.3, True)
+    o, lse, _ = ops.attn_fwd(q, k, v, 0.3, True)
     assert torch.isnan(o[0, 0, 2]).all() and torch.isnan(lse[0, 0, 2])
     assert torch.isfinite(o[0, 0, [0, 1, 3, 4]]).all()  # other rows are untouched by the NaN row
 
@@ -151,13 +151,13 @@ def test_gpt_layer_views_are_read_in_place(emu, dtype, causal):
     assert not any(x.is_contiguous() for x in (q, k, v))
     dout = torch.randn(2, 37, 4, 24, dtype=dtype).transpose(1, 2)  # the gradient of y.transpose(1, 2)
     with torch.profiler.profile() as prof:
-        o, lse = ops.attn_fwd(q, k, v, 0.2, causal)
-        grads = ops.attn_bwd(dout, q, k, v, o, lse, 0.2, causal)
+        o, lse, o_lo = ops.attn_fwd(q, k, v, 0.2, causal)
+        grads = ops.attn_bwd(dout, q, k, v, o, lse, o_lo, 0.2, causal)
     copies = [e.name for e in prof.events() if e.name in ("aten::copy_", "aten::clone", "aten::contiguous")]
     assert not copies, f"the glue copied its inputs: {copies}"
     contiguous = [x.contiguous() for x in (q, k, v)]
-    o_ref, lse_ref = ops.attn_fwd(*contiguous, 0.2, causal)
-    grads_ref = ops.attn_bwd(dout.contiguous(), *contiguous, o_ref, lse_ref, 0.2, causal)
+    o_ref, lse_ref, o_lo_ref = ops.attn_fwd(*contiguous, 0.2, causal)
+    grads_ref = ops.attn_bwd(dout.contiguous(), *contiguous, o_ref, lse_ref, o_lo_ref, 0.2, causal)
     for name, x, r in zip(("o", "lse", "dq", "dk", "dv"), (o, lse, *grads), (o_ref, lse_ref, *grads_ref)):
         assert torch.equal(x, r), f"{name} differs between the strided views and contiguous copies"
 
@@ -167,6 +167,6 @@ def test_inputs_with_strided_rows_are_copied_and_still_right(emu):
     _, ops = emu
     q, k, v = (torch.randn(1, 2, 9, 32)[..., ::2] for _ in range(3))
     assert q.stride(-1) == 2
-    o, lse = ops.attn_fwd(q, k, v, 0.25, True)
-    o_ref, lse_ref = ops.attn_fwd(q.contiguous(), k.contiguous(), v.contiguous(), 0.25, True)
+    o, lse, _ = ops.attn_fwd(q, k, v, 0.25, True)
+    o_ref, lse_ref, _ = ops.attn_fwd(q.contiguous(), k.contiguous(), v.contiguous(), 0.25, True)
     assert torch.equal(o, o_ref) and torch.equal(lse, lse_ref)

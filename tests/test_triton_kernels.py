@@ -66,8 +66,8 @@ def test_every_attention_config_is_correct_in_the_interpreter(family, causal):
     want = _attn_ref(q, k, v, do, scale, causal)
     f32 = [t.float() for t in (q, k, v, do)]
     for arch, i, cfg in _configs(family):
-        o, lse = att.attn_fwd(*f32[:3], scale, causal, configs={family: cfg})
-        got = (o, *att.attn_bwd(f32[3], *f32[:3], o, lse, scale, causal, configs={family: cfg}))
+        o, lse, o_lo = att.attn_fwd(*f32[:3], scale, causal, configs={family: cfg})
+        got = (o, *att.attn_bwd(f32[3], *f32[:3], o, lse, o_lo, scale, causal, configs={family: cfg}))
         for name, x, ref in zip(("o", "dq", "dk", "dv"), got, want):
             assert_close(x, ref, ref.float(), f"{family} sm{arch} config {i} {cfg.kwargs}: {name}", 1.0)
 

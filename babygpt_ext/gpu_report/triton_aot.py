@@ -75,6 +75,8 @@ def kernel_table():
                     sig[name] = "i32"
             const = {"CAUSAL": True, "PRECISION": "ieee" if dtype == "fp32" else "tf32",
                      "BLOCK_D": attention.block_d(d), "DROPOUT": False}
+            if "HAS_LO" in names:  # the forward stores o's residual for fp16/bf16
+                const["HAS_LO"] = dtype != "fp32"
             return sig, const
         return build
 
@@ -96,9 +98,10 @@ def kernel_table():
         return sig, const
 
     def pre_build(dtype, d, names):
-        sig = {n: ("*fp32" if n == "DELTA" else f"*{dtype}") if n in ("O", "DO", "DELTA") else
-               ("constexpr" if n.startswith("BLOCK") else "i32") for n in names}
-        return sig, {"BLOCK_M": attention.PREPROCESS_BLOCK_M, "BLOCK_D": attention.block_d(d)}
+        sig = {n: ("*fp32" if n == "DELTA" else f"*{dtype}") if n in ("O", "O_LO", "DO", "DELTA") else
+               ("constexpr" if n.startswith("BLOCK") or n == "HAS_LO" else "i32") for n in names}
+        return sig, {"BLOCK_M": attention.PREPROCESS_BLOCK_M, "BLOCK_D": attention.block_d(d),
+                     "HAS_LO": dtype != "fp32"}
 
     def colsum_build(dtype, d, names):
         sig = {n: f"*{dtype}" if n in ("X", "OUT") else ("constexpr" if n.startswith("BLOCK") else "i32")
@@ -106,7 +109,7 @@ def kernel_table():
         return sig, dict(zip(("BLOCK_M", "BLOCK_N"), lora.COLSUM_BLOCK))
 
     return {
-        "attn_fwd": (attention.attn_fwd_kernel, C.ATTN_FWD, attn(5), True),
+        "attn_fwd": (attention.attn_fwd_kernel, C.ATTN_FWD, attn(6), True),
         "attn_bwd_preprocess": (attention.attn_bwd_preprocess_kernel, None, pre_build, False),
         "attn_bwd_dkdv": (attention.attn_bwd_dkdv_kernel, C.ATTN_BWD_DKDV, attn(8), True),
         "attn_bwd_dq": (attention.attn_bwd_dq_kernel, C.ATTN_BWD_DQ, attn(7), True),

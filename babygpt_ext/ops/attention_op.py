@@ -68,28 +68,37 @@ def _make_args(call, device, dtype, requires_grad):
             call.head_dim ** -0.5, dims["causal"]) + drop
 
 
+def has_residual(dtype: torch.dtype) -> bool:
+    """Whether attn_fwd returns o's rounding residual o_lo (csrc/schemas.h): fp16/bf16, whose o is
+    rounded from the fp32 accumulator; fp32/fp64 get an empty o_lo."""
+    return dtype in (torch.float16, torch.bfloat16)
+
+
 def _fwd_fake(q, k, v, scale, causal, dropout_p=0.0, seed=None):
     b, h, tq, _ = q.shape
-    return torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty((b, h, tq), dtype=acc_dtype(q.dtype))
+    o = torch.empty_like(q, memory_format=torch.contiguous_format)
+    o_lo = torch.empty_like(o) if has_residual(q.dtype) else q.new_empty((0,))
+    return o, q.new_empty((b, h, tq), dtype=acc_dtype(q.dtype)), o_lo
 
 
-def _bwd_fake(dout, q, k, v, o, lse, scale, causal, dropout_p=0.0, seed=None):
+def _bwd_fake(dout, q, k, v, o, lse, o_lo, scale, causal, dropout_p=0.0, seed=None):
     return tuple(torch.empty_like(t, memory_format=torch.contiguous_format) for t in (q, k, v))
 
 
 def _setup_context(ctx, inputs, output):
     q, k, v, scale, causal, dropout_p, seed = inputs
-    o, lse = output
-    ctx.save_for_backward(q, k, v, o, lse)
+    o, lse, o_lo = output
+    # o_lo is what keeps delta = rowsum(dO o) at fp32 accuracy in fp16/bf16 (csrc/schemas.h).
+    ctx.save_for_backward(q, k, v, o, lse, o_lo)
     # The seed (a CPU tensor of one element) is all the backward needs to regenerate the mask.
     ctx.scale, ctx.causal, ctx.dropout_p, ctx.seed = scale, causal, dropout_p, seed
 
 
-def _backward(ns, ctx, do, _dlse):
-    # lse is an internal statistic (the public API never returns it), so its gradient is always
-    # zero and is ignored.
-    q, k, v, o, lse = ctx.saved_tensors
-    dq, dk, dv = ns.attn_bwd(do, q, k, v, o, lse, ctx.scale, ctx.causal, ctx.dropout_p, ctx.seed)
+def _backward(ns, ctx, do, _dlse, _do_lo):
+    # lse and o_lo are internal (the public API returns neither), so their gradients are always
+    # zero and are ignored.
+    q, k, v, o, lse, o_lo = ctx.saved_tensors
+    dq, dk, dv = ns.attn_bwd(do, q, k, v, o, lse, o_lo, ctx.scale, ctx.causal, ctx.dropout_p, ctx.seed)
     return dq, dk, dv, None, None, None, None
 
 
@@ -98,9 +107,9 @@ ATTENTION = OpSpec(
     traced_facts=_traced_facts, make_args=_make_args,
     schemas={
         "attn_fwd": ("(Tensor q, Tensor k, Tensor v, float scale, bool causal, float dropout_p=0., Tensor? seed=None)"
-                     " -> (Tensor o, Tensor lse)"),
-        "attn_bwd": ("(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor o, Tensor lse, float scale, bool causal,"
-                     " float dropout_p=0., Tensor? seed=None) -> (Tensor dq, Tensor dk, Tensor dv)"),
+                     " -> (Tensor o, Tensor lse, Tensor o_lo)"),
+        "attn_bwd": ("(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor o, Tensor lse, Tensor o_lo, float scale,"
+                     " bool causal, float dropout_p=0., Tensor? seed=None) -> (Tensor dq, Tensor dk, Tensor dv)"),
     },
     fakes={"attn_fwd": _fwd_fake, "attn_bwd": _bwd_fake},
     forward="attn_fwd", setup_context=_setup_context, backward=_backward,

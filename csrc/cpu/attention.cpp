@@ -327,9 +327,17 @@ std::optional<Rng> rng_of(double dropout_p, const std::optional<at::Tensor>& see
   return dropout::make_rng(dropout_p, seed->item<int64_t>());
 }
 
-std::tuple<at::Tensor, at::Tensor> attn_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                            double scale, bool causal, double dropout_p,
-                                            const std::optional<at::Tensor>& seed) {
+// o rounded to q's dtype and, for fp16/bf16, its rounding residual o_lo (csrc/schemas.h); o_lo is
+// empty when o already is the accumulator.
+std::tuple<at::Tensor, at::Tensor> rounded_output(const at::Tensor& o, at::ScalarType dt) {
+  if (o.scalar_type() == dt) return {o, at::empty({0}, o.options())};
+  auto hi = o.to(dt);
+  return {hi, (o - hi.to(o.scalar_type())).to(dt)};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> attn_fwd(const at::Tensor& q, const at::Tensor& k,
+                                                        const at::Tensor& v, double scale, bool causal,
+                                                        double dropout_p, const std::optional<at::Tensor>& seed) {
   const Shape s = check_shapes(q, k, v, causal);
   const auto rng = rng_of(dropout_p, seed);
   const Rng* g = rng ? &*rng : nullptr;
@@ -340,27 +348,32 @@ std::tuple<at::Tensor, at::Tensor> attn_fwd(const at::Tensor& q, const at::Tenso
   if (acc == at::kFloat) {
     forward_f32(view_of(qa), view_of(ka), view_of(va), o.data_ptr<float>(), lse.data_ptr<float>(), s,
                 static_cast<float>(scale), causal, g);
-    return {o.to(q.scalar_type()), lse};
+    auto [hi, lo] = rounded_output(o, q.scalar_type());
+    return {hi, lse, lo};
   }
   AT_DISPATCH_FLOATING_TYPES(acc, "babygpt_attn_fwd_cpu", [&] {
     forward<scalar_t>(qa.data_ptr<scalar_t>(), ka.data_ptr<scalar_t>(), va.data_ptr<scalar_t>(),
                       o.data_ptr<scalar_t>(), lse.data_ptr<scalar_t>(), s, static_cast<scalar_t>(scale), causal, g);
   });
-  return {o.to(q.scalar_type()), lse};
+  return {o, lse, at::empty({0}, o.options())};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> attn_bwd(const at::Tensor& dout, const at::Tensor& q,
                                                         const at::Tensor& k, const at::Tensor& v,
-                                                        const at::Tensor& o, const at::Tensor& lse, double scale,
-                                                        bool causal, double dropout_p,
-                                                        const std::optional<at::Tensor>& seed) {
+                                                        const at::Tensor& o, const at::Tensor& lse,
+                                                        const at::Tensor& o_lo, double scale, bool causal,
+                                                        double dropout_p, const std::optional<at::Tensor>& seed) {
   const Shape s = check_shapes(q, k, v, causal);
-  checks::attn_bwd(dout, q, o, lse);
+  checks::attn_bwd(dout, q, o, lse, o_lo);
   const auto rng = rng_of(dropout_p, seed);
   const Rng* g = rng ? &*rng : nullptr;
   const auto acc = acc_type(q);
   auto qa = as_input(q, acc), ka = as_input(k, acc), va = as_input(v, acc);
-  auto da = as_input(dout, acc), oa = as_input(o, acc), la = lse.to(acc).contiguous();
+  // delta_i = dO_i · o_i equals Σ_j P_ij dP_ij only for the o that P made: o + o_lo is that float32
+  // o, while the rounded o alone is off by up to half an fp16/bf16 ulp, an error that every
+  // dS_ij = P_ij (dP_ij − delta_i) of the row would carry (docs/design.md §13.2).
+  auto da = as_input(dout, acc), la = lse.to(acc).contiguous();
+  auto oa = o_lo.numel() ? o.to(acc) + o_lo.to(acc) : as_input(o, acc);
   auto dq = at::empty(q.sizes(), qa.options()), dk = at::empty(k.sizes(), ka.options()),
        dv = at::empty(v.sizes(), va.options());  // contiguous
   const auto dt = q.scalar_type();

@@ -1,6 +1,6 @@
 // Fused causal attention, backward (FlashAttention-2): P is recomputed from lse, never stored.
 //
-//   delta_i = rowsum(dO ∘ O)_i                                        attn_delta_kernel
+//   delta_i = rowsum(dO ∘ O)_i, O = o + o_lo (the forward's fp32 O)     attn_delta_kernel
 //   dS_ij   = P_ij (dO_i · v_j - delta_i),  P_ij = exp(scale q_i·k_j - lse_i)
 //   dV_j = Σ_i P_ij dO_i,  dK_j = scale Σ_i dS_ij q_i                  attn_dkdv_kernel: a CTA per key
 //        block, looping over the query blocks *and over the query heads of the GQA group*, so each
@@ -24,8 +24,12 @@ __global__ void __launch_bounds__(128) attn_delta_kernel(AttnParams p) {
   if (row >= rows) return;
   const int t = (int)(row % p.Tq), h = (int)(row / p.Tq % p.H), b = (int)(row / p.Tq / p.H);
   const auto o = head_rows<const T>(p.o, b, h, p.Tq, p.D), d = head_rows<const T>(p.dout, b, h, p.Tq, p.D);
+  // The residual o_lo restores the forward's fp32 O (its P V before rounding to T): delta is then not
+  // off by up to half an ulp of O in T, an error every dS_ij of the row would carry.
+  const auto lo = head_rows<const T>(p.o_lo, b, h, p.Tq, p.D);
+  const bool with_lo = !std::is_same_v<T, float> && p.o_lo.p != nullptr;
   float s = 0.f;
-  for (int c = 0; c < p.D; ++c) s += to_float(o(t, c)) * to_float(d(t, c));
+  for (int c = 0; c < p.D; ++c) s += (to_float(o(t, c)) + (with_lo ? to_float(lo(t, c)) : 0.f)) * to_float(d(t, c));
   p.delta[row] = s;
 }
 

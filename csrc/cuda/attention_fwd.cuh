@@ -107,6 +107,9 @@ __global__ void __launch_bounds__(128) attn_fwd_kernel(AttnParams p) {
   for (; n0 < n_end; n0 += BN) tile(n0, std::true_type{});
 
   const auto out = head_rows<T>(p.out, b, h, p.Tq, p.D);
+  // fp16/bf16: o_lo = T(o32 - T(o32)) keeps the fp32 output for the backward's delta (schemas.h).
+  const auto out_lo = head_rows<T>(p.out_lo, b, h, p.Tq, p.D);
+  const bool with_lo = !std::is_same_v<T, float> && p.out_lo.p != nullptr;
 #pragma unroll
   for (int r = 0; r < 2; ++r) l_run[r] = quad_sum(l_run[r]);
 #pragma unroll
@@ -114,7 +117,12 @@ __global__ void __launch_bounds__(128) attn_fwd_kernel(AttnParams p) {
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
       const int row = m0 + warp * 16 + acc_row(i), col = n * 8 + acc_col(i);
-      if (row < p.Tq && col < p.D) out(row, col) = from_float<T>(o[n][i] / l_run[i >> 1]);
+      if (row < p.Tq && col < p.D) {
+        const float x = o[n][i] / l_run[i >> 1];
+        const T hi = from_float<T>(x);
+        out(row, col) = hi;
+        if (with_lo) out_lo(row, col) = from_float<T>(x - to_float(hi));
+      }
     }
   }
   if ((lane & 3) == 0) {

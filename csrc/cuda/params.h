@@ -17,10 +17,11 @@ enum class DType { f32, f16, bf16 };
 using Heads = StridedHeads<void>;
 
 // q, o, dout, dq: (B, H, Tq, D); k, v, dk, dv: (B, Hkv, Tk, D), element type per DType;
-// lse, delta: (B, H, Tq) fp32, contiguous.
+// lse, delta: (B, H, Tq) fp32, contiguous. o_lo / out_lo: the rounding residual of o for fp16/bf16
+// (csrc/schemas.h), p == nullptr when there is none (fp32, or a backward given an empty o_lo).
 struct AttnParams {
-  Heads q, k, v, o, dout;  // inputs (o and dout: the backward's)
-  Heads out, dq, dk, dv;   // outputs (out: the forward's o)
+  Heads q, k, v, o, o_lo, dout;  // inputs (o, o_lo and dout: the backward's)
+  Heads out, out_lo, dq, dk, dv;  // outputs (out, out_lo: the forward's o, o_lo)
   const float* lse;
   float *lse_out, *delta;  // delta: (B, H, Tq) fp32 scratch of the backward
   int B, H, Hkv, Tq, Tk, D;

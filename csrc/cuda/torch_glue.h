@@ -53,30 +53,35 @@ inline AttnParams attn_params(const at::Tensor& q, const at::Tensor& k, double s
   return p;
 }
 
-inline std::tuple<at::Tensor, at::Tensor> attn_fwd(const at::Tensor& q_, const at::Tensor& k_, const at::Tensor& v_,
-                                                   double scale, bool causal, double dropout_p,
-                                                   const std::optional<at::Tensor>& seed) {
+inline std::tuple<at::Tensor, at::Tensor, at::Tensor> attn_fwd(const at::Tensor& q_, const at::Tensor& k_,
+                                                               const at::Tensor& v_, double scale, bool causal,
+                                                               double dropout_p,
+                                                               const std::optional<at::Tensor>& seed) {
   check_attn(q_, k_, v_, causal);
   BABYGPT_GLUE_GUARD(q_);
   const DType dt = dtype_of(q_, "babygpt::attn_fwd");
   auto q = with_contiguous_rows(q_), k = with_contiguous_rows(k_), v = with_contiguous_rows(v_);
   auto o = at::empty(q.sizes(), q.options());
   auto lse = at::empty({q.size(0), q.size(1), q.size(2)}, q.options().dtype(at::kFloat));
-  if (q.numel() == 0 || k.size(2) == 0) return {o, lse};
+  // The rounding residual of o (csrc/schemas.h): fp16/bf16 only.
+  auto o_lo = dt == DType::f32 ? at::empty({0}, q.options()) : at::empty(q.sizes(), q.options());
+  if (q.numel() == 0 || k.size(2) == 0) return {o, lse, o_lo};
   AttnParams p = attn_params(q, k, scale, causal, dropout_p, seed);
   p.q = heads(q), p.k = heads(k), p.v = heads(v);
   p.out = heads(o), p.lse_out = lse.data_ptr<float>();
+  if (o_lo.numel()) p.out_lo = heads(o_lo);
   BABYGPT_GLUE_CHECK(launch_attn_fwd(dt, p, BABYGPT_GLUE_STREAM()), "babygpt::attn_fwd");
-  return {o, lse};
+  return {o, lse, o_lo};
 }
 
 inline std::tuple<at::Tensor, at::Tensor, at::Tensor> attn_bwd(const at::Tensor& dout_, const at::Tensor& q_,
                                                                const at::Tensor& k_, const at::Tensor& v_,
                                                                const at::Tensor& o_, const at::Tensor& lse_,
-                                                               double scale, bool causal, double dropout_p,
+                                                               const at::Tensor& o_lo_, double scale, bool causal,
+                                                               double dropout_p,
                                                                const std::optional<at::Tensor>& seed) {
   check_attn(q_, k_, v_, causal);
-  checks::attn_bwd(dout_, q_, o_, lse_);
+  checks::attn_bwd(dout_, q_, o_, lse_, o_lo_);
   BABYGPT_GLUE_GUARD(q_);
   const DType dt = dtype_of(q_, "babygpt::attn_bwd");
   const auto st = q_.scalar_type();
@@ -89,6 +94,8 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor> attn_bwd(const at::Tensor&
   auto delta = at::empty({q.size(0), q.size(1), q.size(2)}, q.options().dtype(at::kFloat));
   AttnParams p = attn_params(q, k, scale, causal, dropout_p, seed);
   p.q = heads(q), p.k = heads(k), p.v = heads(v), p.o = heads(o), p.dout = heads(dout);
+  const auto o_lo = with_contiguous_rows(o_lo_);
+  if (dt != DType::f32 && o_lo.numel()) p.o_lo = heads(o_lo);
   p.lse = lse.data_ptr<float>(), p.delta = delta.data_ptr<float>();
   p.dq = heads(dq), p.dk = heads(dk), p.dv = heads(dv);
   BABYGPT_GLUE_CHECK(launch_attn_bwd(dt, p, BABYGPT_GLUE_STREAM()), "babygpt::attn_bwd");

@@ -24,9 +24,9 @@ NAMESPACE = "babygpt_triton"
 # Keep in sync with csrc/schemas.h (tests/test_triton_kernels.py compares them).
 SCHEMAS = {
     "attn_fwd": ("(Tensor q, Tensor k, Tensor v, float scale, bool causal, float dropout_p=0., Tensor? seed=None)"
-                 " -> (Tensor o, Tensor lse)"),
-    "attn_bwd": ("(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor o, Tensor lse, float scale, bool causal,"
-                 " float dropout_p=0., Tensor? seed=None) -> (Tensor dq, Tensor dk, Tensor dv)"),
+                 " -> (Tensor o, Tensor lse, Tensor o_lo)"),
+    "attn_bwd": ("(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor o, Tensor lse, Tensor o_lo, float scale,"
+                 " bool causal, float dropout_p=0., Tensor? seed=None) -> (Tensor dq, Tensor dk, Tensor dv)"),
     "lora_fwd": ("(Tensor x, Tensor weight, Tensor? bias, Tensor lora_a, Tensor lora_b, float scale)"
                  " -> (Tensor y, Tensor xa)"),
     "lora_bwd": ("(Tensor dy, Tensor x, Tensor weight, Tensor lora_a, Tensor lora_b, Tensor xa, float scale,"
@@ -39,8 +39,8 @@ def _attn_fwd(q, k, v, scale, causal, dropout_p=0.0, seed=None):
     return attention.attn_fwd(q, k, v, scale, causal, dropout_p, seed)
 
 
-def _attn_bwd(dout, q, k, v, o, lse, scale, causal, dropout_p=0.0, seed=None):
-    return attention.attn_bwd(dout, q, k, v, o, lse, scale, causal, dropout_p, seed)
+def _attn_bwd(dout, q, k, v, o, lse, o_lo, scale, causal, dropout_p=0.0, seed=None):
+    return attention.attn_bwd(dout, q, k, v, o, lse, o_lo, scale, causal, dropout_p, seed)
 
 
 def _lora_fwd(x, weight, bias, lora_a, lora_b, scale):

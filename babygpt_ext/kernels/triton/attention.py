@@ -15,7 +15,9 @@ Choices, and why:
   K/V head and loops over the query heads of its group, summing their contributions in registers:
   no atomics, deterministic.
 - Backward recomputes P from lse (no (T, T) matrix is stored): preprocess delta = rowsum(dO * O),
-  then a dK/dV kernel per key block and a dQ kernel per query block (atomics-free split).
+  then a dK/dV kernel per key block and a dQ kernel per query block (atomics-free split). For
+  fp16/bf16 the forward also stores o's rounding residual o_lo, and delta takes O = o + o_lo: from
+  the rounded o alone, every dS would carry an error of an ulp of o (docs/design.md §13.2).
 - Attention dropout (DROPOUT) keeps l and lse those of the undropped P and zeroes/scales P only
   where it multiplies V; the backward regenerates the same mask (dropout.py: the twin of
   csrc/dropout_rng.h) and applies it to P (for dV) and to dP. DROPOUT=False compiles none of it.
@@ -155,13 +157,14 @@ def _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kt, stride_vt, start_m, 
 
 
 @triton.jit
-def attn_fwd_kernel(Q, K, V, O, LSE,
+def attn_fwd_kernel(Q, K, V, O, O_LO, LSE,
                     stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt,
                     stride_vb, stride_vh, stride_vt, stride_ob, stride_oh, stride_ot,
                     H, GROUP, Tq, Tk, D, scale, seed_lo, seed_hi, threshold, keep_scale, SEQ_BUCKET,
                     CAUSAL: tl.constexpr, PRECISION: tl.constexpr, BLOCK_D: tl.constexpr, DROPOUT: tl.constexpr,
-                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    # SEQ_BUCKET is only an autotune key (power-of-two size class of max(Tq, Tk)).
+                    HAS_LO: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    # SEQ_BUCKET is only an autotune key (power-of-two size class of max(Tq, Tk)). O_LO (laid out
+    # like O) gets o's rounding residual when HAS_LO (fp16/bf16): the backward's delta needs the fp32 o.
     bh, b, h, hk, start_m = _query_program(H, GROUP, BLOCK_M)
     q_base = Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
     k_base = K + b.to(tl.int64) * stride_kb + hk.to(tl.int64) * stride_kh
@@ -192,16 +195,24 @@ def attn_fwd_kernel(Q, K, V, O, LSE,
                                    BLOCK_N, DROPOUT)
 
     o = acc / l_i[:, None]
-    tl.store(o_base + offs_m[:, None] * stride_ot + offs_d[None, :], o.to(O.dtype.element_ty), mask=q_mask)
+    o_hi = o.to(O.dtype.element_ty)
+    tl.store(o_base + offs_m[:, None] * stride_ot + offs_d[None, :], o_hi, mask=q_mask)
+    if HAS_LO:
+        o_lo = (o - o_hi.to(tl.float32)).to(O.dtype.element_ty)
+        lo_base = O_LO + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh
+        tl.store(lo_base + offs_m[:, None] * stride_ot + offs_d[None, :], o_lo, mask=q_mask)
     lse = (m_i + tl.log2(l_i)) * 0.6931471805599453  # back to natural log for the contract
     tl.store(LSE + bh.to(tl.int64) * Tq + offs_m, lse, mask=offs_m < Tq)
 
 
 # ----------------------------------------------------------------------------- backward
 @triton.jit
-def attn_bwd_preprocess_kernel(O, DO, DELTA, stride_ob, stride_oh, stride_ot, stride_db, stride_dh, stride_dt,
-                               H, Tq, D, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
-    """delta[b, h, i] = sum_d dO * O: the row term of dS = P * (dP - delta)."""
+def attn_bwd_preprocess_kernel(O, O_LO, DO, DELTA, stride_ob, stride_oh, stride_ot, stride_lb, stride_lh, stride_lt,
+                               stride_db, stride_dh, stride_dt, H, Tq, D, HAS_LO: tl.constexpr,
+                               BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    """delta[b, h, i] = sum_d dO * O: the row term of dS = P * (dP - delta). With HAS_LO, O is
+    o + o_lo, the forward's fp32 output: the recomputed fp32 P made that O, so delta equals
+    sum_j P dP up to fp32 rounding rather than up to an ulp of o in fp16/bf16."""
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
     b = bh // H
@@ -209,11 +220,16 @@ def attn_bwd_preprocess_kernel(O, DO, DELTA, stride_ob, stride_oh, stride_ot, st
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     mask = (offs_m[:, None] < Tq) & (offs_d[None, :] < D)
-    o = tl.load(O + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh + offs_m[:, None] * stride_ot
-                + offs_d[None, :], mask=mask, other=0.0).to(tl.float32)
     do = tl.load(DO + b.to(tl.int64) * stride_db + h.to(tl.int64) * stride_dh + offs_m[:, None] * stride_dt
                  + offs_d[None, :], mask=mask, other=0.0).to(tl.float32)
-    tl.store(DELTA + bh.to(tl.int64) * Tq + offs_m, tl.sum(o * do, 1), mask=offs_m < Tq)
+    o = tl.load(O + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh + offs_m[:, None] * stride_ot
+                + offs_d[None, :], mask=mask, other=0.0).to(tl.float32)
+    delta = tl.sum(o * do, 1)
+    if HAS_LO:  # its own sum, after o's: adding o_lo to o first kept three tiles live (sm_90 fp16 spilled)
+        o_lo = tl.load(O_LO + b.to(tl.int64) * stride_lb + h.to(tl.int64) * stride_lh + offs_m[:, None] * stride_lt
+                       + offs_d[None, :], mask=mask, other=0.0).to(tl.float32)
+        delta += tl.sum(o_lo * do, 1)
+    tl.store(DELTA + bh.to(tl.int64) * Tq + offs_m, delta, mask=offs_m < Tq)
 
 
 @triton.jit
@@ -450,24 +466,33 @@ def _dropout_args(dropout_p: float, seed):
 
 
 def attn_fwd(q, k, v, scale: float, causal: bool, dropout_p: float = 0.0, seed=None, configs=None):
-    """(o, lse) for q (B,H,Tq,D), k/v (B,Hkv,Tk,D). configs: {family: triton.Config} to bypass autotune."""
+    """(o, lse, o_lo) for q (B,H,Tq,D), k/v (B,Hkv,Tk,D); o_lo: o's rounding residual for fp16/bf16,
+    empty for fp32 (csrc/schemas.h). configs: {family: triton.Config} to bypass autotune."""
     q, k, v = _unit_last(q), _unit_last(k), _unit_last(v)
     b, h, tq, d = q.shape
     hkv, tk = k.shape[1], k.shape[2]
     o = torch.empty((b, h, tq, d), dtype=q.dtype, device=q.device)
     lse = torch.empty((b, h, tq), dtype=torch.float32, device=q.device)
+    has_lo = q.dtype != torch.float32
+    o_lo = torch.empty_like(o) if has_lo else o.new_empty((0,))
     drop, with_dropout = _dropout_args(dropout_p, seed)
-    args = (q, k, v, o, lse, *_s(q), *_s(k), *_s(v), *_s(o), h, h // hkv, tq, tk, d, float(scale), *drop,
-            seq_bucket(tq, tk))
-    meta = dict(CAUSAL=causal, PRECISION=precision(q.dtype), BLOCK_D=block_d(d), DROPOUT=with_dropout)
+    # Without a residual, O_LO is o itself: a valid pointer the HAS_LO=False kernel never touches.
+    args = (q, k, v, o, o_lo if has_lo else o, lse, *_s(q), *_s(k), *_s(v), *_s(o), h, h // hkv, tq, tk, d,
+            float(scale), *drop, seq_bucket(tq, tk))
+    meta = dict(CAUSAL=causal, PRECISION=precision(q.dtype), BLOCK_D=block_d(d), DROPOUT=with_dropout,
+                HAS_LO=has_lo)
     _launch(C.ATTN_FWD, lambda m: (triton.cdiv(tq, m["BLOCK_M"]), b * h), args, meta, q.device,
             (configs or {}).get(C.ATTN_FWD))
-    return o, lse
+    return o, lse, o_lo
 
 
-def attn_bwd(do, q, k, v, o, lse, scale: float, causal: bool, dropout_p: float = 0.0, seed=None, configs=None):
-    """(dq, dk, dv); dk/dv have k's shape, summed over the query heads of each GQA group."""
+def attn_bwd(do, q, k, v, o, lse, o_lo, scale: float, causal: bool, dropout_p: float = 0.0, seed=None,
+             configs=None):
+    """(dq, dk, dv); dk/dv have k's shape, summed over the query heads of each GQA group. o_lo: the
+    forward's residual of o, or empty (delta from o alone)."""
     do, q, k, v, o = (_unit_last(t) for t in (do, q, k, v, o))
+    has_lo = o_lo.numel() > 0 and q.dtype != torch.float32
+    o_lo = _unit_last(o_lo) if has_lo else o
     lse = lse.contiguous()
     b, h, tq, d = q.shape
     hkv, tk = k.shape[1], k.shape[2]
@@ -476,7 +501,8 @@ def attn_bwd(do, q, k, v, o, lse, scale: float, causal: bool, dropout_p: float =
 
     delta = torch.empty((b, h, tq), dtype=torch.float32, device=q.device)
     attn_bwd_preprocess_kernel[(triton.cdiv(tq, PREPROCESS_BLOCK_M), b * h)](
-        o, do, delta, *_s(o), *_s(do), h, tq, d, BLOCK_M=PREPROCESS_BLOCK_M, BLOCK_D=bd)
+        o, o_lo, do, delta, *_s(o), *_s(o_lo), *_s(do), h, tq, d, HAS_LO=has_lo, BLOCK_M=PREPROCESS_BLOCK_M,
+        BLOCK_D=bd)
 
     dq = torch.empty((b, h, tq, d), dtype=q.dtype, device=q.device)
     dk = torch.empty((b, hkv, tk, d), dtype=k.dtype, device=q.device)
