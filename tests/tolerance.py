@@ -22,7 +22,8 @@ def bound_ratio(out: torch.Tensor, ref64: torch.Tensor, eager_lowp: torch.Tensor
     `factor` times on top of the relative part."""
     if out.dtype in (torch.float32, torch.float64):
         err = (out.double() - ref64).norm().item()
-        absolute = FP32_ATOL * out.numel() ** 0.5 + (factor * floor if floor is not None and out.dtype == torch.float32 else 0.0)
+        conditioning = factor * floor if floor is not None and out.dtype == torch.float32 else 0.0
+        absolute = FP32_ATOL * out.numel() ** 0.5 + conditioning
         bound = FP32_REL * ref64.norm().item() + absolute
         return err / bound, (f"norm-wise error {err:.3e} > {bound:.3e} (relative {rel_error(out, ref64):.2e}, "
                              f"conditioning floor {floor if floor is not None else 0:.2e})")
