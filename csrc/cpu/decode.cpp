@@ -4,7 +4,7 @@
 // the model once; .step(tok, pos) runs a position (generate/decode.py builds and calls it).
 //
 // Why one call: a step feeds one row per GEMM, so its arithmetic is small (gpt-mini: ~6 MFLOP and
-// 12 MB of fp32 weights per token), while as PyTorch ops it is ~20 dispatches per layer, each with
+// 11.4 MB of fp32 weights per token), while as PyTorch ops it is ~20 dispatches per layer, each with
 // an allocation, and every GEMV of ATen forks the OpenMP pool. Profiled at gpt-mini, context 1024,
 // 2 threads (AMD EPYC Zen 3): 2.5 ms per token, 64 % of it in addmm/mm calls of 20-80 µs on weights
 // of 0.15-0.8 MB. Here a step is read-the-weights-once work: each Linear is a matrix-vector product
@@ -72,7 +72,7 @@ const DecodeKernels& kernels() {
   return k;
 }
 
-// The tensors of one block, in the order of the op's `params` list (generate/decode.py builds it).
+// The tensors of one block, in the order of the constructor's `params` (generate/decode.py builds it).
 enum Param { kLn1W, kLn1B, kAttnW, kAttnB, kProjW, kProjB, kLn2W, kLn2B, kFcW, kFcB, kFc2W, kFc2B, kPerLayer };
 // After the blocks: ln_f's weight and bias, lm_head's weight and bias.
 enum Final { kLnfW, kLnfB, kHeadW, kHeadB, kFinal };
