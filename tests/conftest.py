@@ -7,7 +7,8 @@ suite by registering in babygpt_ext.ops and becoming available.
 
 The engine's measured choice is off for the suite (BABYGPT_TUNE=0: the static policy, so a test
 runs the backend it names and takes no time measuring; tests/test_tuning.py turns it on for the
-mechanism itself), and its cache lives in a temporary directory, never the user's.
+mechanism itself), and its cache lives in a temporary directory, never the user's; so does
+torch.compile's.
 """
 
 import atexit
@@ -19,6 +20,10 @@ os.environ.setdefault("TRITON_INTERPRET", "1")  # must precede any `import trito
 os.environ["BABYGPT_TUNE"] = "0"  # subprocesses of the tests inherit both
 os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="babygpt_test_cache_")
 atexit.register(shutil.rmtree, os.environ["XDG_CACHE_HOME"], ignore_errors=True)
+# Inductor's on-disk cache (/tmp/torchinductor_<user> by default) is keyed without the custom ops'
+# schemas: a graph compiled against an earlier build of the extension would call the old signature.
+os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="babygpt_test_inductor_")
+atexit.register(shutil.rmtree, os.environ["TORCHINDUCTOR_CACHE_DIR"], ignore_errors=True)
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
