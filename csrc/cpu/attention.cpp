@@ -22,6 +22,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <optional>
 #include <string>
 #include <type_traits>
@@ -76,11 +77,13 @@ struct F32Kernels {
   decltype(&isa_base::fwd_block) fwd_block;
   decltype(&isa_base::fwd_row) fwd_row;
   decltype(&isa_base::fwd_workspace) fwd_workspace;
+  decltype(&isa_base::pack_kv_block) pack_kv_block;
   decltype(&isa_base::bwd_group) bwd_group;
   decltype(&isa_base::bwd_workspace) bwd_workspace;
 };
 
-#define BABYGPT_KERNELS(ns) F32Kernels{#ns, &ns::fwd_block, &ns::fwd_row, &ns::fwd_workspace, &ns::bwd_group, &ns::bwd_workspace}
+#define BABYGPT_KERNELS(ns) \
+  F32Kernels{#ns, &ns::fwd_block, &ns::fwd_row, &ns::fwd_workspace, &ns::pack_kv_block, &ns::bwd_group, &ns::bwd_workspace}
 
 // The copy of the kernels for the instruction set chosen_isa() picks (isa.h).
 const F32Kernels& f32_kernels() {
@@ -223,10 +226,10 @@ using View = StridedHeads<const float>;
 View view_of(const at::Tensor& t) { return {t.data_ptr<float>(), t.stride(0), t.stride(1), t.stride(2)}; }
 
 // float32 forward. Tq = 1 (decoding) runs fwd_row per (batch, head): one row has nothing to
-// amortise packing over. Otherwise tasks are (batch, head, query block of BQ rows); with causal
-// attention a later block has more keys to visit, so the blocks of a head are enumerated 0, n-1,
-// 1, n-2, ...: any contiguous range of tasks (what at::parallel_for hands a thread) then carries a
-// fair share.
+// amortise packing over. Otherwise K and V are packed once, one task per (batch, kv head, key
+// block), and then tasks are (batch, head, query block of BQ rows); with causal attention a later
+// block has more keys to visit, so the blocks of a head are enumerated 0, n-1, 1, n-2, ...: any
+// contiguous range of tasks (what at::parallel_for hands a thread) then carries a fair share.
 void forward_f32(View q, View k, View v, float* o, float* lse, Shape s, float scale, bool causal, const Rng* rng) {
   const auto& K = f32_kernels();
   if (s.Tq == 1) {
@@ -240,7 +243,16 @@ void forward_f32(View q, View k, View v, float* o, float* lse, Shape s, float sc
     });
     return;
   }
-  constexpr int64_t bq = isa_base::BQ;
+  constexpr int64_t bq = isa_base::BQ, bk = isa_base::BK;
+  const int64_t nkb = (s.Tk + bk - 1) / bk, kvb = isa_base::kv_block_floats(s.D);
+  // (B, Hkv, key block) packed blocks, every float written by pack_kv_block (so left uninitialised)
+  const std::unique_ptr<float[]> kv(new float[s.B * s.Hkv * nkb * kvb]);
+  at::parallel_for(0, s.B * s.Hkv * nkb, grain(2 * bk * s.D), [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t b = t / (s.Hkv * nkb), hk = t / nkb % s.Hkv;
+      K.pack_kv_block(k.at(b, hk), k.st, v.at(b, hk), v.st, s.Tk, s.D, t % nkb, kv.get() + t * kvb);
+    }
+  });
   const int64_t nqb = (s.Tq + bq - 1) / bq, tasks = s.B * s.H * nqb;
   const int64_t work = std::min(bq, s.Tq) * s.Tk * std::max<int64_t>(s.D, 16);
   at::parallel_for(0, tasks, grain(work), [&](int64_t begin, int64_t end) {
@@ -248,8 +260,8 @@ void forward_f32(View q, View k, View v, float* o, float* lse, Shape s, float sc
     for (int64_t t = begin; t < end; ++t) {
       const int64_t bh = t / nqb, u = t % nqb, qb = causal ? (u % 2 == 0 ? u / 2 : nqb - 1 - u / 2) : u;
       const int64_t b = bh / s.H, h = bh % s.H, hk = h / s.group(), i0 = qb * bq;
-      K.fwd_block(q.at(b, h), q.st, k.at(b, hk), k.st, v.at(b, hk), v.st, o + bh * s.Tq * s.D, lse + bh * s.Tq, i0,
-                  std::min(bq, s.Tq - i0), s.Tq, s.Tk, s.D, scale, causal, rng, b, h, ws.data());
+      K.fwd_block(q.at(b, h), q.st, kv.get() + (b * s.Hkv + hk) * nkb * kvb, o + bh * s.Tq * s.D, lse + bh * s.Tq,
+                  i0, std::min(bq, s.Tq - i0), s.Tq, s.Tk, s.D, scale, causal, rng, b, h, ws.data());
     }
   });
 }

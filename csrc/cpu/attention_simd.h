@@ -268,8 +268,23 @@ struct Carver {
 // at that of a 4096-key one (one level measured 1.8e-5 at 1M keys, over the 1e-5 bound).
 constexpr long kChunkKeys = 4096;
 
+// The forward's packed keys and values of one kv head, made once per call (pack_kv) and read by
+// every query block of every query head in the kv head's group: key block kb is K transposed
+// (D x BK) then V padded (BK x Dp), kv_block_floats(D) floats from kb * kv_block_floats(D).
+// Packing inside each query block instead repacked a head's K/V Tq / BQ times: at B1 H16 T4096
+// D128 that was a quarter of the forward on contiguous inputs and a third on a GPT layer's
+// strided views, whose rows sit 3C floats apart.
+static long kv_block_floats(long D) { return D * BK + BK * padded(D); }
+// Packs key block kb of a kv head (k, v at its row 0, row strides ldk, ldv, Tk keys) into dst.
+static void pack_kv_block(const float* k, long ldk, const float* v, long ldv, long Tk, long D, long kb, float* dst) {
+  const long j0 = kb * BK, nb = lmin(BK, Tk - j0);
+  pack_transposed(k + j0 * ldk, ldk, nb, D, dst);
+  pack_rows(v + j0 * ldv, ldv, nb, D, padded(D), dst + D * BK);
+  __builtin_memset(dst + D * BK + nb * padded(D), 0, (BK - nb) * padded(D) * sizeof(float));  // ragged last block
+}
+
 struct FwdWs {
-  float *Kt, *Vp, *S;   // K block (D x BK), V block (BK x Dp), scores / probabilities (BQ x BK)
+  float* S;             // scores / probabilities (BQ x BK)
   float *O, *m, *l;     // this chunk of keys: output rows (BQ x Dp), running max, running sum
   float *Ot, *mt, *lt;  // the chunks before it, the same three
   float* Z;             // one row's dropout scales (BK)
@@ -278,8 +293,6 @@ struct FwdWs {
 static FwdWs fwd_ws(float* base, long D) {
   Carver c{base};
   FwdWs w;
-  w.Kt = c.take(D * BK);
-  w.Vp = c.take(BK * padded(D));
   w.S = c.take(BQ * BK);
   w.O = c.take(BQ * padded(D));
   w.m = c.take(BQ);
@@ -310,12 +323,11 @@ static void fold_chunk(const FwdWs& w, long nr, long Dp) {
 static long fwd_workspace(long D) { return fwd_ws(nullptr, D).floats; }
 
 // Query rows [i0, i0+nr) of one (batch, head) (b, h): q (row stride ldq), o (row stride D) and lse
-// point at the head's row 0, k and v (row strides ldk, ldv) at its kv head's row 0. Online softmax
+// point at the head's row 0, kv at its kv head's packed blocks (pack_kv_block). Online softmax
 // over key blocks; blocks entirely in the causal future are never visited and only the blocks
 // crossing the diagonal (or the ragged last block) are masked. rng: dropout, or null.
-static void fwd_block(const float* q, long ldq, const float* k, long ldk, const float* v, long ldv, float* o,
-                      float* lse, long i0, long nr, long Tq, long Tk, long D, float scale, bool causal, const Rng* rng,
-                      long b, long h, float* ws) {
+static void fwd_block(const float* q, long ldq, const float* kv, float* o, float* lse, long i0, long nr, long Tq,
+                      long Tk, long D, float scale, bool causal, const Rng* rng, long b, long h, float* ws) {
   const long Dp = padded(D), off = Tk - Tq;
   const FwdWs w = fwd_ws(ws, D);
   long cnt[BQ];
@@ -332,11 +344,11 @@ static void fwd_block(const float* q, long ldq, const float* k, long ldk, const 
       fold_chunk(w, nr, Dp);
     }
     const long nb = lmin(BK, kend - j0);
-    pack_transposed(k + j0 * ldk, ldk, nb, D, w.Kt);
-    pack_rows(v + j0 * ldv, ldv, nb, D, Dp, w.Vp);
+    const float* Kt = kv + j0 / BK * kv_block_floats(D);  // (D x BK)
+    const float* Vp = Kt + D * BK;                         // (BK x Dp)
     const long nbv = (nb + W - 1) / W;  // vectors that hold this block's keys
     for_row_tiles(nr, [&](long r, auto t) {
-      qk_rows<t.rows>(qb + r * ldq, ldq, D, w.Kt, scale, w.S + r * BK, nb);
+      qk_rows<t.rows>(qb + r * ldq, ldq, D, Kt, scale, w.S + r * BK, nb);
     });
     for (long r = 0; r < nr; ++r) {
       // Keys of this block that row i sees (bottom-right causal); <= 0 when the block is wholly
@@ -384,11 +396,11 @@ static void fwd_block(const float* q, long ldq, const float* k, long ldk, const 
       constexpr int NR = t.rows;
       const long lo = lmax(cnt[r], 0), hi = cnt[r + NR - 1];
       if (hi <= 0) return;
-      if (lo == hi || rows_finite(w.Vp, lo, hi, Dp)) {
-        pv_rows<NR>(w.S + r * BK, hi, w.Vp, Dp, w.O + r * Dp);
+      if (lo == hi || rows_finite(Vp, lo, hi, Dp)) {
+        pv_rows<NR>(w.S + r * BK, hi, Vp, Dp, w.O + r * Dp);
       } else {
         for (int u = 0; u < NR; ++u)
-          if (cnt[r + u] > 0) pv_rows<1>(w.S + (r + u) * BK, cnt[r + u], w.Vp, Dp, w.O + (r + u) * Dp);
+          if (cnt[r + u] > 0) pv_rows<1>(w.S + (r + u) * BK, cnt[r + u], Vp, Dp, w.O + (r + u) * Dp);
       }
     });
   }
