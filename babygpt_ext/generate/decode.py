@@ -62,17 +62,19 @@ def _affine(x: torch.Tensor, bias: Optional[torch.Tensor], weight_t: torch.Tenso
 class DecodePlan:
     def __init__(self, model: GPT, cache: list):
         t = model.transformer
-        self.wte, self.wpe = t.wte.weight, t.wpe.weight
-        self.ln_f, self.head = _layer_norm(t.ln_f), _linear(model.lm_head)
-        self.caches, self.layers = cache, []
-        for blk, kv in zip(t.h, cache):
-            a, m = blk.attn, blk.mlp
-            self.layers.append((_layer_norm(blk.ln_1), _linear(a.c_attn), _linear(a.c_proj), _layer_norm(blk.ln_2),
-                                m.c_fc.weight.t(), m.c_fc.bias, _linear(m.c_proj), kv))
         a = t.h[0].attn
         self.n_head, self.n_kv_head, self.head_dim, self.backend = a.n_head, a.n_kv_head, a.head_dim, a.backend
-        self._attn_rest = None  # the attention op's arguments after (q, k, v), validated at the first step
+        self.caches = cache  # one per layer
         self.fused = self._fused(model, cache)  # the whole step as one call, or None
+        if self.fused is not None:
+            return
+        # The tensor-op step's arguments, made once: per layer its LayerNorms and Linears.
+        self.wte, self.wpe = t.wte.weight, t.wpe.weight
+        self.ln_f, self.head = _layer_norm(t.ln_f), _linear(model.lm_head)
+        self.layers = [(_layer_norm(blk.ln_1), _linear(blk.attn.c_attn), _linear(blk.attn.c_proj),
+                        _layer_norm(blk.ln_2), blk.mlp.c_fc.weight.t(), blk.mlp.c_fc.bias, _linear(blk.mlp.c_proj))
+                       for blk in t.h]
+        self._attn_rest = None  # the attention op's arguments after (q, k, v), validated at the first step
 
     def _fused(self, model: GPT, cache: list):
         """A GptDecoder (csrc/cpu/decode.cpp) over this model's weights and caches when it computes
@@ -125,7 +127,7 @@ class DecodePlan:
         nh, nkv, hs = self.n_head, self.n_kv_head, self.head_dim
         C, kv_width = nh * hs, nkv * hs
         x = F.embedding(tok, self.wte) + self.wpe[pos]  # (B, C)
-        for ln_1, attn, proj, ln_2, fc_t, fc_bias, fc2, cache in self.layers:
+        for (ln_1, attn, proj, ln_2, fc_t, fc_bias, fc2), cache in zip(self.layers, self.caches):
             qkv = _affine(F.layer_norm(x, *ln_1), *attn)  # (B, C + 2 kv_width)
             cache.k[:, :, pos] = qkv[:, C:C + kv_width].view(B, nkv, hs)
             cache.v[:, :, pos] = qkv[:, C + kv_width:].view(B, nkv, hs)
