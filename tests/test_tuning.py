@@ -236,6 +236,7 @@ def test_under_torch_compile_nothing_is_timed_and_a_measured_decision_is_used(mo
     probe = (q.device, q.dtype, False, (8, (("causal", True),)), None)
     assert engine._traced_choice("attention", *probe) == measured
     engine.reset()
+    tuning_cache.path().unlink()  # the decision on disk too: on a loaded machine it can be sdpa's
     assert engine._traced_choice("attention", *probe) == "cpu"  # no decision: the static policy
     q2, k2, v2 = qkv(t=40)  # a key never measured, traced with symbolic sizes
     f2 = torch.compile(lambda q, k, v: ops.causal_attention(q, k, v), fullgraph=True, backend="aot_eager",
