@@ -268,7 +268,7 @@ struct Carver {
 // at that of a 4096-key one (one level measured 1.8e-5 at 1M keys, over the 1e-5 bound).
 constexpr long kChunkKeys = 4096;
 
-// The forward's packed keys and values of one kv head, made once per call (pack_kv) and read by
+// The forward's packed keys and values of one kv head, made once per call (pack_kv_block) and read by
 // every query block of every query head in the kv head's group: key block kb is K transposed
 // (D x BK) then V padded (BK x Dp), kv_block_floats(D) floats from kb * kv_block_floats(D).
 // Packing inside each query block instead repacked a head's K/V Tq / BQ times, which on a GPT
