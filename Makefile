@@ -17,17 +17,29 @@ export BABYGPT_EXT_EMU ?= 1
 
 SOURCES := setup.py pyproject.toml $(shell find csrc -type f 2>/dev/null)
 
+# Fails early when directory $(1) has less than $(2) GB free. Torch and its CUDA libraries take
+# ~6 GB in .venv and the build writes ~1 GB to $TMPDIR; a disk that fills up mid-build surfaces
+# as a compiler error that hides the cause.
+define need_disk
+	@free=$$(df -Pk "$(1)" | awk 'NR == 2 {print int($$4 / 1048576)}'); \
+	if [ "$$free" -lt $(2) ]; then \
+	  echo "error: $(1) has $$free GB free, setup needs $(2) GB: free some disk (or point TMPDIR elsewhere)" >&2; \
+	  exit 1; fi
+endef
+
 .PHONY: demo test bench clean setup
 
 setup: $(VENV)/.built
 
 $(VENV)/.deps: pyproject.toml
+	$(call need_disk,.,7)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel ninja
 	$(BIN)/python -m pip install --quiet "torch>=2.5"
 	touch $@
 
 $(VENV)/.built: $(VENV)/.deps $(SOURCES)
+	$(call need_disk,$${TMPDIR:-/tmp},2)
 	$(BIN)/python -m pip install --quiet --no-build-isolation -e ".[test]"
 	touch $@
 
