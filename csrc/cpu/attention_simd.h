@@ -189,10 +189,11 @@ BG_INLINE void qk_rows(const float* x, long ldx, long D, const float* Kt, float 
   }
 }
 
-// O[r, 0:NV*W] += Σ_{c<n} P[r, c] * X[c, 0:NV*W] for NR rows (P row stride BK, X and O row
-// stride Dp): the NR x NV accumulators stay in registers over the keys and each X vector load is
-// shared by the NR rows.
-template <int NR, int NV>
+// O[r, 0:NV*W] += Σ_{c<n} P[r, c] * X[c, 0:NV*W] for NR rows (X and O row stride Dp): the
+// NR x NV accumulators stay in registers over c and each X vector load is shared by the NR rows.
+// P[r, c] is P[r * BK + c], or with Pt (P read transposed) P[c * BK + r]: the backward's
+// dK += dSᵀ Q and dV += Pᵀ dO, whose rows are keys and whose sums run over query rows.
+template <int NR, int NV, bool Pt = false>
 BG_INLINE void pv_tile(const float* P, long n, const float* X, long Dp, float* O) {
   vf acc[NR][NV];
   for (int r = 0; r < NR; ++r)
@@ -201,7 +202,7 @@ BG_INLINE void pv_tile(const float* P, long n, const float* X, long Dp, float* O
     vf x[NV];
     for (int v = 0; v < NV; ++v) x[v] = ld(X + c * Dp + W * v);
     for (int r = 0; r < NR; ++r) {
-      const vf b = splat(P[r * BK + c]);
+      const vf b = splat(Pt ? P[c * BK + r] : P[r * BK + c]);
       for (int v = 0; v < NV; ++v) acc[r][v] += x[v] * b;
     }
   }
@@ -210,18 +211,18 @@ BG_INLINE void pv_tile(const float* P, long n, const float* X, long Dp, float* O
 }
 // The same over all of Dp (a multiple of 16) in chunks of TV vectors; where a chunk is wider
 // than 16 floats the last one may be 16, 32 or 48 floats.
-template <int NR>
+template <int NR, bool Pt = false>
 BG_INLINE void pv_rows(const float* P, long n, const float* X, long Dp, float* O) {
   constexpr long chunk = TV * W;
   long d0 = 0;
-  for (; d0 + chunk <= Dp; d0 += chunk) pv_tile<NR, TV>(P, n, X + d0, Dp, O + d0);
+  for (; d0 + chunk <= Dp; d0 += chunk) pv_tile<NR, TV, Pt>(P, n, X + d0, Dp, O + d0);
   if constexpr (chunk > 16) {
     const long rest = (Dp - d0) / 16;
-    if (rest == 1) pv_tile<NR, 16 / W>(P, n, X + d0, Dp, O + d0);
+    if (rest == 1) pv_tile<NR, 16 / W, Pt>(P, n, X + d0, Dp, O + d0);
     if constexpr (chunk > 32)
-      if (rest == 2) pv_tile<NR, 32 / W>(P, n, X + d0, Dp, O + d0);
+      if (rest == 2) pv_tile<NR, 32 / W, Pt>(P, n, X + d0, Dp, O + d0);
     if constexpr (chunk > 48)
-      if (rest == 3) pv_tile<NR, 48 / W>(P, n, X + d0, Dp, O + d0);
+      if (rest == 3) pv_tile<NR, 48 / W, Pt>(P, n, X + d0, Dp, O + d0);
   }
 }
 
@@ -487,8 +488,8 @@ static float fwd_row(const float* qi, const float* k, long ldk, const float* v, 
 struct BwdWs {
   float *Kt, *Vt, *Kp;  // the key block transposed (D x BK), the value block transposed, K packed (BK x Dp)
   float *dK, *dV;       // the key block's gradients (BK x Dp each, adjacent)
-  float *P, *dS;        // R rows of probabilities and score gradients (R x BK each)
-  float *Xq, *Xdo;      // R rows of q and dO, packed (R x Dp each)
+  float *P, *dS;        // a chunk of query rows' probabilities and score gradients (BQ x BK each)
+  float *Xq, *Xdo;      // the chunk's rows of q and dO, packed (BQ x Dp each)
   float* Z;             // one row's dropout scales (BK)
   long floats;
 };
@@ -501,10 +502,10 @@ static BwdWs bwd_ws(float* base, long D) {
   w.Kp = c.take(BK * Dp);
   w.dK = c.take(BK * Dp);
   w.dV = c.take(BK * Dp);
-  w.P = c.take(R * BK);
-  w.dS = c.take(R * BK);
-  w.Xq = c.take(R * Dp);
-  w.Xdo = c.take(R * Dp);
+  w.P = c.take(BQ * BK);
+  w.dS = c.take(BQ * BK);
+  w.Xq = c.take(BQ * Dp);
+  w.Xdo = c.take(BQ * Dp);
   w.Z = c.take(BK);
   w.floats = c.used;
   return w;
@@ -520,75 +521,80 @@ struct QRows {
   long b, h;
 };
 
-// One tile of NR consecutive query rows against one key block: recompute P from lse, then
-// dS = P ∘ (dO Vᵀ − delta); dQ rows += dS K; dV += Pᵀ dO and dK += dSᵀ Q as a rank-NR update so
-// each dK/dV row is loaded and stored once per NR rows (the rows' q/do vectors stay in registers).
-// With dropout, O = (P ∘ Z) V: dV takes P ∘ Z and dS = P ∘ (Z ∘ dO Vᵀ − delta).
+// One tile of NR consecutive query rows i.. against one key block, rows u.. of the chunk being
+// gathered: recompute P from lse, then dS = P ∘ (dO Vᵀ − delta) into the chunk's rows of P and
+// dS; dQ rows += dS K; the rows' q and dO packed into the chunk's Xq, Xdo; seen[u..] the keys
+// each row sees. With dropout, O = (P ∘ Z) V: the chunk's P holds P ∘ Z (what dV takes) and
+// dS = P ∘ (Z ∘ dO Vᵀ − delta).
 template <int NR>
-BG_INLINE void bwd_rows(const QRows& h, long i, long j0, long nb, long off, bool causal, long D, float scale,
-                        const BwdWs& w) {
+BG_INLINE void bwd_rows(const QRows& h, long i, long u, long j0, long nb, long off, bool causal, long D, float scale,
+                        const BwdWs& w, long* seen) {
   const long Dp = padded(D);
-  qk_rows<NR>(h.q + i * h.ldq, h.ldq, D, w.Kt, scale, w.P, nb);
-  qk_rows<NR>(h.dout + i * h.lddo, h.lddo, D, w.Vt, 1.0f, w.dS, nb);
-  long nmax = 0, seen[NR];
+  float *const P = w.P + u * BK, *const dS = w.dS + u * BK;
+  qk_rows<NR>(h.q + i * h.ldq, h.ldq, D, w.Kt, scale, P, nb);
+  qk_rows<NR>(h.dout + i * h.lddo, h.lddo, D, w.Vt, 1.0f, dS, nb);
   for (int r = 0; r < NR; ++r) {
     const long n = causal ? lmin(nb, i + r + off - j0 + 1) : nb;  // >= 1: rows start at first_query
-    seen[r] = n;
-    nmax = lmax(nmax, n);
+    seen[u + r] = n;
     const vf lim = splat((float)n), L = splat(h.lse[i + r]), dl = splat(h.delta[i + r]);
     if (h.rng) {
       dropout_scales(*h.rng, h.b, h.h, i + r, j0, nb, w.Z);
       for (long c = 0; c * W < nb; ++c) {
         const vf seen = lanes() + (float)(W * c), z = ld(w.Z + W * c);
-        const vf p = vexp(ld(w.P + r * BK + W * c) - L);
-        const vf ds = p * (ld(w.dS + r * BK + W * c) * z - dl);
-        st(w.P + r * BK + W * c, seen < lim ? p * z : vf{});
-        st(w.dS + r * BK + W * c, seen < lim ? ds : vf{});
+        const vf p = vexp(ld(P + r * BK + W * c) - L);
+        const vf ds = p * (ld(dS + r * BK + W * c) * z - dl);
+        st(P + r * BK + W * c, seen < lim ? p * z : vf{});
+        st(dS + r * BK + W * c, seen < lim ? ds : vf{});
       }
       continue;
     }
     for (long c = 0; c * W < nb; ++c) {  // the vectors that hold the block's keys
       const vf seen = lanes() + (float)(W * c);
-      const vf p = vexp(ld(w.P + r * BK + W * c) - L);
-      const vf ds = p * (ld(w.dS + r * BK + W * c) - dl);
+      const vf p = vexp(ld(P + r * BK + W * c) - L);
+      const vf ds = p * (ld(dS + r * BK + W * c) - dl);
       // Select, not multiply by a 0/1 mask: a masked key's score may be NaN or inf.
-      st(w.P + r * BK + W * c, seen < lim ? p : vf{});
-      st(w.dS + r * BK + W * c, seen < lim ? ds : vf{});
+      st(P + r * BK + W * c, seen < lim ? p : vf{});
+      st(dS + r * BK + W * c, seen < lim ? ds : vf{});
     }
   }
-  // Rows that see fewer than nmax keys hold dS = 0 for the rest, which meet K (in dQ) and those
-  // rows' q (in dK) only when these are finite: 0 * NaN would leak a masked pair's NaN/inf
-  // (docs/design.md §2.7). Otherwise each row goes over exactly the keys it sees, as the forward's P V.
-  const long nmin = seen[0];  // rows are consecutive: the first sees the fewest keys
+  // Rows that see fewer than nmax keys hold dS = 0 for the rest, which meet K only when it is
+  // finite: 0 * NaN would leak a masked pair's NaN/inf (docs/design.md §2.7). Otherwise each row
+  // goes over exactly the keys it sees, as the forward's P V.
+  const long nmin = seen[u], nmax = seen[u + NR - 1];  // rows are consecutive: the first sees the fewest keys
   if (nmin == nmax || rows_finite(w.Kp, nmin, nmax, Dp)) {
-    pv_rows<NR>(w.dS, nmax, w.Kp, Dp, h.dQ + i * Dp);
+    pv_rows<NR>(dS, nmax, w.Kp, Dp, h.dQ + i * Dp);
   } else {
-    for (int r = 0; r < NR; ++r) pv_rows<1>(w.dS + r * BK, seen[r], w.Kp, Dp, h.dQ + (i + r) * Dp);
+    for (int r = 0; r < NR; ++r) pv_rows<1>(dS + r * BK, seen[u + r], w.Kp, Dp, h.dQ + (i + r) * Dp);
   }
-  pack_rows(h.q + i * h.ldq, h.ldq, NR, D, Dp, w.Xq);
-  pack_rows(h.dout + i * h.lddo, h.lddo, NR, D, Dp, w.Xdo);
-  // The pointers are locals: st() is a memcpy, which may alias anything, so fields read through
-  // `w` would be reloaded after every store (perf: 4 extra loads per key in this, the backward's
-  // hottest loop, which is bound by its loads and stores).
-  float *const dK = w.dK, *const dV = w.dV;
+  pack_rows(h.q + i * h.ldq, h.ldq, NR, D, Dp, w.Xq + u * Dp);
+  pack_rows(h.dout + i * h.lddo, h.lddo, NR, D, Dp, w.Xdo + u * Dp);
+}
+
+// dK += dSᵀ Q and dV += Pᵀ dO over the n query rows of a chunk (bwd_rows gathered them): block
+// products whose register tiles (R keys x TV vectors of D) accumulate over all n rows before
+// they are stored. Done per tile of R query rows instead, every dK/dV vector was loaded and
+// stored once per R rows, and that loop was bound by its loads and stores (47 % of the
+// backward, perf on AMD Zen 3). As in dQ, a masked pair's dS = 0 or P = 0 meets that query
+// row's q or dO only when they are finite; otherwise each row updates exactly the keys it sees.
+static void dkdv_chunk(const BwdWs& w, long n, const long* seen, long Dp) {
+  const long nmax = seen[n - 1];
+  if (seen[0] == nmax || (rows_finite(w.Xq, 0, n, Dp) && rows_finite(w.Xdo, 0, n, Dp))) {
+    for_row_tiles(nmax, [&](long c, auto t) {
+      pv_rows<t.rows, true>(w.dS + c, n, w.Xq, Dp, w.dK + c * Dp);
+      pv_rows<t.rows, true>(w.P + c, n, w.Xdo, Dp, w.dV + c * Dp);
+    });
+    return;
+  }
+  float *const dK = w.dK, *const dV = w.dV;  // locals: st() may alias the workspace struct
   const float *const dS = w.dS, *const P = w.P, *const Xq = w.Xq, *const Xdo = w.Xdo;
-  auto dkdv = [&, dK, dV, dS, P, Xq, Xdo](auto exact) {
-    for (long d = 0; d < Dp; d += W) {
-      vf xq[NR], xdo[NR];
-      for (int r = 0; r < NR; ++r) xq[r] = ld(Xq + r * Dp + d), xdo[r] = ld(Xdo + r * Dp + d);
-      for (long c = 0; c < nmax; ++c) {
-        vf ak = ld(dK + c * Dp + d), av = ld(dV + c * Dp + d);
-        for (int r = 0; r < NR; ++r) {
-          if (decltype(exact)::value && c >= seen[r]) continue;
-          ak += xq[r] * dS[r * BK + c], av += xdo[r] * P[r * BK + c];
-        }
-        st(dK + c * Dp + d, ak);
-        st(dV + c * Dp + d, av);
+  for (long r = 0; r < n; ++r)
+    for (long c = 0; c < seen[r]; ++c) {
+      const vf ds = splat(dS[r * BK + c]), p = splat(P[r * BK + c]);
+      for (long d = 0; d < Dp; d += W) {
+        st(dK + c * Dp + d, ld(dK + c * Dp + d) + ds * ld(Xq + r * Dp + d));
+        st(dV + c * Dp + d, ld(dV + c * Dp + d) + p * ld(Xdo + r * Dp + d));
       }
     }
-  };
-  if (nmin == nmax || rows_finite(w.Xq, 0, NR, Dp)) dkdv(std::false_type{});
-  else dkdv(std::true_type{});
 }
 
 // The backward of one (batch, kv head) over the key blocks kb0, kb0 + kstep, ... < kb1: its G
@@ -613,9 +619,14 @@ static void bwd_group(const float* q, long hsq, long ldq, const float* dout, lon
     for (long g = 0; g < G; ++g) {
       const QRows h{q + g * hsq, dout + g * hsdo, lse + g * Tq, delta + g * Tq, ldq, lddo, dQ + g * Tq * Dp,
                     rng, b, h0 + g};
-      for_row_tiles(Tq - first, [&](long r, auto t) {
-        bwd_rows<t.rows>(h, first + r, j0, nb, off, causal, D, scale, w);
-      });
+      for (long i0 = first; i0 < Tq; i0 += BQ) {  // chunks of BQ query rows
+        const long n = lmin(BQ, Tq - i0);
+        long seen[BQ];
+        for_row_tiles(n, [&](long r, auto t) {
+          bwd_rows<t.rows>(h, i0 + r, r, j0, nb, off, causal, D, scale, w, seen);
+        });
+        dkdv_chunk(w, n, seen, Dp);
+      }
     }
     for (long c = 0; c < nb; ++c)
       for (long d = 0; d < D; ++d) {
