@@ -18,6 +18,7 @@
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
+#include <ATen/native/CPUBlas.h>
 
 #include <cmath>
 #include <cstring>
@@ -34,6 +35,14 @@
 #include "isa.h"
 
 namespace babygpt::cpu {
+
+// C (M x N, row stride ldc) = A (M x K, lda) · B (K x N, ldb), plus C when add: the forward's
+// tile products, on oneDNN's brgemm micro-kernel through ATen (JIT-compiled per shape and
+// thread for the CPU's own vector units, AVX2 and up; below AVX2 ATen runs its BLAS gemm).
+void tile_gemm(long M, long N, long K, long lda, long ldb, long ldc, bool add, const float* A, const float* B,
+               float* C) {
+  at::native::cpublas::brgemm(M, N, K, lda, ldb, ldc, add, A, B, C);
+}
 
 // One copy of the float32 kernels per instruction set (see attention_simd.h for why).
 namespace isa_avx512 {
