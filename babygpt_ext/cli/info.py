@@ -58,6 +58,8 @@ def report() -> str:
         lines.append(f"CPU kernels  attention {info['cpu_attention_isa']}, LoRA {info['cpu_lora_isa']} for every dtype: "
                      "fp32 on the FMA units, bf16/fp16 converted to fp32 while packing (LoRA: MKL above 2^28 "
                      "multiply-adds); BABYGPT_CPU_ISA=avx2|base forces a narrower copy")
+        lines.append(f"             attention forward at head size >= {info['cpu_attention_gemm_min_head_dim']}: "
+                     "Q·Kᵀ and P·V on oneDNN's brgemm (ATen cpublas, JIT for this CPU)")
     lines += ["", "backends:"]
     width = max(map(len, ops.BACKENDS))
     for name, b in ops.BACKENDS.items():

@@ -417,6 +417,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attn_bwd(const at::Tensor& dout, 
 
 // The instruction set of the float32 kernels in use ("avx512", "avx2" or "base"), for `babygpt info`.
 const char* attention_isa() { return f32_kernels().name + 4; }  // past "isa_"
+// The head size from which the forward's products run on oneDNN's brgemm (tile_gemm), for `babygpt info`.
+long attention_gemm_min_head_dim() { return isa_base::kGemmMinD; }
 
 TORCH_LIBRARY_IMPL(babygpt, CPU, m) {
   m.impl("attn_fwd", &attn_fwd);
