@@ -27,7 +27,8 @@
 // BABYGPT_TILE_VECS (TV): the register tile of the products is R rows x TV vectors, R*TV
 // accumulators plus TV loads and a broadcast, sized to the register file (32 zmm: 4 x 4; 16 ymm:
 // 6 x 2; 16 xmm: 2 x 4). Each loaded vector then feeds R multiply-adds and each broadcast TV,
-// instead of one each: a 1-row tile is load-bound on AVX2.
+// instead of one each: a 1-row tile is load-bound on AVX2. Also tile_gemm (attention.cpp), the
+// tile GEMM on oneDNN's brgemm that the forward's products use from head size kGemmMinD.
 
 constexpr int W = BABYGPT_VEC_FLOATS;
 constexpr int R = BABYGPT_TILE_ROWS;
