@@ -41,7 +41,7 @@ using babygpt::dropout::Rng;
 
 constexpr long BK = 64;  // keys per block
 constexpr int NB = BK / W;
-constexpr long BQ = 64;  // query rows per forward task: amortises packing K/V over 64 rows
+constexpr long BQ = 64;  // query rows per forward task and per backward dK/dV chunk
 static_assert(NB % TV == 0, "a key block must be a whole number of register tiles");
 
 #define BG_INLINE static inline __attribute__((always_inline))
