@@ -227,6 +227,13 @@ BG_INLINE void pv_rows(const float* P, long n, const float* X, long Dp, float* O
   }
 }
 
+// The same one row at a time, row r over its own n[r] keys (none when n[r] <= 0): the exact form
+// for rows that see different keys when a row past some row's keys is not finite (0 * NaN).
+static void pv_each_row(const float* P, long nr, const long* n, const float* X, long Dp, float* O) {
+  for (long r = 0; r < nr; ++r)
+    if (n[r] > 0) pv_rows<1>(P + r * BK, n[r], X, Dp, O + r * Dp);
+}
+
 // dst[c, 0:Dp] = src[c * ld + 0:D] for c < n, zero padding d >= D.
 static void pack_rows(const float* src, long ld, long n, long D, long Dp, float* dst) {
   for (long c = 0; c < n; ++c) {
@@ -408,16 +415,12 @@ static void fwd_block(const float* q, long ldq, const float* kv, float* o, float
     // the keys in their future; those value rows join the product only when they are finite,
     // so a NaN/inf in a future value row never leaks in through 0 * NaN (the rows then go one
     // by one over exactly the keys each sees). Adding 0 * finite changes no bit: both agree.
-    auto exact_rows = [&](long r0, long r1) {
-      for (long r = r0; r < r1; ++r)
-        if (cnt[r] > 0) pv_rows<1>(w.S + r * BK, cnt[r], Vp, Dp, w.O + r * Dp);
-    };
     if (gemm) {
       const long lo = lmax(cnt[0], 0), hi = cnt[nr - 1];  // rows are consecutive: cnt never falls
       if (hi <= 0) continue;
       const long kr = (hi + W - 1) / W * W;
       if (lo == kr || rows_finite(Vp, lo, kr, Dp)) tile_gemm(nr, Dp, kr, BK, Dp, Dp, true, w.S, Vp, w.O);
-      else exact_rows(0, nr);
+      else pv_each_row(w.S, nr, cnt, Vp, Dp, w.O);
       continue;
     }
     for_row_tiles(nr, [&](long r, auto t) {  // register tiles of R rows, each over its last row's keys
@@ -425,7 +428,7 @@ static void fwd_block(const float* q, long ldq, const float* kv, float* o, float
       const long lo = lmax(cnt[r], 0), hi = cnt[r + NR - 1];
       if (hi <= 0) return;
       if (lo == hi || rows_finite(Vp, lo, hi, Dp)) pv_rows<NR>(w.S + r * BK, hi, Vp, Dp, w.O + r * Dp);
-      else exact_rows(r, r + NR);
+      else pv_each_row(w.S + r * BK, NR, cnt + r, Vp, Dp, w.O + r * Dp);
     });
   }
   // One chunk (Tk <= kChunkKeys, every training shape here): its accumulators are the result.
@@ -563,21 +566,21 @@ BG_INLINE void bwd_rows(const QRows& h, long i, long u, long j0, long nb, long o
     if (h.rng) {
       dropout_scales(*h.rng, h.b, h.h, i + r, j0, nb, w.Z);
       for (long c = 0; c * W < nb; ++c) {
-        const vf seen = lanes() + (float)(W * c), z = ld(w.Z + W * c);
+        const vf key = lanes() + (float)(W * c), z = ld(w.Z + W * c);
         const vf p = vexp(ld(P + r * BK + W * c) - L);
         const vf ds = p * (ld(dS + r * BK + W * c) * z - dl);
-        st(P + r * BK + W * c, seen < lim ? p * z : vf{});
-        st(dS + r * BK + W * c, seen < lim ? ds : vf{});
+        st(P + r * BK + W * c, key < lim ? p * z : vf{});
+        st(dS + r * BK + W * c, key < lim ? ds : vf{});
       }
       continue;
     }
     for (long c = 0; c * W < nb; ++c) {  // the vectors that hold the block's keys
-      const vf seen = lanes() + (float)(W * c);
+      const vf key = lanes() + (float)(W * c);
       const vf p = vexp(ld(P + r * BK + W * c) - L);
       const vf ds = p * (ld(dS + r * BK + W * c) - dl);
       // Select, not multiply by a 0/1 mask: a masked key's score may be NaN or inf.
-      st(P + r * BK + W * c, seen < lim ? p : vf{});
-      st(dS + r * BK + W * c, seen < lim ? ds : vf{});
+      st(P + r * BK + W * c, key < lim ? p : vf{});
+      st(dS + r * BK + W * c, key < lim ? ds : vf{});
     }
   }
   // Rows that see fewer than nmax keys hold dS = 0 for the rest, which meet K only when it is
@@ -587,7 +590,7 @@ BG_INLINE void bwd_rows(const QRows& h, long i, long u, long j0, long nb, long o
   if (nmin == nmax || rows_finite(w.Kp, nmin, nmax, Dp)) {
     pv_rows<NR>(dS, nmax, w.Kp, Dp, h.dQ + i * Dp);
   } else {
-    for (int r = 0; r < NR; ++r) pv_rows<1>(dS + r * BK, seen[u + r], w.Kp, Dp, h.dQ + (i + r) * Dp);
+    pv_each_row(dS, NR, seen + u, w.Kp, Dp, h.dQ + i * Dp);
   }
   pack_rows(h.q + i * h.ldq, h.ldq, NR, D, Dp, w.Xq + u * Dp);
   pack_rows(h.dout + i * h.lddo, h.lddo, NR, D, Dp, w.Xdo + u * Dp);
