@@ -53,10 +53,12 @@ def test_the_composition_it_replaces_is_the_reference():
     torch.testing.assert_close(reference.bias_gelu(F.linear(x, lin.weight), lin.bias), torch.nn.GELU()(lin(x)))
 
 
-@pytest.mark.parametrize("backend", GELU_BACKENDS)
-def test_non_finite_values_propagate_as_in_eager(backend):
+# Not eager: that is ATen's own float32 GELU, whose gelu(inf) depends on its vector path (inf on
+# AVX2, NaN on AVX-512, as measured on AMD EPYC Zen 3 and Zen 5); float64 gives inf everywhere.
+@pytest.mark.parametrize("backend", [b for b in GELU_BACKENDS if b != "eager"])
+def test_non_finite_values_propagate_as_in_float64(backend):
     x = torch.tensor([[float("nan"), float("inf"), -float("inf"), 1.0]])
-    torch.testing.assert_close(ops.bias_gelu(x, None, backend=backend), reference.bias_gelu(x, None),
+    torch.testing.assert_close(ops.bias_gelu(x, None, backend=backend), reference.bias_gelu(x.double(), None).float(),
                                equal_nan=True)
 
 

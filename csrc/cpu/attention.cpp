@@ -43,6 +43,14 @@ void tile_gemm(long M, long N, long K, long lda, long ldb, long ldc, bool add, c
                float* C) {
   at::native::cpublas::brgemm(M, N, K, lda, ldb, ldc, add, A, B, C);
 }
+// The same on bf16 operands (bf16 bits), B in the VNNI layout (attention_simd.h), on the CPU's
+// bf16 units: AVX512-BF16's vdpbf16ps, or AMX tiles where oneDNN finds them. Callers check
+// bf16_units() first and end each task with brgemm_release() (AMX's tile state).
+void tile_gemm(long M, long N, long K, long lda, long ldb, long ldc, bool add, const unsigned short* A,
+               const unsigned short* B, float* C) {
+  at::native::cpublas::brgemm(M, N, K, lda, ldb, ldc, add, reinterpret_cast<const at::BFloat16*>(A),
+                              reinterpret_cast<const at::BFloat16*>(B), C, /*is_vnni=*/true);
+}
 
 // One copy of the float32 kernels per instruction set (see attention_simd.h for why).
 namespace isa_avx512 {
@@ -253,7 +261,7 @@ void forward_f32(View q, View k, View v, float* o, float* lse, Shape s, float sc
     return;
   }
   constexpr int64_t bq = isa_base::BQ, bk = isa_base::BK;
-  const int64_t nkb = (s.Tk + bk - 1) / bk, kvb = isa_base::kv_block_floats(s.D);
+  const int64_t nkb = (s.Tk + bk - 1) / bk, kvb = isa_base::kv_block_size<float>(s.D);
   // (B, Hkv, key block) packed blocks, every float written by pack_kv_block (so left uninitialised)
   const std::unique_ptr<float[]> kv(new float[s.B * s.Hkv * nkb * kvb]);
   at::parallel_for(0, s.B * s.Hkv * nkb, grain(2 * bk * s.D), [&](int64_t begin, int64_t end) {
@@ -272,6 +280,39 @@ void forward_f32(View q, View k, View v, float* o, float* lse, Shape s, float sc
       K.fwd_block(q.at(b, h), q.st, kv.get() + (b * s.Hkv + hk) * nkb * kvb, o + bh * s.Tq * s.D, lse + bh * s.Tq,
                   i0, std::min(bq, s.Tq - i0), s.Tq, s.Tk, s.D, scale, causal, rng, b, h, ws.data());
     }
+  });
+}
+
+// bf16 forward with both products on the bf16 units (fwd_block_bf16): q, k, v read in place as
+// bf16, K/V packed once into the VNNI layout; the same task order as forward_f32.
+using View16 = StridedHeads<const unsigned short>;
+View16 view16_of(const at::Tensor& t) {
+  return {reinterpret_cast<const unsigned short*>(t.data_ptr<at::BFloat16>()), t.stride(0), t.stride(1), t.stride(2)};
+}
+unsigned short* bits(at::Tensor& t) { return reinterpret_cast<unsigned short*>(t.data_ptr<at::BFloat16>()); }
+void forward_bf16(View16 q, View16 k, View16 v, unsigned short* o, unsigned short* olo, float* lse, Shape s,
+                  float scale, bool causal, const Rng* rng) {
+  using namespace isa_avx512;
+  const int64_t nkb = (s.Tk + BK - 1) / BK, kvb = kv_block_bf16s(s.D);
+  const std::unique_ptr<bf16[]> kv(new bf16[s.B * s.Hkv * nkb * kvb]);  // every element written by the packer
+  at::parallel_for(0, s.B * s.Hkv * nkb, grain(2 * BK * s.D), [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t b = t / (s.Hkv * nkb), hk = t / nkb % s.Hkv;
+      pack_kv_block_bf16(k.at(b, hk), k.st, v.at(b, hk), v.st, s.Tk, s.D, t % nkb, kv.get() + t * kvb);
+    }
+  });
+  const int64_t nqb = (s.Tq + BQ - 1) / BQ, tasks = s.B * s.H * nqb;
+  const int64_t work = std::min<int64_t>(BQ, s.Tq) * s.Tk * std::max<int64_t>(s.D, 16);
+  at::parallel_for(0, tasks, grain(work), [&](int64_t begin, int64_t end) {
+    std::vector<float> ws(fwd_workspace(s.D));
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t bh = t / nqb, u = t % nqb, qb = causal ? (u % 2 == 0 ? u / 2 : nqb - 1 - u / 2) : u;
+      const int64_t b = bh / s.H, h = bh % s.H, hk = h / s.group(), i0 = qb * BQ;
+      fwd_block_bf16(q.at(b, h), q.st, kv.get() + (b * s.Hkv + hk) * nkb * kvb, o + bh * s.Tq * s.D,
+                     olo + bh * s.Tq * s.D, lse + bh * s.Tq, i0, std::min<int64_t>(BQ, s.Tq - i0), s.Tq, s.Tk, s.D, scale, causal, rng, b,
+                     h, ws.data());
+    }
+    at::native::cpublas::brgemm_release();
   });
 }
 
@@ -342,6 +383,15 @@ at::Tensor as_input(const at::Tensor& t, at::ScalarType acc) {
   return acc == at::kFloat && (a.size(3) <= 1 || a.stride(3) == 1) ? a : a.contiguous();
 }
 
+// Whether a forward runs on the bf16 units (forward_bf16): bf16 inputs on a CPU that has them, more
+// than one query row (a decoding row has nothing to amortise packing over) and a head size from
+// kBf16GemmMinD. Everything else computes in float32.
+bool uses_bf16_units(const at::Tensor& q, const Shape& s) {
+  return q.scalar_type() == at::kBFloat16 && bf16_units() && s.Tq > 1 && s.D >= isa_avx512::kBf16GemmMinD;
+}
+// t itself when its rows are contiguous (read in place), else a contiguous copy.
+at::Tensor rows_contiguous(const at::Tensor& t) { return t.size(3) <= 1 || t.stride(3) == 1 ? t : t.contiguous(); }
+
 // The dropout generator of a call, or nullopt for dropout_p == 0 (checks.h: p and seed are valid).
 std::optional<Rng> rng_of(double dropout_p, const std::optional<at::Tensor>& seed) {
   if (!checks::dropout(dropout_p, seed)) return std::nullopt;
@@ -363,6 +413,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attn_fwd(const at::Tensor& q, con
   const auto rng = rng_of(dropout_p, seed);
   const Rng* g = rng ? &*rng : nullptr;
   const auto acc = acc_type(q);
+  if (uses_bf16_units(q, s)) {
+    auto qc = rows_contiguous(q), kc = rows_contiguous(k), vc = rows_contiguous(v);
+    auto o = at::empty(q.sizes(), q.options()), o_lo = at::empty(q.sizes(), q.options());  // contiguous
+    auto lse = at::empty({s.B, s.H, s.Tq}, q.options().dtype(acc));
+    forward_bf16(view16_of(qc), view16_of(kc), view16_of(vc), bits(o), bits(o_lo), lse.data_ptr<float>(), s,
+                 static_cast<float>(scale), causal, g);
+    return {o, lse, o_lo};
+  }
   auto qa = as_input(q, acc), ka = as_input(k, acc), va = as_input(v, acc);
   auto o = at::empty(q.sizes(), qa.options());  // (B, H, Tq, D), contiguous
   auto lse = at::empty({s.B, s.H, s.Tq}, qa.options());

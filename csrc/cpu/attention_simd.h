@@ -258,6 +258,125 @@ static bool rows_finite(const float* X, long c0, long c1, long Dp) {
   return hsum(bad) == 0.0f;
 }
 
+// ------------------------------------------------------------------------------- bf16 operands
+// The forward's bf16 products (on the CPU's bf16 units, through tile_gemm's bf16 overload) take
+// their B operand in the VNNI layout the dot-product instructions read (vdpbf16ps, AMX's
+// tdpbf16ps): element (k, n) of a K x N matrix at (k / 2) * 2 * ldb + 2 * n + k % 2, i.e. each
+// 32-bit word holds the pair of rows 2k', 2k'+1 of one column. A bf16 is the upper half of a
+// float32's bits, kept here as its 16 bits (the header includes nothing, so no at::BFloat16).
+typedef unsigned short bf16;
+// (The bf16 helpers are `static inline`: only the AVX-512 copy calls them, and the other copies
+// would warn about unused static functions.)
+BG_INLINE float bf16_to_float(bf16 x) {
+  const unsigned u = (unsigned)x << 16;
+  float f;
+  __builtin_memcpy(&f, &u, 4);
+  return f;
+}
+// x rounded to the nearest bf16 (ties to even), the bits in the low half of each lane. NaN stays
+// NaN (its payload's low bits could otherwise round it up into inf).
+BG_INLINE vu to_bf16(vf x) {
+  vu u;
+  __builtin_memcpy(&u, &x, sizeof u);
+  const vu rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+  const vu nan = (vu)((u & 0x7fffffffu) > 0x7f800000u);  // all ones where NaN
+  return (rounded & ~nan) | (((u >> 16) | 0x40u) & nan);
+}
+BG_INLINE vf bf16_to_float(vu h) { return (vf)(h << 16); }
+typedef unsigned short vh __attribute__((vector_size(W * 2)));  // W bf16
+// dst[c] = x[c] rounded to the nearest bf16 for c < n, n a multiple of W.
+static inline void round_to_bf16(const float* x, long n, bf16* dst) {
+  for (long c = 0; c < n; c += W) {
+    const vh h = __builtin_convertvector(to_bf16(ld(x + c)), vh);
+    __builtin_memcpy(dst + c, &h, sizeof h);
+  }
+}
+// o[0:D] = x[0:D] * inv rounded to bf16 and olo[0:D] the rounding residual, also rounded (x holds
+// D rounded up to whole vectors).
+static inline void store_bf16_with_residual(const float* x, float inv, long D, bf16* o, bf16* olo) {
+  for (long d = 0; d < D; d += W) {
+    const vf y = ld(x + d) * inv;
+    const vu hi = to_bf16(y);
+    const vh h = __builtin_convertvector(hi, vh), l = __builtin_convertvector(to_bf16(y - bf16_to_float(hi)), vh);
+    const long n = lmin(W, D - d) * 2;
+    __builtin_memcpy(o + d, &h, n);
+    __builtin_memcpy(olo + d, &l, n);
+  }
+}
+// Packs key block kb (nb keys) of k (row stride ldk) as Kᵀ (D x BK) in the VNNI layout, ldb = BK:
+// the word at (d / 2, c) is the pair k[c][d], k[c][d+1], so this is a transpose of 32-bit words.
+// An odd D's last word pairs k[c][D-1] with 0; keys c >= nb are 0.
+static inline void pack_kt_vnni(const bf16* k, long ldk, long nb, long D, bf16* dst) {
+  const long Dw = (D + 1) / 2;
+  for (long dw = 0; dw < Dw; ++dw) __builtin_memset(dst + 2 * (dw * BK + nb), 0, (BK - nb) * 4);
+  for (long c = 0; c < nb; ++c) {
+    const bf16* kc = k + c * ldk;
+    for (long dw = 0; dw < D / 2; ++dw) __builtin_memcpy(dst + 2 * (dw * BK + c), kc + 2 * dw, 4);
+    if (D % 2) dst[2 * (D / 2 * BK + c)] = kc[D - 1], dst[2 * (D / 2 * BK + c) + 1] = 0;
+  }
+}
+// V is packed as panels of at most 64 columns, each its own BK x wp VNNI matrix with ldb = wp
+// (wp = 16, 32, 48 or 64: the widths oneDNN's own packing emits, so every brgemm kernel, AMX's
+// included, reads it). Element (c, d) of the packed V:
+BG_INLINE long vnni_v_at(long c, long d, long Dp) {
+  const long p = d / 64, wp = lmin(64, Dp - 64 * p);
+  return BK * 64 * p + c / 2 * 2 * wp + 2 * (d % 64) + c % 2;
+}
+// Packs value rows [0, nb) of v (row stride ldv) as BK x Dp in those panels; the word at
+// (c / 2, d) is the pair v[c][d], v[c+1][d]. Columns d >= D and rows c >= nb are 0.
+static inline void pack_v_vnni(const bf16* v, long ldv, long nb, long D, long Dp, bf16* dst) {
+  for (long c = 0; c < BK; c += 2) {
+    const bf16* v0 = c < nb ? v + c * ldv : nullptr;
+    const bf16* v1 = c + 1 < nb ? v + (c + 1) * ldv : nullptr;
+    for (long d0 = 0; d0 < Dp; d0 += 64) {
+      bf16* row = dst + vnni_v_at(c, d0, Dp);
+      const long d1 = lmin(d0 + 64, Dp);
+      long d = d0;
+      if (v0 && v1)  // whole vectors of both rows: zero-extend, shift, merge
+        for (; d + W <= lmin(d1, D); d += W) {
+          vh a, b;
+          __builtin_memcpy(&a, v0 + d, sizeof a);
+          __builtin_memcpy(&b, v1 + d, sizeof b);
+          const vu words = __builtin_convertvector(a, vu) | __builtin_convertvector(b, vu) << 16;
+          __builtin_memcpy(row + 2 * (d - d0), &words, sizeof words);
+        }
+      for (; d < d1; ++d) {
+        row[2 * (d - d0)] = d < D && v0 ? v0[d] : 0;
+        row[2 * (d - d0) + 1] = d < D && v1 ? v1[d] : 0;
+      }
+    }
+  }
+}
+// O (nr rows, stride Dp) += P (bf16, row stride BK) · V over keys [0, kr), kr even, one brgemm
+// per panel of V.
+static inline void pv_gemm(long nr, long kr, const bf16* P, const bf16* Vp, long Dp, float* O) {
+  for (long d0 = 0; d0 < Dp; d0 += 64) {
+    const long wp = lmin(64, Dp - d0);
+    tile_gemm(nr, wp, kr, BK, wp, Dp, true, P, Vp + vnni_v_at(0, d0, Dp), O + d0);
+  }
+}
+// Whether value rows [c0, c1) of a packed V are all finite, checked over the whole row pairs that
+// hold them (a neighbour row the whole tile sees may be included: a non-finite one only sends the
+// tile to the exact row-by-row product, which gives the same result).
+static inline bool rows_finite(const bf16* Vp, long c0, long c1, long Dp) {
+  unsigned bad = 0;
+  for (long d0 = 0; d0 < Dp; d0 += 64) {
+    const bf16* x = Vp + vnni_v_at(0, d0, Dp);
+    const long wp = lmin(64, Dp - d0);
+    for (long i = c0 / 2 * 2 * wp; i < (c1 + 1) / 2 * 2 * wp; ++i) bad |= (x[i] & 0x7f80u) == 0x7f80u;
+  }
+  return !bad;
+}
+// O[r, 0:Dp] += Σ_{c < n[r]} P[r, c] V[c, 0:Dp] row by row over exactly the keys each row sees
+// (bf16 P, row stride BK; V packed): the exact fallback of pv_gemm.
+static inline void pv_each_row(const bf16* P, long nr, const long* n, const bf16* Vp, long Dp, float* O) {
+  for (long r = 0; r < nr; ++r)
+    for (long c = 0; c < n[r]; ++c) {
+      const float p = bf16_to_float(P[r * BK + c]);
+      for (long d = 0; d < Dp; ++d) O[r * Dp + d] += p * bf16_to_float(Vp[vnni_v_at(c, d, Dp)]);
+    }
+}
+
 // A workspace is one float buffer carved into consecutive arrays. The same function carves it
 // (base != nullptr) and sizes it (base == nullptr: only `used` counts), so the size and the
 // layout cannot disagree.
@@ -279,17 +398,30 @@ constexpr long kChunkKeys = 4096;
 
 // The forward's packed keys and values of one kv head, made once per call (pack_kv_block) and read by
 // every query block of every query head in the kv head's group: key block kb is K transposed
-// (D x BK) then V padded (BK x Dp), kv_block_floats(D) floats from kb * kv_block_floats(D).
+// (D x BK) then V padded (BK x Dp), kv_block_size<E>(D) elements from kb * kv_block_size<E>(D).
+// E is float, or bf16 with both matrices in the VNNI layout (K's D rounded up to even).
 // Packing inside each query block instead repacked a head's K/V Tq / BQ times, which on a GPT
 // layer's strided views (rows 3C floats apart) cost a fifth of the forward at B1 H16 T4096 D128
 // (963 -> 756 ms, AMD Zen 3, 2 threads); on contiguous inputs it cost little.
-static long kv_block_floats(long D) { return D * BK + BK * padded(D); }
+template <class E>
+BG_INLINE long kt_size(long D) { return (sizeof(E) == 2 ? (D + 1) / 2 * 2 : D) * BK; }
+template <class E>
+BG_INLINE long kv_block_size(long D) { return kt_size<E>(D) + BK * padded(D); }
 // Packs key block kb of a kv head (k, v at its row 0, row strides ldk, ldv, Tk keys) into dst.
-static void pack_kv_block(const float* k, long ldk, const float* v, long ldv, long Tk, long D, long kb, float* dst) {
+template <class E>
+BG_INLINE void pack_kv_block_t(const E* k, long ldk, const E* v, long ldv, long Tk, long D, long kb, E* dst) {
   const long j0 = kb * BK, nb = lmin(BK, Tk - j0);
-  pack_transposed(k + j0 * ldk, ldk, nb, D, dst);
-  pack_rows(v + j0 * ldv, ldv, nb, D, padded(D), dst + D * BK);
-  __builtin_memset(dst + D * BK + nb * padded(D), 0, (BK - nb) * padded(D) * sizeof(float));  // ragged last block
+  if constexpr (sizeof(E) == 2) {
+    pack_kt_vnni(k + j0 * ldk, ldk, nb, D, dst);
+    pack_v_vnni(v + j0 * ldv, ldv, nb, D, padded(D), dst + kt_size<E>(D));
+  } else {
+    pack_transposed(k + j0 * ldk, ldk, nb, D, dst);
+    pack_rows(v + j0 * ldv, ldv, nb, D, padded(D), dst + D * BK);
+    __builtin_memset(dst + D * BK + nb * padded(D), 0, (BK - nb) * padded(D) * sizeof(float));  // ragged last block
+  }
+}
+static void pack_kv_block(const float* k, long ldk, const float* v, long ldv, long Tk, long D, long kb, float* dst) {
+  pack_kv_block_t(k, ldk, v, ldv, Tk, D, kb, dst);
 }
 
 struct FwdWs {
@@ -297,6 +429,7 @@ struct FwdWs {
   float *O, *m, *l;     // this chunk of keys: output rows (BQ x Dp), running max, running sum
   float *Ot, *mt, *lt;  // the chunks before it, the same three
   float* Z;             // one row's dropout scales (BK)
+  bf16* Pb;             // bf16 operands: P rounded for its product with V (BQ x BK)
   long floats;
 };
 static FwdWs fwd_ws(float* base, long D) {
@@ -310,6 +443,7 @@ static FwdWs fwd_ws(float* base, long D) {
   w.mt = c.take(BQ);
   w.lt = c.take(BQ);
   w.Z = c.take(BK);
+  w.Pb = (bf16*)c.take(BQ * BK / 2);
   w.floats = c.used;
   return w;
 }
@@ -340,21 +474,29 @@ static long fwd_workspace(long D) { return fwd_ws(nullptr, D).floats; }
 // measured 30-50 % slower at D = 32, equal at D = 128 and 5-20 % faster at D = 64, within this
 // machine's noise, so not worth a second backward.
 constexpr long kGemmMinD = 64;
+// The same for bf16 inputs on the bf16 units (fwd_block_bf16), where the alternative is the float32
+// path with its conversions of q, k and v.
+constexpr long kBf16GemmMinD = 16;
 
 // Query rows [i0, i0+nr) of one (batch, head) (b, h): q (row stride ldq), o (row stride D) and lse
 // point at the head's row 0, kv at its kv head's packed blocks (pack_kv_block). Online softmax
 // over key blocks; blocks entirely in the causal future are never visited and only the blocks
 // crossing the diagonal (or the ragged last block) are masked. rng: dropout, or null.
-static void fwd_block(const float* q, long ldq, const float* kv, float* o, float* lse, long i0, long nr, long Tq,
-                      long Tk, long D, float scale, bool causal, const Rng* rng, long b, long h, float* ws) {
+// E = bf16: q, kv and o are bf16 and both products run on the bf16 tile GEMM (fp32 accumulation);
+// P is rounded to bf16 before its product with V, the softmax stays float32, and olo receives
+// the output's rounding residual (null for float).
+template <class E>
+BG_INLINE void fwd_block_t(const E* q, long ldq, const E* kv, E* o, bf16* olo, float* lse, long i0, long nr, long Tq,
+                           long Tk, long D, float scale, bool causal, const Rng* rng, long b, long h, float* ws) {
+  constexpr bool half = sizeof(E) == 2;
   const long Dp = padded(D), off = Tk - Tq;
   const FwdWs w = fwd_ws(ws, D);
-  const bool gemm = D >= kGemmMinD;
+  const bool gemm = half || D >= kGemmMinD;
   long cnt[BQ];
   for (long r = 0; r < nr; ++r) w.m[r] = -__builtin_inff(), w.l[r] = 0;
   __builtin_memset(w.O, 0, nr * Dp * sizeof(float));
   const long kend = causal ? lmin(Tk, i0 + nr - 1 + off + 1) : Tk;
-  const float* qb = q + i0 * ldq;
+  const E* qb = q + i0 * ldq;
   for (long j0 = 0; j0 < kend; j0 += BK) {
     if (j0 > 0 && j0 % kChunkKeys == 0) {
       if (j0 == kChunkKeys) {  // the first chunk ends: the totals start empty
@@ -364,12 +506,12 @@ static void fwd_block(const float* q, long ldq, const float* kv, float* o, float
       fold_chunk(w, nr, Dp);
     }
     const long nb = lmin(BK, kend - j0);
-    const float* Kt = kv + j0 / BK * kv_block_floats(D);  // (D x BK)
-    const float* Vp = Kt + D * BK;                         // (BK x Dp)
+    const E* Kt = kv + j0 / BK * kv_block_size<E>(D);  // (D x BK)
+    const E* Vp = Kt + kt_size<E>(D);                   // (BK x Dp)
     const long nbv = (nb + W - 1) / W;  // vectors that hold this block's keys
     if (gemm) {  // S = Q Kᵀ, unscaled
       tile_gemm(nr, nbv * W, D, ldq, BK, BK, false, qb, Kt, w.S);
-    } else {
+    } else if constexpr (!half) {
       for_row_tiles(nr, [&](long r, auto t) { qk_rows<t.rows>(qb + r * ldq, ldq, D, Kt, 1.0f, w.S + r * BK, nb); });
     }
     for (long r = 0; r < nr; ++r) {
@@ -419,17 +561,24 @@ static void fwd_block(const float* q, long ldq, const float* kv, float* o, float
       const long lo = lmax(cnt[0], 0), hi = cnt[nr - 1];  // rows are consecutive: cnt never falls
       if (hi <= 0) continue;
       const long kr = (hi + W - 1) / W * W;
-      if (lo == kr || rows_finite(Vp, lo, kr, Dp)) tile_gemm(nr, Dp, kr, BK, Dp, Dp, true, w.S, Vp, w.O);
-      else pv_each_row(w.S, nr, cnt, Vp, Dp, w.O);
+      if constexpr (half) {
+        for (long r = 0; r < nr; ++r) round_to_bf16(w.S + r * BK, kr, w.Pb + r * BK);
+        if (lo == kr || rows_finite(Vp, lo, kr, Dp)) pv_gemm(nr, kr, w.Pb, Vp, Dp, w.O);
+        else pv_each_row(w.Pb, nr, cnt, Vp, Dp, w.O);
+      } else {
+        if (lo == kr || rows_finite(Vp, lo, kr, Dp)) tile_gemm(nr, Dp, kr, BK, Dp, Dp, true, w.S, Vp, w.O);
+        else pv_each_row(w.S, nr, cnt, Vp, Dp, w.O);
+      }
       continue;
     }
-    for_row_tiles(nr, [&](long r, auto t) {  // register tiles of R rows, each over its last row's keys
-      constexpr int NR = t.rows;
-      const long lo = lmax(cnt[r], 0), hi = cnt[r + NR - 1];
-      if (hi <= 0) return;
-      if (lo == hi || rows_finite(Vp, lo, hi, Dp)) pv_rows<NR>(w.S + r * BK, hi, Vp, Dp, w.O + r * Dp);
-      else pv_each_row(w.S + r * BK, NR, cnt + r, Vp, Dp, w.O + r * Dp);
-    });
+    if constexpr (!half)
+      for_row_tiles(nr, [&](long r, auto t) {  // register tiles of R rows, each over its last row's keys
+        constexpr int NR = t.rows;
+        const long lo = lmax(cnt[r], 0), hi = cnt[r + NR - 1];
+        if (hi <= 0) return;
+        if (lo == hi || rows_finite(Vp, lo, hi, Dp)) pv_rows<NR>(w.S + r * BK, hi, Vp, Dp, w.O + r * Dp);
+        else pv_each_row(w.S + r * BK, NR, cnt + r, Vp, Dp, w.O + r * Dp);
+      });
   }
   // One chunk (Tk <= kChunkKeys, every training shape here): its accumulators are the result.
   const bool chunked = kend > kChunkKeys;
@@ -437,11 +586,30 @@ static void fwd_block(const float* q, long ldq, const float* kv, float* o, float
   const float *O = chunked ? w.Ot : w.O, *m = chunked ? w.mt : w.m, *l = chunked ? w.lt : w.l;
   for (long r = 0; r < nr; ++r) {
     const float inv = 1.0f / l[r];
-    float* orow = o + (i0 + r) * D;
-    for (long d = 0; d < D; ++d) orow[d] = O[r * Dp + d] * inv;
+    if constexpr (half) {  // o rounded, and the residual o_lo (attention.cpp's rounded_output)
+      store_bf16_with_residual(O + r * Dp, inv, D, o + (i0 + r) * D, olo + (i0 + r) * D);
+    } else {
+      for (long d = 0; d < D; ++d) o[(i0 + r) * D + d] = O[r * Dp + d] * inv;
+    }
     lse[i0 + r] = (m[r] == -__builtin_inff() ? 0.0f : m[r]) + __builtin_logf(l[r]);
   }
 }
+
+static void fwd_block(const float* q, long ldq, const float* kv, float* o, float* lse, long i0, long nr, long Tq,
+                      long Tk, long D, float scale, bool causal, const Rng* rng, long b, long h, float* ws) {
+  fwd_block_t(q, ldq, kv, o, nullptr, lse, i0, nr, Tq, Tk, D, scale, causal, rng, b, h, ws);
+}
+#if BABYGPT_VEC_FLOATS == 16  // the bf16 units come with AVX-512 (AVX512-BF16, AMX-BF16)
+static void fwd_block_bf16(const bf16* q, long ldq, const bf16* kv, bf16* o, bf16* olo, float* lse, long i0, long nr,
+                           long Tq, long Tk, long D, float scale, bool causal, const Rng* rng, long b, long h,
+                           float* ws) {
+  fwd_block_t(q, ldq, kv, o, olo, lse, i0, nr, Tq, Tk, D, scale, causal, rng, b, h, ws);
+}
+static long kv_block_bf16s(long D) { return kv_block_size<bf16>(D); }
+static void pack_kv_block_bf16(const bf16* k, long ldk, const bf16* v, long ldv, long Tk, long D, long kb, bf16* dst) {
+  pack_kv_block_t(k, ldk, v, ldv, Tk, D, kb, dst);
+}
+#endif
 
 // ------------------------------------------------------------------------------------- decode
 // One query row against keys [0, n) read in place (decoding: Tq = 1, one new token). With a

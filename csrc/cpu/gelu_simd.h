@@ -10,8 +10,8 @@
 // (Abramowitz & Stegun 7.1.26: |error of erf| < 1.5e-7, the formula ATen's vectorised erf uses).
 // Then Φ(h) = 1 − q for h ≥ 0 and q for h < 0 (no cancellation in the far negative tail), and
 //   gelu(h)  = h Φ(h),        gelu'(h) = Φ(h) + h φ(h),   φ(h) = e^{−h²/2} / √(2π) = e^{−z²} / √(2π),
-// so the backward reuses the exponential the tail needs. NaN propagates; ±inf give what the eager
-// composition gives (gelu(inf) = inf, gelu(−inf) = NaN as inf·0).
+// so the backward reuses the exponential the tail needs. NaN propagates; ±inf give what the float64
+// reference gives (gelu(inf) = inf, gelu(−inf) = NaN as inf·0).
 //
 // Needs, defined by the includer: BABYGPT_VEC_FLOATS (W: 16, 8 or 4).
 

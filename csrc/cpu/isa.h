@@ -26,4 +26,12 @@ inline Isa chosen_isa() {
   return isa;
 }
 
+// Whether bf16 products run on the CPU's own bf16 dot products (AVX512-BF16, which every AMX-BF16
+// CPU also has) through oneDNN's brgemm. Only with the AVX-512 copy, so BABYGPT_CPU_ISA=avx2|base
+// turns it off too and the tests reach the float32 path that bf16 takes on other CPUs.
+inline bool bf16_units() {
+  static const bool yes = chosen_isa() == Isa::avx512 && __builtin_cpu_supports("avx512bf16");
+  return yes;
+}
+
 }  // namespace babygpt::cpu
