@@ -96,11 +96,13 @@ struct F32Kernels {
   decltype(&isa_base::fwd_workspace) fwd_workspace;
   decltype(&isa_base::pack_kv_block) pack_kv_block;
   decltype(&isa_base::bwd_group) bwd_group;
+  decltype(&isa_base::bwd_group_bf16) bwd_group_bf16;
   decltype(&isa_base::bwd_workspace) bwd_workspace;
 };
 
 #define BABYGPT_KERNELS(ns) \
-  F32Kernels{#ns, &ns::fwd_block, &ns::fwd_row, &ns::fwd_workspace, &ns::pack_kv_block, &ns::bwd_group, &ns::bwd_workspace}
+  F32Kernels{#ns, &ns::fwd_block, &ns::fwd_row, &ns::fwd_workspace, &ns::pack_kv_block, &ns::bwd_group, &ns::bwd_group_bf16, \
+             &ns::bwd_workspace}
 
 // The copy of the kernels for the instruction set chosen_isa() picks (isa.h).
 const F32Kernels& f32_kernels() {
@@ -316,7 +318,7 @@ void forward_bf16(View16 q, View16 k, View16 v, unsigned short* o, unsigned shor
   });
 }
 
-// float32 backward. A task is one (batch, kv head) — its G query heads' dq and its dk, dv, so
+// The backward (backward_t). A task is one (batch, kv head) — its G query heads' dq and its dk, dv, so
 // every output has one writer — over a share of that head's key blocks. With kSplitPairs or more
 // (batch, kv head) pairs a task takes all of them and writes dq directly. With fewer (long
 // sequences at batch 1, MQA) the key blocks of a pair are dealt round-robin to `split` parts
@@ -326,15 +328,33 @@ void forward_bf16(View16 q, View16 k, View16 v, unsigned short* o, unsigned shor
 // whatever torch.set_num_threads says.
 constexpr int64_t kSplitPairs = 4;
 
-void backward_f32(View dout, View q, View k, View v, View o, const float* lse, float* dq, float* dk, float* dv,
-                  Shape s, float scale, bool causal, const Rng* rng) {
+// The kernel entry point and the float value of an element, per input dtype of the backward.
+auto bwd_group_for(const F32Kernels& K, float) { return K.bwd_group; }
+auto bwd_group_for(const F32Kernels& K, unsigned short) { return K.bwd_group_bf16; }
+float f32(float x) { return x; }
+float f32(unsigned short bits) { return static_cast<float>(c10::BFloat16(bits, c10::BFloat16::from_bits())); }
+float from_f32(float x, float) { return x; }
+unsigned short from_f32(float x, unsigned short) { return c10::BFloat16(x).x; }
+
+// E = float or bf16 bits: the inputs' dtype, read in place and converted while packing; dq, dk, dv
+// are written in E. o_lo (bf16 only, else null) is the forward's rounding residual of o.
+template <class E>
+void backward_t(StridedHeads<const E> dout, StridedHeads<const E> q, StridedHeads<const E> k,
+                StridedHeads<const E> v, StridedHeads<const E> o, const E* o_lo, const float* lse, E* dq, E* dk,
+                E* dv, Shape s, float scale, bool causal, const Rng* rng) {
   const auto& K = f32_kernels();
   const int64_t D = s.D, Dp = isa_base::padded(D), rows = s.B * s.H * s.Tq, G = s.group();
   std::vector<float> delta(rows);
   at::parallel_for(0, rows, grain(D), [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
       const int64_t i = row % s.Tq, h = (row / s.Tq) % s.H, b = row / (s.Tq * s.H);
-      delta[row] = dot(dout.at(b, h) + i * dout.st, o.at(b, h) + i * o.st, D);
+      const E *dr = dout.at(b, h) + i * dout.st, *orow = o.at(b, h) + i * o.st;
+      float a = 0;
+      if (o_lo)  // o_lo is contiguous (the forward allocated it)
+        for (int64_t d = 0; d < D; ++d) a += f32(dr[d]) * (f32(orow[d]) + f32(o_lo[row * D + d]));
+      else
+        for (int64_t d = 0; d < D; ++d) a += f32(dr[d]) * f32(orow[d]);
+      delta[row] = a;
     }
   });
   const int64_t pairs = s.B * s.Hkv, nkb = (s.Tk + isa_base::BK - 1) / isa_base::BK;
@@ -343,6 +363,7 @@ void backward_f32(View dout, View q, View k, View v, View o, const float* lse, f
   const int64_t group_rows = G * s.Tq;
   // split > 1: one dq accumulator per part over every query row (row stride Dp), summed below.
   std::vector<float> partial(split > 1 ? split * rows * Dp : 0, 0.0f);
+  const auto bwd_group = bwd_group_for(K, E{});
   at::parallel_for(0, pairs * split, grain(work), [&](int64_t begin, int64_t end) {
     std::vector<float> ws(K.bwd_workspace(D)), own(split > 1 ? 0 : group_rows * Dp);
     for (int64_t t = begin; t < end; ++t) {
@@ -350,12 +371,12 @@ void backward_f32(View dout, View q, View k, View v, View o, const float* lse, f
       const int64_t qrow = s.q_row(b, hk * G, 0);
       float* dQ = split > 1 ? partial.data() + (part * rows + qrow) * Dp : own.data();
       if (split == 1) std::fill(own.begin(), own.end(), 0.0f);
-      K.bwd_group(q.at(b, hk * G), q.sh, q.st, dout.at(b, hk * G), dout.sh, dout.st, lse + qrow, delta.data() + qrow,
-                  k.at(b, hk), k.st, v.at(b, hk), v.st, dk + s.k_row(b, hk, 0) * D, dv + s.k_row(b, hk, 0) * D, G,
-                  s.Tq, s.Tk, D, scale, causal, part, nkb, split, rng, b, hk * G, dQ, ws.data());
+      bwd_group(q.at(b, hk * G), q.sh, q.st, dout.at(b, hk * G), dout.sh, dout.st, lse + qrow, delta.data() + qrow,
+                k.at(b, hk), k.st, v.at(b, hk), v.st, dk + s.k_row(b, hk, 0) * D, dv + s.k_row(b, hk, 0) * D, G,
+                s.Tq, s.Tk, D, scale, causal, part, nkb, split, rng, b, hk * G, dQ, ws.data());
       if (split == 1)
         for (int64_t r = 0; r < group_rows; ++r)
-          for (int64_t d = 0; d < D; ++d) dq[(qrow + r) * D + d] = own[r * Dp + d] * scale;
+          for (int64_t d = 0; d < D; ++d) dq[(qrow + r) * D + d] = from_f32(own[r * Dp + d] * scale, E{});
     }
   });
   if (split > 1)
@@ -364,7 +385,7 @@ void backward_f32(View dout, View q, View k, View v, View o, const float* lse, f
         for (int64_t d = 0; d < D; ++d) {
           float a = 0;
           for (int64_t part = 0; part < split; ++part) a += partial[(part * rows + r) * Dp + d];
-          dq[r * D + d] = a * scale;
+          dq[r * D + d] = from_f32(a * scale, E{});
         }
     });
 }
@@ -447,19 +468,30 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attn_bwd(const at::Tensor& dout, 
   const auto rng = rng_of(dropout_p, seed);
   const Rng* g = rng ? &*rng : nullptr;
   const auto acc = acc_type(q);
+  auto la = lse.to(acc).contiguous();
+  if (q.scalar_type() == at::kBFloat16) {  // read in place, converted while packing
+    auto qc = rows_contiguous(q), kc = rows_contiguous(k), vc = rows_contiguous(v), dc = rows_contiguous(dout),
+         oc = rows_contiguous(o), lo = o_lo.contiguous();
+    auto dq = at::empty(q.sizes(), q.options()), dk = at::empty(k.sizes(), k.options()),
+         dv = at::empty(v.sizes(), v.options());  // contiguous
+    backward_t<unsigned short>(view16_of(dc), view16_of(qc), view16_of(kc), view16_of(vc), view16_of(oc),
+                               lo.numel() ? bits(lo) : nullptr, la.data_ptr<float>(), bits(dq), bits(dk), bits(dv), s,
+                               static_cast<float>(scale), causal, g);
+    return {dq, dk, dv};
+  }
   auto qa = as_input(q, acc), ka = as_input(k, acc), va = as_input(v, acc);
   // delta_i = dO_i · o_i equals Σ_j P_ij dP_ij only for the o that P made: o + o_lo is that float32
   // o, while the rounded o alone is off by up to half an fp16/bf16 ulp, an error that every
   // dS_ij = P_ij (dP_ij − delta_i) of the row would carry (docs/design.md §13.2).
-  auto da = as_input(dout, acc), la = lse.to(acc).contiguous();
+  auto da = as_input(dout, acc);
   auto oa = o_lo.numel() ? o.to(acc) + o_lo.to(acc) : as_input(o, acc);
   auto dq = at::empty(q.sizes(), qa.options()), dk = at::empty(k.sizes(), ka.options()),
        dv = at::empty(v.sizes(), va.options());  // contiguous
   const auto dt = q.scalar_type();
   if (acc == at::kFloat) {
-    backward_f32(view_of(da), view_of(qa), view_of(ka), view_of(va), view_of(oa), la.data_ptr<float>(),
-                 dq.data_ptr<float>(), dk.data_ptr<float>(), dv.data_ptr<float>(), s, static_cast<float>(scale),
-                 causal, g);
+    backward_t<float>(view_of(da), view_of(qa), view_of(ka), view_of(va), view_of(oa), nullptr, la.data_ptr<float>(),
+                      dq.data_ptr<float>(), dk.data_ptr<float>(), dv.data_ptr<float>(), s, static_cast<float>(scale),
+                      causal, g);
     return {dq.to(dt), dk.to(dt), dv.to(dt)};
   }
   AT_DISPATCH_FLOATING_TYPES(acc, "babygpt_attn_bwd_cpu", [&] {

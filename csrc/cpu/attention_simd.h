@@ -77,6 +77,17 @@ BG_INLINE vf lanes() { return vf{0, 1, 2, 3, 4, 5, 6, 7}; }
 BG_INLINE vf lanes() { return vf{0, 1, 2, 3}; }
 #endif
 
+// bf16 inputs: a bf16 is the upper half of a float32's bits, kept as its 16 bits (the header
+// includes nothing, so no at::BFloat16). The kernels read float or bf16 through to_float.
+typedef unsigned short bf16;
+BG_INLINE float to_float(float x) { return x; }
+BG_INLINE float to_float(bf16 x) {
+  const unsigned u = (unsigned)x << 16;
+  float f;
+  __builtin_memcpy(&f, &u, 4);
+  return f;
+}
+
 // ------------------------------------------------------------------------------------ dropout
 // hi:lo = a · m per lane, from two W/2-lane 64-bit products (the even and the odd 32-bit lanes), so
 // no vector is wider than the registers.
@@ -171,8 +182,8 @@ static_assert(R <= 6, "for_row_tiles handles remainders of up to 5 rows");
 // S[r, 0:n'] = scale * Σ_d X[r, d] * Kt[d, 0:n'] for NR rows of X (row stride ldx), n' = the keys
 // [0, n) rounded up to whole strips of TV vectors: a register tile of NR rows x TV key vectors per
 // strip; Kt is D x BK. Strips past the block's n keys are skipped (a short or diagonal block).
-template <int NR>
-BG_INLINE void qk_rows(const float* x, long ldx, long D, const float* Kt, float scale, float* S, long n) {
+template <int NR, class E>
+BG_INLINE void qk_rows(const E* x, long ldx, long D, const float* Kt, float scale, float* S, long n) {
   for (int c0 = 0; c0 * W < n; c0 += TV) {
     vf acc[NR][TV];
     for (int r = 0; r < NR; ++r)
@@ -181,7 +192,7 @@ BG_INLINE void qk_rows(const float* x, long ldx, long D, const float* Kt, float 
       vf kc[TV];
       for (int c = 0; c < TV; ++c) kc[c] = ld(Kt + d * BK + W * (c0 + c));
       for (int r = 0; r < NR; ++r) {
-        const vf b = splat(x[r * ldx + d]);
+        const vf b = splat(to_float(x[r * ldx + d]));
         for (int c = 0; c < TV; ++c) acc[r][c] += kc[c] * b;
       }
     }
@@ -235,18 +246,21 @@ static void pv_each_row(const float* P, long nr, const long* n, const float* X, 
 }
 
 // dst[c, 0:Dp] = src[c * ld + 0:D] for c < n, zero padding d >= D.
-static void pack_rows(const float* src, long ld, long n, long D, long Dp, float* dst) {
+template <class E>
+static void pack_rows(const E* src, long ld, long n, long D, long Dp, float* dst) {
   for (long c = 0; c < n; ++c) {
-    __builtin_memcpy(dst + c * Dp, src + c * ld, D * sizeof(float));
+    if constexpr (sizeof(E) == 4) __builtin_memcpy(dst + c * Dp, src + c * ld, D * sizeof(float));
+    else for (long d = 0; d < D; ++d) dst[c * Dp + d] = to_float(src[c * ld + d]);
     for (long d = D; d < Dp; ++d) dst[c * Dp + d] = 0;
   }
 }
 // dst[d, c] = src[c * ld + d] (D x BK), zero for the padding columns c >= n.
-static void pack_transposed(const float* src, long ld, long n, long D, float* dst) {
+template <class E>
+static void pack_transposed(const E* src, long ld, long n, long D, float* dst) {
   for (long d = 0; d < D; ++d)
     for (long c = n; c < BK; ++c) dst[d * BK + c] = 0;
   for (long c = 0; c < n; ++c)
-    for (long d = 0; d < D; ++d) dst[d * BK + c] = src[c * ld + d];
+    for (long d = 0; d < D; ++d) dst[d * BK + c] = to_float(src[c * ld + d]);
 }
 // Whether rows [c0, c1) of a packed tile are all finite (Dp floats each).
 static bool rows_finite(const float* X, long c0, long c1, long Dp) {
@@ -262,17 +276,9 @@ static bool rows_finite(const float* X, long c0, long c1, long Dp) {
 // The forward's bf16 products (on the CPU's bf16 units, through tile_gemm's bf16 overload) take
 // their B operand in the VNNI layout the dot-product instructions read (vdpbf16ps, AMX's
 // tdpbf16ps): element (k, n) of a K x N matrix at (k / 2) * 2 * ldb + 2 * n + k % 2, i.e. each
-// 32-bit word holds the pair of rows 2k', 2k'+1 of one column. A bf16 is the upper half of a
-// float32's bits, kept here as its 16 bits (the header includes nothing, so no at::BFloat16).
-typedef unsigned short bf16;
-// (The bf16 helpers are `static inline`: only the AVX-512 copy calls them, and the other copies
-// would warn about unused static functions.)
-BG_INLINE float bf16_to_float(bf16 x) {
-  const unsigned u = (unsigned)x << 16;
-  float f;
-  __builtin_memcpy(&f, &u, 4);
-  return f;
-}
+// 32-bit word holds the pair of rows 2k', 2k'+1 of one column. (The forward's bf16 helpers are
+// `static inline`: only the AVX-512 copy calls them, and the other copies would warn about
+// unused static functions.)
 // x rounded to the nearest bf16 (ties to even), the bits in the low half of each lane. NaN stays
 // NaN (its payload's low bits could otherwise round it up into inf).
 BG_INLINE vu to_bf16(vf x) {
@@ -372,8 +378,8 @@ static inline bool rows_finite(const bf16* Vp, long c0, long c1, long Dp) {
 static inline void pv_each_row(const bf16* P, long nr, const long* n, const bf16* Vp, long Dp, float* O) {
   for (long r = 0; r < nr; ++r)
     for (long c = 0; c < n[r]; ++c) {
-      const float p = bf16_to_float(P[r * BK + c]);
-      for (long d = 0; d < Dp; ++d) O[r * Dp + d] += p * bf16_to_float(Vp[vnni_v_at(c, d, Dp)]);
+      const float p = to_float(P[r * BK + c]);
+      for (long d = 0; d < Dp; ++d) O[r * Dp + d] += p * to_float(Vp[vnni_v_at(c, d, Dp)]);
     }
 }
 
@@ -679,6 +685,17 @@ static float fwd_row(const float* qi, const float* k, long ldk, const float* v, 
 }
 
 // ----------------------------------------------------------------------------------- backward
+// dst[0:D] = x[0:D] * s, rounded to bf16 for a bf16 dst (x holds D rounded up to whole vectors).
+static inline void store_row(const float* x, float s, long D, float* dst) {
+  for (long d = 0; d < D; ++d) dst[d] = x[d] * s;
+}
+static inline void store_row(const float* x, float s, long D, bf16* dst) {
+  for (long d = 0; d < D; d += W) {
+    const vh h = __builtin_convertvector(to_bf16(ld(x + d) * s), vh);
+    __builtin_memcpy(dst + d, &h, lmin(W, D - d) * 2);
+  }
+}
+
 struct BwdWs {
   float *Kt, *Vt, *Kp;  // the key block transposed (D x BK), the value block transposed, K packed (BK x Dp)
   float *dK, *dV;       // the key block's gradients (BK x Dp each, adjacent)
@@ -707,8 +724,10 @@ static BwdWs bwd_ws(float* base, long D) {
 static long bwd_workspace(long D) { return bwd_ws(nullptr, D).floats; }
 
 // A (batch, head) slice of q or dO for the backward: row t at p + t * ld, lse and delta contiguous.
+template <class E>
 struct QRows {
-  const float *q, *dout, *lse, *delta;
+  const E *q, *dout;
+  const float *lse, *delta;
   long ldq, lddo;
   float* dQ;  // the head's rows in the group's dQ accumulator (row stride Dp)
   const Rng* rng;  // dropout of head (b, h), or null
@@ -720,8 +739,8 @@ struct QRows {
 // dS; dQ rows += dS K; the rows' q and dO packed into the chunk's Xq, Xdo; seen[u..] the keys
 // each row sees. With dropout, O = (P ∘ Z) V: the chunk's P holds P ∘ Z (what dV takes) and
 // dS = P ∘ (Z ∘ dO Vᵀ − delta).
-template <int NR>
-BG_INLINE void bwd_rows(const QRows& h, long i, long u, long j0, long nb, long off, bool causal, long D, float scale,
+template <int NR, class E>
+BG_INLINE void bwd_rows(const QRows<E>& h, long i, long u, long j0, long nb, long off, bool causal, long D, float scale,
                         const BwdWs& w, long* seen) {
   const long Dp = padded(D);
   float *const P = w.P + u * BK, *const dS = w.dS + u * BK;
@@ -796,11 +815,13 @@ static void dkdv_chunk(const BwdWs& w, long n, const long* seen, long Dp) {
 // caller; unscaled), and it writes
 // dk, dv (row stride D) of those keys. q/dout rows of head g of the group start at
 // q + g * hsq / dout + g * hsdo; lse, delta point at the group's first head (Tq floats per head).
-// rng: dropout, or null; the group's heads are h0, h0 + 1, ... of batch b.
-static void bwd_group(const float* q, long hsq, long ldq, const float* dout, long hsdo, long lddo, const float* lse,
-                      const float* delta, const float* k, long ldk, const float* v, long ldv, float* dk, float* dv,
-                      long G, long Tq, long Tk, long D, float scale, bool causal, long kb0, long kb1, long kstep,
-                      const Rng* rng, long b, long h0, float* dQ, float* ws) {
+// rng: dropout, or null; the group's heads are h0, h0 + 1, ... of batch b. E: the dtype of q, dout,
+// k, v, dk, dv (float, or bf16 converted while packing and rounded when stored).
+template <class E>
+BG_INLINE void bwd_group_t(const E* q, long hsq, long ldq, const E* dout, long hsdo, long lddo, const float* lse,
+                           const float* delta, const E* k, long ldk, const E* v, long ldv, E* dk, E* dv, long G,
+                           long Tq, long Tk, long D, float scale, bool causal, long kb0, long kb1, long kstep,
+                           const Rng* rng, long b, long h0, float* dQ, float* ws) {
   const long Dp = padded(D), off = Tk - Tq;
   const BwdWs w = bwd_ws(ws, D);
   for (long kb = kb0; kb < kb1; kb += kstep) {
@@ -811,7 +832,7 @@ static void bwd_group(const float* q, long hsq, long ldq, const float* dout, lon
     __builtin_memset(w.dK, 0, 2 * BK * Dp * sizeof(float));  // dK and dV are adjacent
     const long first = causal ? lmax(0, j0 - off) : 0;
     for (long g = 0; g < G; ++g) {
-      const QRows h{q + g * hsq, dout + g * hsdo, lse + g * Tq, delta + g * Tq, ldq, lddo, dQ + g * Tq * Dp,
+      const QRows<E> h{q + g * hsq, dout + g * hsdo, lse + g * Tq, delta + g * Tq, ldq, lddo, dQ + g * Tq * Dp,
                     rng, b, h0 + g};
       for (long i0 = first; i0 < Tq; i0 += BQ) {  // chunks of BQ query rows
         const long n = lmin(BQ, Tq - i0);
@@ -822,12 +843,23 @@ static void bwd_group(const float* q, long hsq, long ldq, const float* dout, lon
         dkdv_chunk(w, n, seen, Dp);
       }
     }
-    for (long c = 0; c < nb; ++c)
-      for (long d = 0; d < D; ++d) {
-        dk[(j0 + c) * D + d] = w.dK[c * Dp + d] * scale;
-        dv[(j0 + c) * D + d] = w.dV[c * Dp + d];
-      }
+    for (long c = 0; c < nb; ++c) {
+      store_row(w.dK + c * Dp, scale, D, dk + (j0 + c) * D);
+      store_row(w.dV + c * Dp, 1.0f, D, dv + (j0 + c) * D);
+    }
   }
 }
+// The entry points attention.cpp calls, one per input dtype (instantiated here, under this copy's target).
+#define BABYGPT_BWD_GROUP(name, E)                                                                                    \
+  static void name(const E* q, long hsq, long ldq, const E* dout, long hsdo, long lddo, const float* lse,             \
+                   const float* delta, const E* k, long ldk, const E* v, long ldv, E* dk, E* dv, long G, long Tq,     \
+                   long Tk, long D, float scale, bool causal, long kb0, long kb1, long kstep, const Rng* rng, long b, \
+                   long h0, float* dQ, float* ws) {                                                                   \
+    bwd_group_t(q, hsq, ldq, dout, hsdo, lddo, lse, delta, k, ldk, v, ldv, dk, dv, G, Tq, Tk, D, scale, causal, kb0,  \
+                kb1, kstep, rng, b, h0, dQ, ws);                                                                      \
+  }
+BABYGPT_BWD_GROUP(bwd_group, float)
+BABYGPT_BWD_GROUP(bwd_group_bf16, bf16)
+#undef BABYGPT_BWD_GROUP
 
 #undef BG_INLINE
