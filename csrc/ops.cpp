@@ -12,6 +12,8 @@
 namespace babygpt::cpu {
 const char* attention_isa();  // csrc/cpu/attention.cpp
 long attention_gemm_min_head_dim();  // csrc/cpu/attention.cpp
+const char* attention_bf16_path();  // csrc/cpu/attention.cpp
+long attention_bf16_min_head_dim();  // csrc/cpu/attention.cpp
 const char* lora_isa();       // csrc/cpu/lora.cpp
 const char* gelu_isa();       // csrc/cpu/bias_gelu.cpp
 }
@@ -56,6 +58,8 @@ py::dict build_info() {
   d["parallel_backend"] = at::get_parallel_info();
   d["cpu_attention_isa"] = std::string(babygpt::cpu::attention_isa());
   d["cpu_attention_gemm_min_head_dim"] = babygpt::cpu::attention_gemm_min_head_dim();
+  d["cpu_attention_bf16"] = std::string(babygpt::cpu::attention_bf16_path());
+  d["cpu_attention_bf16_min_head_dim"] = babygpt::cpu::attention_bf16_min_head_dim();
   d["max_head_dim"] = babygpt::kMaxHeadDim;
   d["cuda_smem_bytes"] = cuda_smem_bytes();
   d["cpu_lora_isa"] = std::string(babygpt::cpu::lora_isa());

@@ -1,7 +1,9 @@
 """Properties of the CPU attention kernels (csrc/cpu) that the shared suite does not pin down: the
 strided views of a GPT layer are read in place with the same arithmetic as contiguous inputs,
 the results do not depend on the thread count (also where the backward splits its key blocks or
-the forward decodes one row), and the decode path (Tq = 1) matches the float64 reference."""
+the forward decodes one row), and the decode path (Tq = 1) matches the float64 reference. bfloat16
+runs its own kernels (the forward's products on the bf16 units where the CPU has them, the
+backward reading bf16 in place), so it gets the same checks."""
 
 import pytest
 import torch
@@ -11,23 +13,27 @@ from babygpt_ext import ops
 pytest.importorskip("babygpt_ext._C", reason="the compiled extension babygpt_ext._C is not built")
 
 
-def qkv_views(B, H, T, D, seed=0):
+def qkv_views(B, H, T, D, seed=0, dtype=torch.float32):
     """q, k, v as a GPT layer makes them: one (B, T, 3·H·D) projection, split, viewed, transposed."""
     g = torch.Generator().manual_seed(seed)
-    qkv = torch.randn(B, T, 3 * H * D, generator=g)
+    qkv = torch.randn(B, T, 3 * H * D, generator=g).to(dtype)
     return [t.view(B, T, H, D).transpose(1, 2) for t in qkv.split(H * D, dim=2)]  # (B, H, T, D), strided
 
 
 def fwd_bwd(q, k, v, seed=1):
     q, k, v = (t.detach().requires_grad_() for t in (q, k, v))
     o = ops.causal_attention(q, k, v, backend="cpu")
-    do = torch.randn(o.shape, generator=torch.Generator().manual_seed(seed))
+    do = torch.randn(o.shape, generator=torch.Generator().manual_seed(seed)).to(o.dtype)
     return (o, *torch.autograd.grad(o, (q, k, v), do))
 
 
+DTYPES = [torch.float32, torch.bfloat16]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(2, 4, 64, 32), (1, 3, 129, 59), (3, 2, 7, 4), (1, 2, 130, 64)])
-def test_strided_views_give_the_same_bits_as_contiguous_copies(shape):
-    q, k, v = qkv_views(*shape)
+def test_strided_views_give_the_same_bits_as_contiguous_copies(shape, dtype):
+    q, k, v = qkv_views(*shape, dtype=dtype)
     assert not q.is_contiguous()
     strided = fwd_bwd(q, k, v)
     contiguous = fwd_bwd(q.contiguous(), k.contiguous(), v.contiguous())
@@ -42,10 +48,11 @@ def test_strided_views_give_the_same_bits_as_contiguous_copies(shape):
     (4, 4, 4, 65, 65, 16),     # enough pairs: no split
     (2, 4, 2, 130, 130, 128),  # D >= 64: the forward's products on oneDNN's brgemm, one JIT kernel per thread
 ])
-def test_bit_identical_across_thread_counts(B, H, Hkv, Tq, Tk, D):
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_bit_identical_across_thread_counts(B, H, Hkv, Tq, Tk, D, dtype):
     g = torch.Generator().manual_seed(0)
-    q = torch.randn(B, H, Tq, D, generator=g)
-    k, v = torch.randn(B, Hkv, Tk, D, generator=g), torch.randn(B, Hkv, Tk, D, generator=g)
+    q = torch.randn(B, H, Tq, D, generator=g).to(dtype)
+    k, v = torch.randn(B, Hkv, Tk, D, generator=g).to(dtype), torch.randn(B, Hkv, Tk, D, generator=g).to(dtype)
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
@@ -68,9 +75,12 @@ def test_decode_row_matches_float64(H, Hkv, Tk, D):
     assert ((o.double() - ref).norm() / ref.norm()).item() < 1e-5
 
 
-def test_a_future_value_never_reaches_earlier_rows():
-    q, k, v = (torch.randn(1, 2, 150, 32) for _ in range(3))
-    v[:, :, 70] = float("nan")
+@pytest.mark.parametrize("dtype,D", [(torch.float32, 32), (torch.float32, 64), (torch.bfloat16, 32),
+                                     (torch.bfloat16, 80)])
+@pytest.mark.parametrize("row", [70, 127, 128])  # inside a diagonal key block, its last key, the next block's first
+def test_a_future_value_never_reaches_earlier_rows(dtype, D, row):
+    q, k, v = (torch.randn(1, 2, 150, D).to(dtype) for _ in range(3))
+    v[:, :, row] = float("nan")
     o = ops.causal_attention(q, k, v, backend="cpu")
-    assert not torch.isnan(o[:, :, :70]).any()
-    assert torch.isnan(o[:, :, 70:]).all()
+    assert not torch.isnan(o[:, :, :row]).any()
+    assert torch.isnan(o[:, :, row:]).all()

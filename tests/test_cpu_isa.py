@@ -34,11 +34,14 @@ def test_attention_suite_on_each_instruction_set(isa):
         pytest.skip(f"this CPU lacks {', '.join(missing)} (from /proc/cpuinfo), so the {isa} copy cannot run here")
     env = {**os.environ, "BABYGPT_CPU_ISA": isa}
     used = subprocess.run([sys.executable, "-c", "import babygpt_ext._C as C; i = C.build_info(); "
-                           "print(i['cpu_attention_isa'], i['cpu_lora_isa'])"],
+                           "print(i['cpu_attention_isa'], i['cpu_lora_isa'], i['cpu_attention_bf16'])"],
                           capture_output=True, text=True, env=env, cwd=ROOT)
-    assert used.returncode == 0 and used.stdout.split() == [isa, isa], (used.stdout, used.stderr[-2000:])
+    # bf16 runs on the bf16 units only from the AVX-512 copy, and only where the CPU has them.
+    bf16 = "brgemm/avx512_bf16" if isa == "avx512" and "avx512_bf16" in cpu_flags() else "fp32"
+    assert used.returncode == 0 and used.stdout.split() == [isa, isa, bf16], (used.stdout, used.stderr[-2000:])
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "tests/test_attention.py",
-                        "tests/test_properties.py", "tests/test_lora.py", "tests/test_decode_step.py", "-k", "cpu"], capture_output=True, text=True,
+                        "tests/test_properties.py", "tests/test_lora.py", "tests/test_decode_step.py", "tests/test_cpu_attention.py",
+                        "tests/test_nan_contract.py", "-k", "cpu"], capture_output=True, text=True,
                        env=env, cwd=ROOT)
     assert r.returncode == 0, f"the {isa} copy failed:\n{r.stdout[-4000:]}\n{r.stderr[-2000:]}"
 

@@ -60,9 +60,16 @@ def close_where_finite(out, ref, eager, what, factor):
         assert_close(out[keep], ref[keep], eager[keep], what, factor)
 
 
+def dtypes(backend, poison):
+    """float32 everywhere, float16 for NaN; bfloat16 on the cpu backend, whose bf16 kernels are its own
+    (the forward's products on the bf16 units at D = 16, the backward reading bf16 in place)."""
+    return ((torch.float32, torch.float16) if poison == "nan" else (torch.float32,)) + \
+        ((torch.bfloat16,) if backend == "cpu" else ())
+
+
 CASES = [backend_param("attention", b, dt, s[5], s, t, where, name, id=f"{b}-{shape_id(s)}-{t}-{where}-{name}-{str(dt)[6:]}")
          for b in CPU_BACKENDS for s in SHAPES for t in "qkv" for where in ("future", "visible")
-         for name in POISONS for dt in ((torch.float32, torch.float16) if name == "nan" else (torch.float32,))]
+         for name in POISONS for dt in dtypes(b, name)]
 
 
 @pytest.mark.parametrize("backend,shape,tensor,where,poison,dtype", CASES)
@@ -112,8 +119,9 @@ def test_nan_and_inf_obey_the_contract(backend, shape, tensor, where, poison, dt
 
 
 SCALES = [0.0, -0.3, -2.0]
-SCALE_CASES = [backend_param("attention", b, torch.float32, s[5], s, sc, id=f"{b}-{shape_id(s)}-scale{sc}-float32")
-               for b in CPU_BACKENDS for s in SHAPES for sc in SCALES]
+SCALE_CASES = [backend_param("attention", b, dt, s[5], s, sc, id=f"{b}-{shape_id(s)}-scale{sc}-{str(dt)[6:]}")
+               for b in CPU_BACKENDS for s in SHAPES for sc in SCALES
+               for dt in (torch.float32,) + ((torch.bfloat16,) if b == "cpu" else ())]
 
 
 @pytest.mark.parametrize("backend,shape,scale,dtype", SCALE_CASES)

@@ -55,11 +55,18 @@ def report() -> str:
                 if info["cuda"] else "CPU only")
         lines.append(f"extension    babygpt_ext._C built with {info['compiler']}, torch {info['torch_version']}; {cuda}")
         lines.append(f"threads      {info['parallel_threads']} (at::parallel_for)")
-        lines.append(f"CPU kernels  attention {info['cpu_attention_isa']}, LoRA {info['cpu_lora_isa']} for every dtype: "
-                     "fp32 on the FMA units, bf16/fp16 converted to fp32 while packing (LoRA: MKL above 2^28 "
-                     "multiply-adds); BABYGPT_CPU_ISA=avx2|base forces a narrower copy")
-        lines.append(f"             attention forward at head size >= {info['cpu_attention_gemm_min_head_dim']}: "
-                     "Q·Kᵀ and P·V on oneDNN's brgemm (ATen cpublas, JIT for this CPU)")
+        lines.append(f"CPU kernels  attention {info['cpu_attention_isa']}, LoRA {info['cpu_lora_isa']}; "
+                     "BABYGPT_CPU_ISA=avx2|base forces a narrower copy")
+        lines.append(f"  fp32       on the FMA units; attention forward at head size >= "
+                     f"{info['cpu_attention_gemm_min_head_dim']}: Q·Kᵀ and P·V on oneDNN's brgemm (JIT for this CPU)")
+        if info["cpu_attention_bf16"] == "fp32":
+            lines.append("  bf16       attention computed in fp32 (this CPU has no bf16 units), the backward reading bf16 "
+                         "in place")
+        else:
+            lines.append(f"  bf16       attention forward at head size >= {info['cpu_attention_bf16_min_head_dim']}: "
+                         f"Q·Kᵀ and P·V on the bf16 units ({info['cpu_attention_bf16']}), softmax in fp32; the "
+                         "backward in fp32, reading bf16 in place")
+        lines.append("  fp16, LoRA bf16/fp16  converted to fp32 while packing (LoRA: MKL above 2^28 multiply-adds)")
     lines += ["", "backends:"]
     width = max(map(len, ops.BACKENDS))
     for name, b in ops.BACKENDS.items():

@@ -509,6 +509,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attn_bwd(const at::Tensor& dout, 
 const char* attention_isa() { return f32_kernels().name + 4; }  // past "isa_"
 // The head size from which the forward's products run on oneDNN's brgemm (tile_gemm), for `babygpt info`.
 long attention_gemm_min_head_dim() { return isa_base::kGemmMinD; }
+// How the bf16 forward's products run here ("brgemm/avx512_bf16": on the bf16 units, or "fp32":
+// in float32 after converting), and from which head size, for `babygpt info`.
+const char* attention_bf16_path() { return bf16_units() ? "brgemm/avx512_bf16" : "fp32"; }
+long attention_bf16_min_head_dim() { return isa_avx512::kBf16GemmMinD; }
 
 TORCH_LIBRARY_IMPL(babygpt, CPU, m) {
   m.impl("attn_fwd", &attn_fwd);
