@@ -311,8 +311,8 @@ void forward_bf16(View16 q, View16 k, View16 v, unsigned short* o, unsigned shor
       const int64_t bh = t / nqb, u = t % nqb, qb = causal ? (u % 2 == 0 ? u / 2 : nqb - 1 - u / 2) : u;
       const int64_t b = bh / s.H, h = bh % s.H, hk = h / s.group(), i0 = qb * BQ;
       fwd_block_bf16(q.at(b, h), q.st, kv.get() + (b * s.Hkv + hk) * nkb * kvb, o + bh * s.Tq * s.D,
-                     olo + bh * s.Tq * s.D, lse + bh * s.Tq, i0, std::min<int64_t>(BQ, s.Tq - i0), s.Tq, s.Tk, s.D, scale, causal, rng, b,
-                     h, ws.data());
+                     olo + bh * s.Tq * s.D, lse + bh * s.Tq, i0, std::min<int64_t>(BQ, s.Tq - i0), s.Tq, s.Tk, s.D,
+                     scale, causal, rng, b, h, ws.data());
     }
     at::native::cpublas::brgemm_release();
   });
