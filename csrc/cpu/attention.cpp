@@ -244,11 +244,37 @@ void backward(const T* dout, const T* q, const T* k, const T* v, const T* o, con
 using View = StridedHeads<const float>;
 View view_of(const at::Tensor& t) { return {t.data_ptr<float>(), t.stride(0), t.stride(1), t.stride(2)}; }
 
+// The blocked forward of both dtypes: K and V packed once, one task per (batch, kv head, key
+// block), pack(b, hk, kb, dst) writing kvb elements; then tasks of (batch, head, query block of BQ
+// rows), block(b, h, bh, kv, i0, nr, ws) with kv the head's packed blocks and ws a workspace of
+// ws_floats. With causal attention a later block has more keys to visit, so the blocks of a head
+// are enumerated 0, n-1, 1, n-2, ...: any contiguous range of tasks (what at::parallel_for hands a
+// thread) then carries a fair share. release: end each task with brgemm_release (AMX tile state).
+template <class E, class Pack, class Block>
+void forward_blocks(const Shape& s, bool causal, int64_t kvb, int64_t ws_floats, bool release, Pack&& pack,
+                    Block&& block) {
+  constexpr int64_t bq = isa_base::BQ, bk = isa_base::BK;
+  const int64_t nkb = (s.Tk + bk - 1) / bk;
+  // (B, Hkv, key block) packed blocks, every element written by pack (so left uninitialised)
+  const std::unique_ptr<E[]> kv(new E[s.B * s.Hkv * nkb * kvb]);
+  at::parallel_for(0, s.B * s.Hkv * nkb, grain(2 * bk * s.D), [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) pack(t / (s.Hkv * nkb), t / nkb % s.Hkv, t % nkb, kv.get() + t * kvb);
+  });
+  const int64_t nqb = (s.Tq + bq - 1) / bq, tasks = s.B * s.H * nqb;
+  const int64_t work = std::min(bq, s.Tq) * s.Tk * std::max<int64_t>(s.D, 16);
+  at::parallel_for(0, tasks, grain(work), [&](int64_t begin, int64_t end) {
+    std::vector<float> ws(ws_floats);
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t bh = t / nqb, u = t % nqb, qb = causal ? (u % 2 == 0 ? u / 2 : nqb - 1 - u / 2) : u;
+      const int64_t b = bh / s.H, h = bh % s.H, hk = h / s.group(), i0 = qb * bq;
+      block(b, h, bh, kv.get() + (b * s.Hkv + hk) * nkb * kvb, i0, std::min(bq, s.Tq - i0), ws.data());
+    }
+    if (release) at::native::cpublas::brgemm_release();
+  });
+}
+
 // float32 forward. Tq = 1 (decoding) runs fwd_row per (batch, head): one row has nothing to
-// amortise packing over. Otherwise K and V are packed once, one task per (batch, kv head, key
-// block), and then tasks are (batch, head, query block of BQ rows); with causal attention a later
-// block has more keys to visit, so the blocks of a head are enumerated 0, n-1, 1, n-2, ...: any
-// contiguous range of tasks (what at::parallel_for hands a thread) then carries a fair share.
+// amortise packing over. Otherwise forward_blocks.
 void forward_f32(View q, View k, View v, float* o, float* lse, Shape s, float scale, bool causal, const Rng* rng) {
   const auto& K = f32_kernels();
   if (s.Tq == 1) {
@@ -262,31 +288,19 @@ void forward_f32(View q, View k, View v, float* o, float* lse, Shape s, float sc
     });
     return;
   }
-  constexpr int64_t bq = isa_base::BQ, bk = isa_base::BK;
-  const int64_t nkb = (s.Tk + bk - 1) / bk, kvb = isa_base::kv_block_size<float>(s.D);
-  // (B, Hkv, key block) packed blocks, every float written by pack_kv_block (so left uninitialised)
-  const std::unique_ptr<float[]> kv(new float[s.B * s.Hkv * nkb * kvb]);
-  at::parallel_for(0, s.B * s.Hkv * nkb, grain(2 * bk * s.D), [&](int64_t begin, int64_t end) {
-    for (int64_t t = begin; t < end; ++t) {
-      const int64_t b = t / (s.Hkv * nkb), hk = t / nkb % s.Hkv;
-      K.pack_kv_block(k.at(b, hk), k.st, v.at(b, hk), v.st, s.Tk, s.D, t % nkb, kv.get() + t * kvb);
-    }
-  });
-  const int64_t nqb = (s.Tq + bq - 1) / bq, tasks = s.B * s.H * nqb;
-  const int64_t work = std::min(bq, s.Tq) * s.Tk * std::max<int64_t>(s.D, 16);
-  at::parallel_for(0, tasks, grain(work), [&](int64_t begin, int64_t end) {
-    std::vector<float> ws(K.fwd_workspace(s.D));
-    for (int64_t t = begin; t < end; ++t) {
-      const int64_t bh = t / nqb, u = t % nqb, qb = causal ? (u % 2 == 0 ? u / 2 : nqb - 1 - u / 2) : u;
-      const int64_t b = bh / s.H, h = bh % s.H, hk = h / s.group(), i0 = qb * bq;
-      K.fwd_block(q.at(b, h), q.st, kv.get() + (b * s.Hkv + hk) * nkb * kvb, o + bh * s.Tq * s.D, lse + bh * s.Tq,
-                  i0, std::min(bq, s.Tq - i0), s.Tq, s.Tk, s.D, scale, causal, rng, b, h, ws.data());
-    }
-  });
+  forward_blocks<float>(
+      s, causal, isa_base::kv_block_size<float>(s.D), K.fwd_workspace(s.D), false,
+      [&](int64_t b, int64_t hk, int64_t kb, float* dst) {
+        K.pack_kv_block(k.at(b, hk), k.st, v.at(b, hk), v.st, s.Tk, s.D, kb, dst);
+      },
+      [&](int64_t b, int64_t h, int64_t bh, const float* kv, int64_t i0, int64_t nr, float* ws) {
+        K.fwd_block(q.at(b, h), q.st, kv, o + bh * s.Tq * s.D, lse + bh * s.Tq, i0, nr, s.Tq, s.Tk, s.D, scale,
+                    causal, rng, b, h, ws);
+      });
 }
 
 // bf16 forward with both products on the bf16 units (fwd_block_bf16): q, k, v read in place as
-// bf16, K/V packed once into the VNNI layout; the same task order as forward_f32.
+// bf16, K/V packed once into the VNNI layout.
 using View16 = StridedHeads<const unsigned short>;
 View16 view16_of(const at::Tensor& t) {
   return {reinterpret_cast<const unsigned short*>(t.data_ptr<at::BFloat16>()), t.stride(0), t.stride(1), t.stride(2)};
@@ -295,27 +309,15 @@ unsigned short* bits(at::Tensor& t) { return reinterpret_cast<unsigned short*>(t
 void forward_bf16(View16 q, View16 k, View16 v, unsigned short* o, unsigned short* olo, float* lse, Shape s,
                   float scale, bool causal, const Rng* rng) {
   using namespace isa_avx512;
-  const int64_t nkb = (s.Tk + BK - 1) / BK, kvb = kv_block_bf16s(s.D);
-  const std::unique_ptr<bf16[]> kv(new bf16[s.B * s.Hkv * nkb * kvb]);  // every element written by the packer
-  at::parallel_for(0, s.B * s.Hkv * nkb, grain(2 * BK * s.D), [&](int64_t begin, int64_t end) {
-    for (int64_t t = begin; t < end; ++t) {
-      const int64_t b = t / (s.Hkv * nkb), hk = t / nkb % s.Hkv;
-      pack_kv_block_bf16(k.at(b, hk), k.st, v.at(b, hk), v.st, s.Tk, s.D, t % nkb, kv.get() + t * kvb);
-    }
-  });
-  const int64_t nqb = (s.Tq + BQ - 1) / BQ, tasks = s.B * s.H * nqb;
-  const int64_t work = std::min<int64_t>(BQ, s.Tq) * s.Tk * std::max<int64_t>(s.D, 16);
-  at::parallel_for(0, tasks, grain(work), [&](int64_t begin, int64_t end) {
-    std::vector<float> ws(fwd_workspace(s.D));
-    for (int64_t t = begin; t < end; ++t) {
-      const int64_t bh = t / nqb, u = t % nqb, qb = causal ? (u % 2 == 0 ? u / 2 : nqb - 1 - u / 2) : u;
-      const int64_t b = bh / s.H, h = bh % s.H, hk = h / s.group(), i0 = qb * BQ;
-      fwd_block_bf16(q.at(b, h), q.st, kv.get() + (b * s.Hkv + hk) * nkb * kvb, o + bh * s.Tq * s.D,
-                     olo + bh * s.Tq * s.D, lse + bh * s.Tq, i0, std::min<int64_t>(BQ, s.Tq - i0), s.Tq, s.Tk, s.D,
-                     scale, causal, rng, b, h, ws.data());
-    }
-    at::native::cpublas::brgemm_release();
-  });
+  forward_blocks<bf16>(
+      s, causal, kv_block_bf16s(s.D), fwd_workspace(s.D), true,
+      [&](int64_t b, int64_t hk, int64_t kb, bf16* dst) {
+        pack_kv_block_bf16(k.at(b, hk), k.st, v.at(b, hk), v.st, s.Tk, s.D, kb, dst);
+      },
+      [&](int64_t b, int64_t h, int64_t bh, const bf16* kv, int64_t i0, int64_t nr, float* ws) {
+        fwd_block_bf16(q.at(b, h), q.st, kv, o + bh * s.Tq * s.D, olo + bh * s.Tq * s.D, lse + bh * s.Tq, i0, nr,
+                       s.Tq, s.Tk, s.D, scale, causal, rng, b, h, ws);
+      });
 }
 
 // The backward (backward_t). A task is one (batch, kv head) — its G query heads' dq and its dk, dv, so
@@ -331,13 +333,11 @@ constexpr int64_t kSplitPairs = 4;
 // The kernel entry point and the float value of an element, per input dtype of the backward.
 auto bwd_group_for(const F32Kernels& K, float) { return K.bwd_group; }
 auto bwd_group_for(const F32Kernels& K, unsigned short) { return K.bwd_group_bf16; }
-float f32(float x) { return x; }
-float f32(unsigned short bits) { return static_cast<float>(c10::BFloat16(bits, c10::BFloat16::from_bits())); }
 float from_f32(float x, float) { return x; }
 unsigned short from_f32(float x, unsigned short) { return c10::BFloat16(x).x; }
 
 // E = float or bf16 bits: the inputs' dtype, read in place and converted while packing; dq, dk, dv
-// are written in E. o_lo (bf16 only, else null) is the forward's rounding residual of o.
+// are written in E. o_lo: bf16's rounding residual of o from the forward, or null.
 template <class E>
 void backward_t(StridedHeads<const E> dout, StridedHeads<const E> q, StridedHeads<const E> k,
                 StridedHeads<const E> v, StridedHeads<const E> o, const E* o_lo, const float* lse, E* dq, E* dk,
@@ -349,12 +349,15 @@ void backward_t(StridedHeads<const E> dout, StridedHeads<const E> q, StridedHead
     for (int64_t row = begin; row < end; ++row) {
       const int64_t i = row % s.Tq, h = (row / s.Tq) % s.H, b = row / (s.Tq * s.H);
       const E *dr = dout.at(b, h) + i * dout.st, *orow = o.at(b, h) + i * o.st;
-      float a = 0;
-      if (o_lo)  // o_lo is contiguous (the forward allocated it)
-        for (int64_t d = 0; d < D; ++d) a += f32(dr[d]) * (f32(orow[d]) + f32(o_lo[row * D + d]));
-      else
-        for (int64_t d = 0; d < D; ++d) a += f32(dr[d]) * f32(orow[d]);
-      delta[row] = a;
+      if constexpr (std::is_same_v<E, float>) {
+        delta[row] = dot(dr, orow, D);
+      } else {  // o + o_lo (contiguous: the forward allocated it), o alone without it
+        using isa_base::to_float;
+        float a = 0;
+        for (int64_t d = 0; d < D; ++d)
+          a += to_float(dr[d]) * (to_float(orow[d]) + (o_lo ? to_float(o_lo[row * D + d]) : 0.0f));
+        delta[row] = a;
+      }
     }
   });
   const int64_t pairs = s.B * s.Hkv, nkb = (s.Tk + isa_base::BK - 1) / isa_base::BK;
