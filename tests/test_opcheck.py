@@ -68,3 +68,27 @@ def test_opcheck_the_other_ops_as_autograd_calls_them(backend, op):
         for func, func_args in others:
             detached = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in func_args)
             torch.library.opcheck(func, detached)
+
+
+@pytest.mark.parametrize("backend,op", IMPLEMENTED)
+def test_eager_calls_take_the_registered_calculus_without_its_python_wrapper(backend, op):
+    """Untraced calls run each forward op as an autograd.Function of ops/library.py (torch.library's
+    autograd wrapper costs more than a small kernel): same outputs and gradients, bit for bit, as
+    the registered autograd that opcheck checks above; no graph node under no_grad."""
+    from babygpt_ext.ops.library import eager_ops
+    spec = OPS[op]
+    registered, eager = compiled_ops(backend), eager_ops(COMPILED[backend][1])
+    for call in OP_SAMPLES[op]:
+        args = spec.make_args(call, "cpu", torch.float32, True)
+        leaves = [a for a in args if isinstance(a, torch.Tensor) and a.requires_grad]
+        outs = {}
+        for name, ns in (("registered", registered), ("eager", eager)):
+            out = spec.run_compiled(ns, *args)
+            outs[name] = (out, out.grad_fn.name(), torch.autograd.grad(out, leaves, torch.ones_like(out)))
+        assert "eager" in outs["eager"][1] and "eager" not in outs["registered"][1], (outs["eager"][1],
+                                                                                        outs["registered"][1])
+        assert torch.equal(outs["eager"][0], outs["registered"][0])
+        for g_eager, g_registered in zip(outs["eager"][2], outs["registered"][2]):
+            assert torch.equal(g_eager, g_registered)
+        with torch.no_grad():
+            assert spec.run_compiled(eager, *args).grad_fn is None

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from . import reference
-from .library import register_contract
+from .library import eager_ops, register_contract
 from .registry import Backend, Call, limits, register
 from .table import OPS
 
@@ -59,7 +59,9 @@ def compiled_ops(backend: str):
 
 
 def _run_compiled(spec, backend, *args):
-    return spec.run_compiled(compiled_ops(backend), *args)
+    # Traced calls put the registered op into the graph; eager ones skip its Python autograd wrapper.
+    ns = compiled_ops(backend) if torch.compiler.is_compiling() else eager_ops(COMPILED[backend][1])
+    return spec.run_compiled(ns, *args)
 
 
 # The ops every compiled namespace defines (BABYGPT_DEFINE_CONTRACT); the fused ops of the training
