@@ -84,23 +84,21 @@ def _eager_forward(spec, ops):
     op = getattr(ops, spec.forward).default
     backward = _backward_of(spec, ops)
 
-    class Forward(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, *args):
-            with torch._C._AutoDispatchBelowAutograd():
-                out = op(*args)
-            spec.setup_context(ctx, args, out)
-            return out
+    def forward(ctx, *args):
+        with torch._C._AutoDispatchBelowAutograd():
+            out = op(*args)
+        spec.setup_context(ctx, args, out)
+        return out
 
-        @staticmethod
-        def backward(ctx, *grads):
-            return backward(ctx, *grads)
-
-    Forward.__name__ = Forward.__qualname__ = f"{spec.forward}_eager"
+    # Built by name so the graph node reads e.g. attn_fwd_eagerBackward (the metaclass names it).
+    Forward = type(f"{spec.forward}_eager", (torch.autograd.Function,),
+                   {"forward": staticmethod(forward), "backward": staticmethod(backward)})
 
     def run(*args):
-        if torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args):
-            return Forward.apply(*args)
+        if torch.is_grad_enabled():
+            for a in args:  # a loop, not any(<generator>): 3 µs of a 15 µs small call
+                if isinstance(a, torch.Tensor) and a.requires_grad:
+                    return Forward.apply(*args)
         with torch._C._AutoDispatchBelowAutograd():  # nothing to record: no Function node either
             return op(*args)
     return run
