@@ -58,7 +58,7 @@ def lora_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
     scale is LoRA's alpha / r. bias may be None. Returns (..., out) in x's dtype.
     """
     y = engine.run(_LORA, _LORA.validate(x, weight, bias, lora_a, lora_b, scale), backend)  # (N, out)
-    return y.reshape(*x.shape[:-1], weight.shape[0])
+    return y if x.dim() == 2 else y.reshape(*x.shape[:-1], weight.shape[0])
 
 
 def bias_gelu(x: torch.Tensor, bias: Optional[torch.Tensor], *, backend: Optional[str] = None) -> torch.Tensor:

@@ -15,7 +15,8 @@ _grad_enabled = torch.is_grad_enabled  # bound once: the key runs on every call
 
 def _validate(x, weight, bias, lora_a, lora_b, scale):
     scale = validate.lora_args(x, weight, bias, lora_a, lora_b, scale)
-    return x.reshape(-1, x.shape[-1]), weight, bias, lora_a, lora_b, scale
+    # No reshape of a 2-D x: even a view adds an autograd node (ViewBackward0) to every call.
+    return x if x.dim() == 2 else x.reshape(-1, x.shape[-1]), weight, bias, lora_a, lora_b, scale
 
 
 def _key(x, weight, bias, lora_a, lora_b, scale):

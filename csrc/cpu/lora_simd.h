@@ -37,16 +37,17 @@ BG_INLINE vf splat(float x) { return x - vf{}; }
 BG_INLINE long lmin(long a, long b) { return a < b ? a : b; }
 
 // acc[m] += x[m, :K] · panel (K x NR), for m < R (R <= MR rows, a compile-time count so the
-// accumulators live in registers).
-template <int R>
+// accumulators live in registers). V = 1 multiplies only the panel's first W columns (acc[m][1]
+// untouched): a rank r <= W fills no more, and the padding would double the xa sweep's FMAs.
+template <int R, int V = 2>
 BG_INLINE void tile_k_loop(const float* x, long ldx, long K, const float* panel, vf (&acc)[MR][2]) {
   for (long k = 0; k < K; ++k) {
-    const vf b0 = ld(panel + k * NR), b1 = ld(panel + k * NR + W);
+    const vf b0 = ld(panel + k * NR), b1 = V == 2 ? ld(panel + k * NR + W) : vf{};
 #pragma GCC unroll 6
     for (int m = 0; m < R; ++m) {
       const vf xv = splat(x[m * ldx + k]);
       acc[m][0] += xv * b0;
-      acc[m][1] += xv * b1;
+      if constexpr (V == 2) acc[m][1] += xv * b1;
     }
   }
 }
@@ -74,7 +75,10 @@ void xa_rows(const float* x, long ldx, long K, long r, const float* ap, float s,
   const long rpad = (r + NR - 1) / NR * NR;
   for (long q = 0; q < rpad / NR; ++q) {
     vf acc[MR][2] = {};
-    tile_k_loop<R>(x, ldx, K, ap + q * K * NR, acc);
+    if (r - q * NR <= W)
+      tile_k_loop<R, 1>(x, ldx, K, ap + q * K * NR, acc);
+    else
+      tile_k_loop<R>(x, ldx, K, ap + q * K * NR, acc);
     store_tile<R>(acc, lmin(NR, r - q * NR), xa + q * NR, ldxa);
     for (int m = 0; m < R; ++m) {
       st(sxa + m * rpad + q * NR, acc[m][0] * splat(s));
