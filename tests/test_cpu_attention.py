@@ -84,3 +84,28 @@ def test_a_future_value_never_reaches_earlier_rows(dtype, D, row):
     o = ops.causal_attention(q, k, v, backend="cpu")
     assert not torch.isnan(o[:, :, :row]).any()
     assert torch.isnan(o[:, :, row:]).all()
+
+
+def test_long_context_forward_packs_kv_heads_in_chunks_with_the_same_bits():
+    # T4096 D128: 4 MB of packed K/V per kv head, so the forward packs two heads at a time
+    # (kPackBytes, csrc/cpu/attention.cpp) and its third head in a second chunk. Every head's
+    # output must be the bits that head gets alone (one chunk).
+    g = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(1, 3, 4096, 128, generator=g) for _ in range(3))
+    whole = ops.causal_attention(q, k, v, backend="cpu")
+    for h in range(3):
+        one = ops.causal_attention(q[:, h:h + 1], k[:, h:h + 1], v[:, h:h + 1], backend="cpu")
+        assert torch.equal(whole[:, h:h + 1], one)
+
+
+@pytest.mark.parametrize("shape", [(2, 4, 130, 64), (1, 3, 200, 59), (3, 2, 65, 8)])
+def test_bf16_forward_without_bf16_units_equals_the_float32_forward_rounded(shape):
+    # Without bf16 units the forward reads bf16 in place through the float32 kernels: the bits of
+    # the float32 forward on the same values, rounded once.
+    from babygpt_ext.train.precision import cpu_bf16_units
+    if cpu_bf16_units():
+        pytest.skip(f"this CPU has bf16 units ({cpu_bf16_units()}): its bf16 forward runs on them instead")
+    q, k, v = qkv_views(*shape, dtype=torch.bfloat16)
+    o = ops.causal_attention(q, k, v, backend="cpu")
+    o32 = ops.causal_attention(q.float(), k.float(), v.float(), backend="cpu")
+    assert o.dtype == torch.bfloat16 and torch.equal(o, o32.to(torch.bfloat16))

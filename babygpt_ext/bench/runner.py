@@ -39,6 +39,7 @@ class Result:
     max_err: float  # vs the eager backend in the same dtype
     peak_mb: Optional[float]
     runs: str = ""  # the backend that ran: the row's own, or for AUTO the engine's choice
+    layout: str = "contig"  # attention inputs: contiguous (B, H, T, D) tensors, or a GPT layer's views
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -61,6 +62,23 @@ def runnable(backends: List[str], op: str, device: str, dtype: torch.dtype, head
         else:
             notes.append(f"{name} left out of the {op} table: {why}")
     return kept, notes
+
+
+def gemm_ceiling_tflops(device: str, dtype: torch.dtype, n: int = 2048) -> float:
+    """The machine's own matmul throughput in `dtype` (torch.mm n x n, median of 5), the ceiling
+    each row's TFLOP/s is read against. A dtype the hardware has no units for is computed in
+    float32 by the kernels here, so its ceiling is the faster of its GEMM and float32's; a 512²
+    probe first keeps such a GEMM from taking minutes (bf16 2048² on AVX2 only: AMD Zen 1)."""
+    def rate(dt, m):
+        a, b = torch.randn(m, m, device=device, dtype=dt), torch.randn(m, m, device=device, dtype=dt)
+        times = time_interleaved({"mm": lambda: torch.mm(a, b)}, device, rounds=5)
+        return 2 * m ** 3 / times["mm"] / 1e12
+
+    def ceiling(dt):
+        probe = rate(dt, 512)
+        return probe if probe < 0.01 else rate(dt, n)
+    own = ceiling(dtype)
+    return own if dtype == torch.float32 or device != "cpu" else max(own, ceiling(torch.float32))
 
 
 def _backend_arg(name: str):
@@ -101,10 +119,27 @@ def _results(op, shape_name, mode, dtype, fns, outs, times, flops, device, auto_
             for name, t in times.items()]
 
 
+LAYOUTS = ("contig", "gpt")
+
+
+def gpt_layer_views(qkv: torch.Tensor, H: int, Hkv: int, D: int) -> tuple:
+    """q, k, v as a GPT layer makes them from its fused projection qkv (B, T, (H + 2·Hkv)·D): split,
+    viewed as heads, transposed to (B, heads, T, D). Strided: rows (H + 2·Hkv)·D elements apart."""
+    B, T, _ = qkv.shape
+    q, k, v = qkv.split([H * D, Hkv * D, Hkv * D], dim=2)
+    return tuple(t.view(B, T, -1, D).transpose(1, 2) for t in (q, k, v))
+
+
 def bench_attention(shape: AttnShape, backends: List[str], device: str, dtype: torch.dtype, backward: bool,
-                    causal: bool = True, rounds: int = 7) -> List[Result]:
+                    causal: bool = True, rounds: int = 7, layout: str = "contig") -> List[Result]:
+    if layout not in LAYOUTS:
+        raise ValueError(f"bench_attention: layout must be one of {LAYOUTS}, got {layout!r}")
+
     def make():
         g = torch.Generator().manual_seed(0)
+        if layout == "gpt":
+            qkv = torch.randn(shape.B, shape.T, (shape.H + 2 * shape.kv_heads) * shape.D, generator=g)
+            return gpt_layer_views(qkv.to(device, dtype).requires_grad_(backward), shape.H, shape.kv_heads, shape.D)
         mk = lambda h: torch.randn(shape.B, h, shape.T, shape.D, generator=g).to(device, dtype).requires_grad_(backward)
         return mk(shape.H), mk(shape.kv_heads), mk(shape.kv_heads)
 
@@ -116,8 +151,11 @@ def bench_attention(shape: AttnShape, backends: List[str], device: str, dtype: t
     fns, outs, inputs = _callables(make, run, [PEER, *backends], backward)
     times = time_interleaved(fns, device, rounds=rounds)
     auto_runs = ops.explain(*inputs, causal=causal).backend if AUTO in backends else ""
-    return _results("attention", shape.name, "fwd+bwd" if backward else "fwd", dtype, fns, outs, times,
+    rows = _results("attention", shape.name, "fwd+bwd" if backward else "fwd", dtype, fns, outs, times,
                     shape.flops(causal, backward), device, auto_runs)
+    for r in rows:
+        r.layout = layout
+    return rows
 
 
 def bench_lora(shape: LoraShape, backends: List[str], device: str, dtype: torch.dtype, backward: bool,

@@ -95,14 +95,16 @@ struct F32Kernels {
   decltype(&isa_base::fwd_row) fwd_row;
   decltype(&isa_base::fwd_workspace) fwd_workspace;
   decltype(&isa_base::pack_kv_block) pack_kv_block;
+  decltype(&isa_base::fwd_block_from_bf16) fwd_block_from_bf16;
+  decltype(&isa_base::pack_kv_block_from_bf16) pack_kv_block_from_bf16;
   decltype(&isa_base::bwd_group) bwd_group;
   decltype(&isa_base::bwd_group_bf16) bwd_group_bf16;
   decltype(&isa_base::bwd_workspace) bwd_workspace;
 };
 
 #define BABYGPT_KERNELS(ns) \
-  F32Kernels{#ns, &ns::fwd_block, &ns::fwd_row, &ns::fwd_workspace, &ns::pack_kv_block, &ns::bwd_group, &ns::bwd_group_bf16, \
-             &ns::bwd_workspace}
+  F32Kernels{#ns, &ns::fwd_block, &ns::fwd_row, &ns::fwd_workspace, &ns::pack_kv_block, &ns::fwd_block_from_bf16, \
+             &ns::pack_kv_block_from_bf16, &ns::bwd_group, &ns::bwd_group_bf16, &ns::bwd_workspace}
 
 // The copy of the kernels for the instruction set chosen_isa() picks (isa.h).
 const F32Kernels& f32_kernels() {
@@ -246,11 +248,12 @@ View view_of(const at::Tensor& t) { return {t.data_ptr<float>(), t.stride(0), t.
 
 // The blocked forward of both dtypes: K and V packed once (one task per (batch, kv head, key
 // block), pack(b, hk, kb, dst) writing kvb elements; with a single query block per head, by the
-// block tasks themselves); then tasks of (batch, head, query block of BQ
-// rows), block(b, h, bh, kv, i0, nr, ws) with kv the head's packed blocks and ws a workspace of
+// block tasks themselves; otherwise a chunk of kv heads at a time, kPackBytes at most); then
+// tasks of (batch, head, query block of BQ rows), block(b, h, bh, kv, i0, nr, ws) with kv the head's packed blocks and ws a workspace of
 // ws_floats. With causal attention a later block has more keys to visit, so the blocks of a head
 // are enumerated 0, n-1, 1, n-2, ...: any contiguous range of tasks (what at::parallel_for hands a
 // thread) then carries a fair share. release: end each task with brgemm_release (AMX tile state).
+constexpr int64_t kPackBytes = 8 << 20;
 template <class E, class Pack, class Block>
 void forward_blocks(const Shape& s, bool causal, int64_t kvb, int64_t ws_floats, bool release, Pack&& pack,
                     Block&& block) {
@@ -279,21 +282,33 @@ void forward_blocks(const Shape& s, bool causal, int64_t kvb, int64_t ws_floats,
     });
     return;
   }
-  // (B, Hkv, key block) packed blocks, every element written by pack (so left uninitialised)
-  const std::unique_ptr<E[]> kv(new E[s.B * s.Hkv * nkb * kvb]);
-  at::parallel_for(0, s.B * s.Hkv * nkb, grain(2 * bk * s.D), [&](int64_t begin, int64_t end) {
-    for (int64_t t = begin; t < end; ++t) pack(t / (s.Hkv * nkb), t / nkb % s.Hkv, t % nkb, kv.get() + t * kvb);
-  });
-  const int64_t tasks = s.B * s.H * nqb;
-  at::parallel_for(0, tasks, grain(work), [&](int64_t begin, int64_t end) {
-    std::vector<float> ws(ws_floats);
-    for (int64_t t = begin; t < end; ++t) {
-      const int64_t bh = t / nqb, u = t % nqb, qb = causal ? (u % 2 == 0 ? u / 2 : nqb - 1 - u / 2) : u;
-      const int64_t b = bh / s.H, h = bh % s.H, hk = h / s.group(), i0 = qb * bq;
-      block(b, h, bh, kv.get() + (b * s.Hkv + hk) * nkb * kvb, i0, std::min(bq, s.Tq - i0), ws.data());
-    }
-    if (release) at::native::cpublas::brgemm_release();
-  });
+  // The (batch, kv head) pairs run in chunks whose packed blocks fit kPackBytes (at least one pair a
+  // chunk): every short-context shape is one chunk, and at long contexts the packed copy stays a
+  // few MB instead of a second K and V (fp32 B1 H16 T8192 D128: 128 MB).
+  const int64_t pairs = s.B * s.Hkv, pair_elems = nkb * kvb;
+  const int64_t chunk = std::clamp<int64_t>(kPackBytes / (pair_elems * int64_t(sizeof(E))), 1, pairs);
+  // packed blocks of a chunk, (pair, key block), every element written by pack (so left uninitialised)
+  const std::unique_ptr<E[]> kv(new E[chunk * pair_elems]);
+  for (int64_t p0 = 0; p0 < pairs; p0 += chunk) {
+    const int64_t np = std::min(chunk, pairs - p0);
+    at::parallel_for(0, np * nkb, grain(2 * bk * s.D), [&](int64_t begin, int64_t end) {
+      for (int64_t t = begin; t < end; ++t) {
+        const int64_t pair = p0 + t / nkb;
+        pack(pair / s.Hkv, pair % s.Hkv, t % nkb, kv.get() + t * kvb);
+      }
+    });
+    // the chunk's tasks: (batch, head) of its pairs' query heads, then query block
+    at::parallel_for(0, np * s.group() * nqb, grain(work), [&](int64_t begin, int64_t end) {
+      std::vector<float> ws(ws_floats);
+      for (int64_t t = begin; t < end; ++t) {
+        const int64_t bh = p0 * s.group() + t / nqb, u = t % nqb;
+        const int64_t qb = causal ? (u % 2 == 0 ? u / 2 : nqb - 1 - u / 2) : u;
+        const int64_t b = bh / s.H, h = bh % s.H, hk = h / s.group(), i0 = qb * bq;
+        block(b, h, bh, kv.get() + (b * s.Hkv + hk - p0) * pair_elems, i0, std::min(bq, s.Tq - i0), ws.data());
+      }
+      if (release) at::native::cpublas::brgemm_release();
+    });
+  }
 }
 
 // float32 forward. Tq = 1 (decoding) runs fwd_row per (batch, head): one row has nothing to
@@ -340,6 +355,22 @@ void forward_bf16(View16 q, View16 k, View16 v, unsigned short* o, unsigned shor
       [&](int64_t b, int64_t h, int64_t bh, const bf16* kv, int64_t i0, int64_t nr, float* ws) {
         fwd_block_bf16(q.at(b, h), q.st, kv, o + bh * s.Tq * s.D, olo + bh * s.Tq * s.D, lse + bh * s.Tq, i0, nr,
                        s.Tq, s.Tk, s.D, scale, causal, rng, b, h, ws);
+      });
+}
+
+// bf16 forward on a CPU without bf16 units: the float32 kernels, with q, k, v read in place as
+// bf16 (converted while packing K/V and per query block), o and o_lo written as bf16.
+void forward_f32_from_bf16(View16 q, View16 k, View16 v, unsigned short* o, unsigned short* olo, float* lse, Shape s,
+                           float scale, bool causal, const Rng* rng) {
+  const auto& K = f32_kernels();
+  forward_blocks<float>(
+      s, causal, isa_base::kv_block_size<float>(s.D), K.fwd_workspace(s.D), false,
+      [&](int64_t b, int64_t hk, int64_t kb, float* dst) {
+        K.pack_kv_block_from_bf16(k.at(b, hk), k.st, v.at(b, hk), v.st, s.Tk, s.D, kb, dst);
+      },
+      [&](int64_t b, int64_t h, int64_t bh, const float* kv, int64_t i0, int64_t nr, float* ws) {
+        K.fwd_block_from_bf16(q.at(b, h), q.st, kv, o + bh * s.Tq * s.D, olo + bh * s.Tq * s.D, lse + bh * s.Tq, i0,
+                              nr, s.Tq, s.Tk, s.D, scale, causal, rng, b, h, ws);
       });
 }
 
@@ -460,12 +491,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attn_fwd(const at::Tensor& q, con
   const auto rng = rng_of(dropout_p, seed);
   const Rng* g = rng ? &*rng : nullptr;
   const auto acc = acc_type(q);
-  if (uses_bf16_units(q, s)) {
+  if (q.scalar_type() == at::kBFloat16 && s.Tq > 1) {  // read in place; a decoding row takes the float path
     auto qc = rows_contiguous(q), kc = rows_contiguous(k), vc = rows_contiguous(v);
     auto o = at::empty(q.sizes(), q.options()), o_lo = at::empty(q.sizes(), q.options());  // contiguous
     auto lse = at::empty({s.B, s.H, s.Tq}, q.options().dtype(acc));
-    forward_bf16(view16_of(qc), view16_of(kc), view16_of(vc), bits(o), bits(o_lo), lse.data_ptr<float>(), s,
-                 static_cast<float>(scale), causal, g);
+    (uses_bf16_units(q, s) ? forward_bf16 : forward_f32_from_bf16)(view16_of(qc), view16_of(kc), view16_of(vc),
+                                                                    bits(o), bits(o_lo), lse.data_ptr<float>(), s,
+                                                                    static_cast<float>(scale), causal, g);
     return {o, lse, o_lo};
   }
   auto qa = as_input(q, acc), ka = as_input(k, acc), va = as_input(v, acc);

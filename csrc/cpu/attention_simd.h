@@ -414,8 +414,9 @@ BG_INLINE long kt_size(long D) { return (sizeof(E) == 2 ? (D + 1) / 2 * 2 : D) *
 template <class E>
 BG_INLINE long kv_block_size(long D) { return kt_size<E>(D) + BK * padded(D); }
 // Packs key block kb of a kv head (k, v at its row 0, row strides ldk, ldv, Tk keys) into dst.
-template <class E>
-BG_INLINE void pack_kv_block_t(const E* k, long ldk, const E* v, long ldv, long Tk, long D, long kb, E* dst) {
+// S: the inputs' element type (bf16 into float blocks: the float32 kernels on bf16 inputs).
+template <class S, class E>
+BG_INLINE void pack_kv_block_t(const S* k, long ldk, const S* v, long ldv, long Tk, long D, long kb, E* dst) {
   const long j0 = kb * BK, nb = lmin(BK, Tk - j0);
   if constexpr (sizeof(E) == 2) {
     pack_kt_vnni(k + j0 * ldk, ldk, nb, D, dst);
@@ -429,6 +430,10 @@ BG_INLINE void pack_kv_block_t(const E* k, long ldk, const E* v, long ldv, long 
 static void pack_kv_block(const float* k, long ldk, const float* v, long ldv, long Tk, long D, long kb, float* dst) {
   pack_kv_block_t(k, ldk, v, ldv, Tk, D, kb, dst);
 }
+static void pack_kv_block_from_bf16(const bf16* k, long ldk, const bf16* v, long ldv, long Tk, long D, long kb,
+                                    float* dst) {
+  pack_kv_block_t(k, ldk, v, ldv, Tk, D, kb, dst);
+}
 
 struct FwdWs {
   float* S;             // scores / probabilities (BQ x BK)
@@ -436,6 +441,7 @@ struct FwdWs {
   float *Ot, *mt, *lt;  // the chunks before it, the same three
   float* Z;             // one row's dropout scales (BK)
   bf16* Pb;             // bf16 operands: P rounded for its product with V (BQ x BK)
+  float* Qf;            // bf16 queries for the float32 products: the block's rows as float (BQ x D)
   long floats;
 };
 static FwdWs fwd_ws(float* base, long D) {
@@ -450,6 +456,7 @@ static FwdWs fwd_ws(float* base, long D) {
   w.lt = c.take(BQ);
   w.Z = c.take(BK);
   w.Pb = (bf16*)c.take(BQ * BK / 2);
+  w.Qf = c.take(BQ * D);
   w.floats = c.used;
   return w;
 }
@@ -488,12 +495,13 @@ constexpr long kBf16GemmMinD = 16;
 // point at the head's row 0, kv at its kv head's packed blocks (pack_kv_block). Online softmax
 // over key blocks; blocks entirely in the causal future are never visited and only the blocks
 // crossing the diagonal (or the ragged last block) are masked. rng: dropout, or null.
-// E = bf16: q, kv and o are bf16 and both products run on the bf16 tile GEMM (fp32 accumulation);
-// P is rounded to bf16 before its product with V, the softmax stays float32, and olo receives
-// the output's rounding residual (null for float).
-template <class E>
-BG_INLINE void fwd_block_t(const E* q, long ldq, const E* kv, E* o, bf16* olo, float* lse, long i0, long nr, long Tq,
-                           long Tk, long D, float scale, bool causal, const Rng* rng, long b, long h, float* ws) {
+// E = bf16: q and kv are bf16 and both products run on the bf16 tile GEMM (fp32 accumulation);
+// P is rounded to bf16 before its product with V and the softmax stays float32. Out = bf16: o is
+// rounded and olo receives the output's rounding residual (null for float). qb points at row i0.
+template <class E, class Out>
+BG_INLINE void fwd_block_t(const E* qb, long ldq, const E* kv, Out* o, bf16* olo, float* lse, long i0, long nr,
+                           long Tq, long Tk, long D, float scale, bool causal, const Rng* rng, long b, long h,
+                           float* ws) {
   constexpr bool half = sizeof(E) == 2;
   const long Dp = padded(D), off = Tk - Tq;
   const FwdWs w = fwd_ws(ws, D);
@@ -502,7 +510,6 @@ BG_INLINE void fwd_block_t(const E* q, long ldq, const E* kv, E* o, bf16* olo, f
   for (long r = 0; r < nr; ++r) w.m[r] = -__builtin_inff(), w.l[r] = 0;
   __builtin_memset(w.O, 0, nr * Dp * sizeof(float));
   const long kend = causal ? lmin(Tk, i0 + nr - 1 + off + 1) : Tk;
-  const E* qb = q + i0 * ldq;
   for (long j0 = 0; j0 < kend; j0 += BK) {
     if (j0 > 0 && j0 % kChunkKeys == 0) {
       if (j0 == kChunkKeys) {  // the first chunk ends: the totals start empty
@@ -595,7 +602,7 @@ BG_INLINE void fwd_block_t(const E* q, long ldq, const E* kv, E* o, bf16* olo, f
   const float *O = chunked ? w.Ot : w.O, *m = chunked ? w.mt : w.m, *l = chunked ? w.lt : w.l;
   for (long r = 0; r < nr; ++r) {
     const float inv = 1.0f / l[r];
-    if constexpr (half) {  // o rounded, and the residual o_lo (attention.cpp's rounded_output)
+    if constexpr (sizeof(Out) == 2) {  // o rounded, and the residual o_lo (attention.cpp's rounded_output)
       store_bf16_with_residual(O + r * Dp, inv, D, o + (i0 + r) * D, olo + (i0 + r) * D);
     } else {
       for (long d = 0; d < D; ++d) o[(i0 + r) * D + d] = O[r * Dp + d] * inv;
@@ -606,13 +613,24 @@ BG_INLINE void fwd_block_t(const E* q, long ldq, const E* kv, E* o, bf16* olo, f
 
 static void fwd_block(const float* q, long ldq, const float* kv, float* o, float* lse, long i0, long nr, long Tq,
                       long Tk, long D, float scale, bool causal, const Rng* rng, long b, long h, float* ws) {
-  fwd_block_t(q, ldq, kv, o, nullptr, lse, i0, nr, Tq, Tk, D, scale, causal, rng, b, h, ws);
+  fwd_block_t(q + i0 * ldq, ldq, kv, o, nullptr, lse, i0, nr, Tq, Tk, D, scale, causal, rng, b, h, ws);
+}
+// The same on bf16 inputs without bf16 units: kv packed as float (pack_kv_block_from_bf16), the
+// block's query rows converted once, o and its residual olo written as bf16. No float copy of
+// q, k, v or o exists: at B1 H16 T8192 D128 those copies were 320 of the call's 448 MB.
+static void fwd_block_from_bf16(const bf16* q, long ldq, const float* kv, bf16* o, bf16* olo, float* lse, long i0,
+                                long nr, long Tq, long Tk, long D, float scale, bool causal, const Rng* rng, long b,
+                                long h, float* ws) {
+  float* Qf = fwd_ws(ws, D).Qf;
+  for (long r = 0; r < nr; ++r)
+    for (long d = 0; d < D; ++d) Qf[r * D + d] = to_float(q[(i0 + r) * ldq + d]);
+  fwd_block_t(static_cast<const float*>(Qf), D, kv, o, olo, lse, i0, nr, Tq, Tk, D, scale, causal, rng, b, h, ws);
 }
 #if BABYGPT_VEC_FLOATS == 16  // the bf16 units come with AVX-512 (AVX512-BF16, AMX-BF16)
 static void fwd_block_bf16(const bf16* q, long ldq, const bf16* kv, bf16* o, bf16* olo, float* lse, long i0, long nr,
                            long Tq, long Tk, long D, float scale, bool causal, const Rng* rng, long b, long h,
                            float* ws) {
-  fwd_block_t(q, ldq, kv, o, olo, lse, i0, nr, Tq, Tk, D, scale, causal, rng, b, h, ws);
+  fwd_block_t(q + i0 * ldq, ldq, kv, o, olo, lse, i0, nr, Tq, Tk, D, scale, causal, rng, b, h, ws);
 }
 static long kv_block_bf16s(long D) { return kv_block_size<bf16>(D); }
 static void pack_kv_block_bf16(const bf16* k, long ldk, const bf16* v, long ldv, long Tk, long D, long kb, bf16* dst) {
