@@ -60,8 +60,8 @@ def report() -> str:
         lines.append(f"  fp32       on the FMA units; attention forward at head size >= "
                      f"{info['cpu_attention_gemm_min_head_dim']}: Q·Kᵀ and P·V on oneDNN's brgemm (JIT for this CPU)")
         if info["cpu_attention_bf16"] == "fp32":
-            lines.append("  bf16       attention computed in fp32 (this CPU has no bf16 units), the backward reading bf16 "
-                         "in place")
+            lines.append("  bf16       attention computed in fp32 (this CPU has no bf16 units), forward and backward "
+                         "reading bf16 in place")
         else:
             lines.append(f"  bf16       attention forward at head size >= {info['cpu_attention_bf16_min_head_dim']}: "
                          f"Q·Kᵀ and P·V on the bf16 units ({info['cpu_attention_bf16']}), softmax in fp32; the "
