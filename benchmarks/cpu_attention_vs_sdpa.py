@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from babygpt_ext import ops
+from babygpt_ext.bench.runner import gemm_ceiling_tflops, gpt_layer_views
 
 # name: (B, H, T, D), as in babygpt_ext/bench/shapes.py, plus the long-context xl shape.
 SHAPES = {"babygpt": (16, 4, 32, 4), "nanogpt-cpu": (12, 4, 64, 32), "medium": (4, 8, 512, 64),
@@ -46,7 +47,7 @@ def inputs(shape, dtype, layout, grad):
     B, H, T, D = shape
     if layout == "gpt":
         qkv = torch.randn(B, T, 3 * H * D, dtype=dtype).requires_grad_(grad)
-        q, k, v = (t.view(B, T, H, D).transpose(1, 2) for t in qkv.split(H * D, dim=2))  # (B, H, T, D) views
+        q, k, v = gpt_layer_views(qkv, H, H, D)  # (B, H, T, D) views
         return q, k, v, [qkv]
     q, k, v = (torch.randn(B, H, T, D, dtype=dtype).requires_grad_(grad) for _ in range(3))
     return q, k, v, [q, k, v]
@@ -59,17 +60,6 @@ def median_time(fn, reps: int) -> float:
         fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
-
-
-def gemm_gflops(dtype, n=2048) -> float:
-    def rate(m):
-        a, b = torch.randn(m, m, dtype=dtype), torch.randn(m, m, dtype=dtype)
-        torch.mm(a, b)
-        return 2 * m ** 3 / median_time(lambda: torch.mm(a, b), 5) / 1e9
-    # A 512² probe first: without bf16 units one bf16 2048² product takes minutes (AMD Zen 1), and
-    # so slow a dtype's ceiling is never the one a row is compared with (see main).
-    probe = rate(512)
-    return probe if probe < 10 else rate(n)
 
 
 def main(argv=None):
@@ -85,11 +75,10 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     dtypes = [getattr(torch, d) for d in args.dtypes.split(",")]
     print(f"CPU: {cpu_name()}; {torch.get_num_threads()} threads; torch {torch.__version__}")
-    gemm = {dt: gemm_gflops(dt) for dt in {torch.float32, *dtypes}}
-    print("GEMM (torch.mm 2048²): " + ", ".join(f"{str(dt)[6:]} {g:.1f} GFLOP/s" for dt, g in gemm.items()))
-    # A CPU without bf16/fp16 units computes those in float32 (torch.mm on bf16 inputs is then far
-    # slower than on float32 ones), so the ceiling of a dtype is the faster of its GEMM and fp32's.
-    ceiling = {dt: max(gemm[dt], gemm[torch.float32]) for dt in dtypes}
+    # A CPU without bf16/fp16 units computes those in float32, so a dtype's ceiling is the faster of
+    # its GEMM and fp32's (gemm_ceiling_tflops).
+    ceiling = {dt: gemm_ceiling_tflops("cpu", dt) * 1e3 for dt in dtypes}
+    print("GEMM ceiling (torch.mm 2048²): " + ", ".join(f"{str(dt)[6:]} {g:.1f} GFLOP/s" for dt, g in ceiling.items()))
     print(f"{'shape':12s} {'dtype':9s} {'layout':6s} {'mode':8s} {'sdpa ms':>9s} {'cpu ms':>9s} {'speedup':>8s} "
           f"{'GFLOP/s':>8s} {'% ceil':>7s}")
     sdpa = lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True)  # noqa: E731
