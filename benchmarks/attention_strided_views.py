@@ -10,12 +10,12 @@ four copies are the temporaries saved per layer-step.
 """
 
 import argparse
-import platform
 
 import torch
 
 from babygpt_ext import ops
 from babygpt_ext.bench.timing import time_interleaved
+from babygpt_ext.train.precision import cpu_name
 
 
 def main():
@@ -43,7 +43,7 @@ def main():
         return run
 
     saved_mib = 4 * b * t * c * x.element_size() / 2**20
-    print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}; B{b} T{t} H{h} D{d} fp32 fwd+bwd,"
+    print(f"{cpu_name()}, torch {torch.__version__}; B{b} T{t} H{h} D{d} fp32 fwd+bwd,"
           f" backend {args.backend}; copies avoided per layer-step: {saved_mib:.1f} MiB")
     for n in args.threads:
         torch.set_num_threads(n)

@@ -15,7 +15,6 @@ and float32's (a CPU without bf16 units computes bf16 in float32).
 """
 
 import argparse
-import platform
 import statistics
 import time
 
@@ -24,22 +23,11 @@ import torch.nn.functional as F
 
 from babygpt_ext import ops
 from babygpt_ext.bench.runner import gemm_ceiling_tflops, gpt_layer_views
+from babygpt_ext.train.precision import cpu_name
 
 # name: (B, H, T, D), as in babygpt_ext/bench/shapes.py, plus the long-context xl shape.
 SHAPES = {"babygpt": (16, 4, 32, 4), "nanogpt-cpu": (12, 4, 64, 32), "medium": (4, 8, 512, 64),
           "long": (1, 8, 2048, 64), "xl": (1, 16, 4096, 128)}
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            info = f.read()
-    except OSError:
-        return platform.processor() or "unknown CPU"
-    name = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")), "?")
-    flags = next((ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), [])
-    isa = [f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in flags]
-    return f"{name} ({', '.join(isa)})"
 
 
 def inputs(shape, dtype, layout, grad):

@@ -19,7 +19,6 @@ dropout 0.2, batch_size 64. The model is that shape; the batch defaults to 8 seq
 
 import argparse
 import copy
-import platform
 import statistics
 import time
 
@@ -29,6 +28,7 @@ import torch.nn.functional as F
 import babygpt_ext
 from babygpt_ext.bench.nanogpt_model import NanoGPT
 from babygpt_ext.data import embedded_text, get_batch, split
+from babygpt_ext.train.precision import cpu_name
 
 
 def hf_gpt2(vocab, block_size):
@@ -103,7 +103,7 @@ def main():
     p.add_argument("--models", nargs="+", default=["nanogpt", "gpt2"], choices=["nanogpt", "gpt2"])
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"CPU: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+    print(f"CPU: {cpu_name()}, torch {torch.__version__}, "
           f"capability {torch.backends.cpu.get_cpu_capability()}, {args.threads} thread(s)")
     text = embedded_text()
     chars = sorted(set(text))

@@ -10,7 +10,6 @@ trainable base (the weight and bias get gradients too). Both are timed round-rob
 """
 
 import argparse
-import platform
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +17,7 @@ import torch.nn.functional as F
 from babygpt_ext import ops
 from babygpt_ext.bench.shapes import LORA_SHAPES
 from babygpt_ext.bench.timing import time_interleaved
+from babygpt_ext.train.precision import cpu_name
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 MODES = ("fwd", "fwd+bwd frozen", "fwd+bwd trainable")
@@ -60,7 +60,7 @@ def main():
                    help="shape names of babygpt_ext/bench/shapes.py (first word)")
     p.add_argument("--rounds", type=int, default=9)
     args = p.parse_args()
-    print(f"CPU: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+    print(f"CPU: {cpu_name()}, torch {torch.__version__}, "
           f"capability {torch.backends.cpu.get_cpu_capability()}")
     print(f"{'shape':24} {'dtype':5} {'mode':18} {'thr':>3} {'eager ms':>9} {'cpu ms':>9} {'speedup':>8}")
     for shape in [s for s in LORA_SHAPES if s.name.split()[0] in args.shapes]:

@@ -5,6 +5,7 @@ import torch
 
 from babygpt_ext import ops
 from babygpt_ext.bench.shapes import ATTENTION_SHAPES
+from babygpt_ext.bench.runner import backend_arg
 from bench_params import device_backends, timed
 
 
@@ -19,7 +20,7 @@ def test_attention(benchmark, device, backend, shape, backward):
     do = torch.randn_like(q)
 
     def step():
-        o = ops.causal_attention(q, k, v, backend=backend)
+        o = ops.causal_attention(q, k, v, backend=backend_arg(backend))
         if backward:
             o.backward(do)
         return o

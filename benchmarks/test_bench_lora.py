@@ -5,6 +5,7 @@ import torch
 
 from babygpt_ext import ops
 from babygpt_ext.bench.shapes import LORA_SHAPES
+from babygpt_ext.bench.runner import backend_arg
 from bench_params import device_backends, timed
 
 
@@ -19,7 +20,7 @@ def test_lora(benchmark, device, backend, shape, backward):
     dy = torch.randn(shape.N, shape.d_out, device=device, dtype=dtype)
 
     def step():
-        y = ops.lora_linear(x, w, b, a, bm, 2.0, backend=backend)
+        y = ops.lora_linear(x, w, b, a, bm, 2.0, backend=backend_arg(backend))
         if backward:
             y.backward(dy)
         return y

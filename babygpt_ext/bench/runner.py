@@ -81,7 +81,8 @@ def gemm_ceiling_tflops(device: str, dtype: torch.dtype, n: int = 2048) -> float
     return own if dtype == torch.float32 or device != "cpu" else max(own, ceiling(torch.float32))
 
 
-def _backend_arg(name: str):
+def backend_arg(name: str):
+    """The `backend=` argument of a row's name: None (the engine's choice) for AUTO."""
     return None if name == AUTO else name
 
 
@@ -146,7 +147,7 @@ def bench_attention(shape: AttnShape, backends: List[str], device: str, dtype: t
     def run(name, q, k, v):
         if name == PEER:  # Tq == Tk here, so SDPA's top-left causal mask is the contract's
             return F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=k.shape[1] != q.shape[1])
-        return ops.causal_attention(q, k, v, causal=causal, backend=_backend_arg(name))
+        return ops.causal_attention(q, k, v, causal=causal, backend=backend_arg(name))
 
     fns, outs, inputs = _callables(make, run, [PEER, *backends], backward)
     times = time_interleaved(fns, device, rounds=rounds)
@@ -168,7 +169,7 @@ def bench_lora(shape: LoraShape, backends: List[str], device: str, dtype: torch.
                 mk(shape.r, shape.d_in), mk(shape.d_out, shape.r))
 
     def run(name, x, w, b, a, bm):
-        return ops.lora_linear(x, w, b, a, bm, 2.0, backend=_backend_arg(name))
+        return ops.lora_linear(x, w, b, a, bm, 2.0, backend=backend_arg(name))
 
     fns, outs, inputs = _callables(make, run, backends, backward)
     times = time_interleaved(fns, device, rounds=rounds)

@@ -39,12 +39,17 @@ def resolve_dtype(name: str, device_type: str) -> tuple:
     return "fp32", "auto: this CPU has no native bf16 units (amx_bf16 / avx512_bf16), where bf16 is slower"
 
 
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+
+
 def cpu_name() -> str:
-    """The CPU's model name, for benchmark headers (numbers mean little without it)."""
+    """The CPU's model name and the vector/matrix units it has, for benchmark headers (numbers
+    mean little without them): e.g. "AMD EPYC [avx2, fma]"."""
     cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    import platform
-    return platform.processor() or platform.machine()
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
+    field = lambda key: next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith(key)), None)
+    if (name := field("model name")) is None:
+        import platform
+        return platform.processor() or platform.machine()
+    flags = set((field("flags") or "").split())
+    return f"{name} [{', '.join(f for f in ISA_FLAGS if f in flags)}]"
