@@ -6,8 +6,9 @@
 
 The peer is raw `F.scaled_dot_product_attention(q, k, v, is_causal=True)`, never our `sdpa`
 wrapper; ours is `ops.causal_attention(..., backend="cpu")` (validation and dispatch included).
-Two input layouts: `contig` (three contiguous (B, H, T, D) tensors) and `gpt` (the views a GPT
-layer makes: one (B, T, 3C) projection split and transposed, so q/k/v are strided). Rounds are
+Two input layouts: `contig` (three contiguous (B, H, T, D) tensors) and `gpt` (a GPT layer's
+attention from its (B, T, 3C) projection to (B, T, C): the peer splits, transposes, runs SDPA and
+merges the heads, as nanoGPT does; ours is `ops.qkv_attention(..., backend="cpu")`). Rounds are
 interleaved (sdpa, ours, sdpa, ...) and the median of each is kept, so load on a shared machine
 hits both alike; compare the ratio. The machine's own ceiling is printed first: torch.mm 2048²
 in each dtype on the same cores, and each row's GFLOP/s as a share of the faster of the dtype's
@@ -22,7 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from babygpt_ext import ops
-from babygpt_ext.bench.runner import gemm_ceiling_tflops, gpt_layer_views
+from babygpt_ext.ops.qkv_attention_op import merge_heads, split_heads
+from babygpt_ext.bench.runner import gemm_ceiling_tflops
 from babygpt_ext.train.precision import cpu_name
 
 # name: (B, H, T, D), as in babygpt_ext/bench/shapes.py, plus the long-context xl shape.
@@ -31,14 +33,21 @@ SHAPES = {"babygpt": (16, 4, 32, 4), "nanogpt-cpu": (12, 4, 64, 32), "medium": (
 
 
 def inputs(shape, dtype, layout, grad):
-    """q, k, v in the layout, and the tensors the gradients are taken with respect to."""
+    """The inputs of the layout: (qkv,) for gpt, (q, k, v) for contig."""
     B, H, T, D = shape
     if layout == "gpt":
-        qkv = torch.randn(B, T, 3 * H * D, dtype=dtype).requires_grad_(grad)
-        q, k, v = gpt_layer_views(qkv, H, H, D)  # (B, H, T, D) views
-        return q, k, v, [qkv]
-    q, k, v = (torch.randn(B, H, T, D, dtype=dtype).requires_grad_(grad) for _ in range(3))
-    return q, k, v, [q, k, v]
+        return (torch.randn(B, T, 3 * H * D, dtype=dtype).requires_grad_(grad),)
+    return tuple(torch.randn(B, H, T, D, dtype=dtype).requires_grad_(grad) for _ in range(3))
+
+
+def calls(H, layout):
+    """(SDPA as users call it, ours) for the layout: gpt runs a GPT layer's attention from its fused
+    projection to (B, T, H·D), the peer as nanoGPT writes it (split, transpose, SDPA, merge)."""
+    sdpa = lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True)  # noqa: E731
+    if layout == "gpt":
+        return (lambda qkv: merge_heads(sdpa(*split_heads(qkv, H, H))),
+                lambda qkv: ops.qkv_attention(qkv, H, backend="cpu"))
+    return sdpa, lambda q, k, v: ops.causal_attention(q, k, v, backend="cpu")
 
 
 def median_time(fn, reps: int) -> float:
@@ -69,19 +78,18 @@ def main(argv=None):
     print("GEMM ceiling (torch.mm 2048²): " + ", ".join(f"{str(dt)[6:]} {g:.1f} GFLOP/s" for dt, g in ceiling.items()))
     print(f"{'shape':12s} {'dtype':9s} {'layout':6s} {'mode':8s} {'sdpa ms':>9s} {'cpu ms':>9s} {'speedup':>8s} "
           f"{'GFLOP/s':>8s} {'% ceil':>7s}")
-    sdpa = lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True)  # noqa: E731
-    ours = lambda q, k, v: ops.causal_attention(q, k, v, backend="cpu")  # noqa: E731
     for name in args.shapes.split(","):
         B, H, T, D = SHAPES[name]
         for dt in dtypes:
             for layout in args.layouts.split(","):
                 for mode in args.modes.split(","):
                     grad = mode == "fwd+bwd"
-                    q, k, v, leaves = inputs(SHAPES[name], dt, layout, grad)
-                    do = torch.randn(q.shape, dtype=dt)
+                    leaves = inputs(SHAPES[name], dt, layout, grad)
+                    sdpa, ours = calls(H, layout)
+                    do = torch.randn(ours(*leaves).shape, dtype=dt)
 
                     def call(fn):
-                        o = fn(q, k, v)
+                        o = fn(*leaves)
                         if grad:
                             torch.autograd.grad(o, leaves, do)
 

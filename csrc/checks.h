@@ -36,6 +36,15 @@ inline void attn_bwd(const at::Tensor& dout, const at::Tensor& q, const at::Tens
               "babygpt::attn_bwd: lse must be (B, H, Tq)");
 }
 
+// A GPT layer's fused projection qkv (B, T, (H + 2 Hkv) D) with H % Hkv == 0 (attn_qkv_fwd/bwd).
+inline void qkv(const at::Tensor& qkv, int64_t H, int64_t Hkv) {
+  TORCH_CHECK(H > 0 && Hkv > 0 && H % Hkv == 0, "babygpt::attn_qkv: n_head must be a positive multiple of n_kv_head, "
+              "got ", H, " and ", Hkv);
+  TORCH_CHECK(qkv.dim() == 3 && qkv.size(2) % (H + 2 * Hkv) == 0 && qkv.size(2) > 0,
+              "babygpt::attn_qkv: qkv must be (B, T, (n_head + 2 n_kv_head) * D), got ", qkv.sizes(), " for n_head ",
+              H, ", n_kv_head ", Hkv);
+}
+
 // Attention dropout's arguments: 0 <= p < 1, and with p > 0 a seed, one int64 element on the CPU
 // (its value keys csrc/dropout_rng.h). Returns whether dropout is on.
 inline bool dropout(double p, const std::optional<at::Tensor>& seed) {

@@ -41,4 +41,11 @@ constexpr int kMaxHeadDim = 256;
   do {                                                                                                    \
     (m).def("bias_gelu_fwd(Tensor x, Tensor? bias) -> Tensor");                                          \
     (m).def("bias_gelu_bwd(Tensor dy, Tensor x, Tensor? bias, bool need_dbias) -> (Tensor dx, Tensor dbias)"); \
+    /* A GPT layer's attention on its fused projection qkv (B, T, (H + 2 Hkv) D): q's heads, then */   \
+    /* k's, then v's along the last axis; o and o_lo (B, T, H D), lse (B, H, T); dqkv like qkv.   */   \
+    (m).def("attn_qkv_fwd(Tensor qkv, int n_head, int n_kv_head, float scale, bool causal,"             \
+            " float dropout_p=0., Tensor? seed=None) -> (Tensor o, Tensor lse, Tensor o_lo)");          \
+    (m).def("attn_qkv_bwd(Tensor dout, Tensor qkv, Tensor o, Tensor lse, Tensor o_lo, int n_head,"      \
+            " int n_kv_head, float scale, bool causal, float dropout_p=0., Tensor? seed=None)"          \
+            " -> Tensor dqkv");                                                                         \
   } while (0)

@@ -113,6 +113,11 @@ def _attn_call(h, hkv, tq, tk, d, causal, b=1, dropout=False):
     return Call("attention", "cpu", torch.float32, d, dims + ((("dropout", True),) if dropout else ()))
 
 
+def _qkv_call(h, hkv, t, d, b=1, dropout=False):
+    dims = (("H", h), ("Hkv", hkv), ("causal", True), ("Tq<=", t), ("Tk<=", t), ("B<=", b))
+    return Call("qkv_attention", "cpu", torch.float32, d, dims + ((("dropout", True),) if dropout else ()))
+
+
 def _lora_call(n, d_in, d_out, r, bias, base_grad):
     return Call("lora", "cpu", torch.float32, 0, (("in", d_in), ("out", d_out), ("r", r), ("bias", bias),
                                                    ("base_grad", base_grad), ("N<=", n)))
@@ -127,6 +132,7 @@ def _bias_gelu_call(n, f, bias):
 OP_SAMPLES = {
     "attention": [_attn_call(2, 1, 5, 5, 8, True), _attn_call(2, 2, 3, 7, 16, True), _attn_call(4, 2, 6, 3, 8, False),
                   _attn_call(2, 1, 9, 9, 8, True, b=2, dropout=True)],
+    "qkv_attention": [_qkv_call(2, 1, 5, 8), _qkv_call(2, 2, 7, 16, b=2), _qkv_call(2, 1, 9, 8, b=2, dropout=True)],
     "lora": [_lora_call(5, 8, 6, 2, True, False), _lora_call(5, 8, 6, 2, False, False), _lora_call(5, 8, 6, 2, True, True)],
     "bias_gelu": [_bias_gelu_call(5, 12, True), _bias_gelu_call(3, 8, False)],
 }

@@ -50,12 +50,7 @@ def test_bench_with_a_backend_that_has_no_lora_runs_and_notes_it(capsys):
     assert "note: sdpa left out of the lora table: it has no lora implementation" in out
 
 
-def test_gpt_layout_rows_time_the_strided_views_a_gpt_layer_makes(capsys):
-    from babygpt_ext.bench.runner import gpt_layer_views
-    qkv = torch.randn(2, 16, (4 + 2 * 2) * 8)
-    q, k, v = gpt_layer_views(qkv, H=4, Hkv=2, D=8)
-    assert q.shape == (2, 4, 16, 8) and k.shape == v.shape == (2, 2, 16, 8) and not q.is_contiguous()
-    assert torch.equal(k[1, 1, 3], qkv[1, 3, 32 + 8:32 + 16]) and torch.equal(v[0, 0, 5], qkv[0, 5, 48:56])
+def test_gpt_layout_rows_time_a_gpt_layers_attention_from_its_qkv(capsys):
     rows = bench_attention(AttnShape("t", B=1, H=4, T=16, D=8, Hkv=2), ["cpu"], "cpu", torch.float32,
                            backward=True, rounds=2, layout="gpt")
     assert [r.layout for r in rows] == ["gpt", "gpt"] and all(r.max_err < 1e-5 for r in rows)

@@ -169,7 +169,7 @@ def test_report_summarises_patched_and_left():
 
 def test_patched_nanogpt_trains_with_its_dropout_on_the_fused_op(monkeypatch):
     """nanoGPT's dropout 0.2 (attn_dropout and resid_dropout): after patch() every training forward
-    of every layer calls ops.causal_attention with dropout_p=0.2, the backward runs, and eval calls
+    of every layer calls ops.qkv_attention with dropout_p=0.2, the backward runs, and eval calls
     it with 0."""
     torch.manual_seed(0)
     model = NanoGPT()
@@ -177,12 +177,12 @@ def test_patched_nanogpt_trains_with_its_dropout_on_the_fused_op(monkeypatch):
         blk.attn = NanoAttention(32, 4, 16, dropout=0.2)
     babygpt_ext.patch(model)
     calls = []
-    real = ops.causal_attention
+    real = ops.qkv_attention
 
-    def counting(q, k, v, **kw):
+    def counting(qkv, n_head, n_kv_head, **kw):
         calls.append(kw.get("dropout_p", 0.0))
-        return real(q, k, v, **kw)
-    monkeypatch.setattr(ops, "causal_attention", counting)
+        return real(qkv, n_head, n_kv_head, **kw)
+    monkeypatch.setattr(ops, "qkv_attention", counting)
     idx = torch.randint(0, 31, (4, 16))
     loss = F.cross_entropy(model.train()(idx).flatten(0, 1), idx.roll(-1, 1).flatten())
     loss.backward()

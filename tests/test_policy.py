@@ -92,6 +92,6 @@ def test_explanation_prints_the_choice_and_the_skips():
 
 def test_a_backend_registers_one_implementation_per_op_and_refuses_in_one_place():
     b = ops.BACKENDS["sdpa"]
-    assert set(b.impls) == {"attention"} and b.refuses(Call("lora", "cpu", torch.float32)) == "it has no lora implementation"
+    assert set(b.impls) == {"attention", "qkv_attention"} and b.refuses(Call("lora", "cpu", torch.float32)) == "it has no lora implementation"
     assert ops.BACKENDS["cpu"].refuses(Call("attention", "cuda", torch.float32, 64)) == "it runs on cpu tensors, not cuda"
     assert ops.available_backends("cpu", op="lora") == [n for n in ops.available_backends("cpu") if n != "sdpa"]

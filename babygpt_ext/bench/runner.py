@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import ops
+from ..ops.qkv_attention_op import merge_heads, split_heads
 from ..ops.spec import Call
 from .shapes import AttnShape, LoraShape
 from .timing import time_interleaved
@@ -123,35 +124,42 @@ def _results(op, shape_name, mode, dtype, fns, outs, times, flops, device, auto_
 LAYOUTS = ("contig", "gpt")
 
 
-def gpt_layer_views(qkv: torch.Tensor, H: int, Hkv: int, D: int) -> tuple:
-    """q, k, v as a GPT layer makes them from its fused projection qkv (B, T, (H + 2·Hkv)·D): split,
-    viewed as heads, transposed to (B, heads, T, D). Strided: rows (H + 2·Hkv)·D elements apart."""
-    B, T, _ = qkv.shape
-    q, k, v = qkv.split([H * D, Hkv * D, Hkv * D], dim=2)
-    return tuple(t.view(B, T, -1, D).transpose(1, 2) for t in (q, k, v))
-
-
 def bench_attention(shape: AttnShape, backends: List[str], device: str, dtype: torch.dtype, backward: bool,
                     causal: bool = True, rounds: int = 7, layout: str = "contig") -> List[Result]:
+    """contig: q, k, v contiguous (B, heads, T, D) tensors into causal_attention (the peer: SDPA).
+    gpt: a GPT layer's attention from its fused projection qkv (B, T, (H + 2·Hkv)·D) to (B, T, H·D),
+    as each side is called in a model: the peer splits, transposes, runs SDPA and merges the heads
+    (nanoGPT's code), ours is qkv_attention."""
     if layout not in LAYOUTS:
         raise ValueError(f"bench_attention: layout must be one of {LAYOUTS}, got {layout!r}")
+    H, Hkv = shape.H, shape.kv_heads
 
     def make():
         g = torch.Generator().manual_seed(0)
         if layout == "gpt":
-            qkv = torch.randn(shape.B, shape.T, (shape.H + 2 * shape.kv_heads) * shape.D, generator=g)
-            return gpt_layer_views(qkv.to(device, dtype).requires_grad_(backward), shape.H, shape.kv_heads, shape.D)
+            qkv = torch.randn(shape.B, shape.T, (H + 2 * Hkv) * shape.D, generator=g)
+            return (qkv.to(device, dtype).requires_grad_(backward),)
         mk = lambda h: torch.randn(shape.B, h, shape.T, shape.D, generator=g).to(device, dtype).requires_grad_(backward)
-        return mk(shape.H), mk(shape.kv_heads), mk(shape.kv_heads)
+        return mk(H), mk(Hkv), mk(Hkv)
 
-    def run(name, q, k, v):
-        if name == PEER:  # Tq == Tk here, so SDPA's top-left causal mask is the contract's
-            return F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=k.shape[1] != q.shape[1])
-        return ops.causal_attention(q, k, v, causal=causal, backend=backend_arg(name))
+    def sdpa(q, k, v):  # Tq == Tk here, so SDPA's top-left causal mask is the contract's
+        return F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=k.shape[1] != q.shape[1])
+
+    def run(name, *inputs):
+        if layout == "gpt":
+            if name == PEER:
+                return merge_heads(sdpa(*split_heads(inputs[0], H, Hkv)))
+            return ops.qkv_attention(inputs[0], H, Hkv, causal=causal, backend=backend_arg(name))
+        if name == PEER:
+            return sdpa(*inputs)
+        return ops.causal_attention(*inputs, causal=causal, backend=backend_arg(name))
 
     fns, outs, inputs = _callables(make, run, [PEER, *backends], backward)
     times = time_interleaved(fns, device, rounds=rounds)
-    auto_runs = ops.explain(*inputs, causal=causal).backend if AUTO in backends else ""
+    auto_runs = ""
+    if AUTO in backends:
+        auto_runs = (ops.explain_qkv(inputs[0], H, Hkv, causal=causal) if layout == "gpt"
+                     else ops.explain(*inputs, causal=causal)).backend
     rows = _results("attention", shape.name, "fwd+bwd" if backward else "fwd", dtype, fns, outs, times,
                     shape.flops(causal, backward), device, auto_runs)
     for r in rows:

@@ -28,9 +28,9 @@ examples:
 """
 
 
-def _attention(b, h, hkv, tq, tk, d, grad):
-    return Call("attention", "", None, d, (("H", h), ("Hkv", hkv), ("causal", True), ("Tq<=", tq), ("Tk<=", tk),
-                                          ("B<=", b)), grad)
+def _attention(b, h, hkv, tq, tk, d, grad, op="attention"):
+    return Call(op, "", None, d, (("H", h), ("Hkv", hkv), ("causal", True), ("Tq<=", tq), ("Tk<=", tk), ("B<=", b)),
+                grad)
 
 
 def _lora(n, d_in, d_out, bias, grad):
@@ -46,12 +46,12 @@ def benchmark_calls(modes) -> list:
 
 
 def preset_calls(preset: str, batch_size: int, modes) -> list:
-    """The calls a GPT of this preset makes: training (fwd+bwd) and evaluation (fwd) at full context,
-    decoding one token with a KV cache at every power-of-two context, and its LoRA-adapted
-    projections (c_attn, c_proj) with the base frozen."""
+    """The calls a GPT of this preset makes: training (fwd+bwd) and evaluation (fwd) at full context
+    (qkv_attention on its projection), decoding one token with a KV cache at every power-of-two
+    context, and its LoRA-adapted projections (c_attn, c_proj) with the base frozen."""
     c = GPTConfig.from_preset(preset)
     h, hkv, d, t = c.n_head, c.n_kv_head or c.n_head, c.n_embd // c.n_head, c.block_size
-    calls = [_attention(batch_size, h, hkv, t, t, d, g) for g in modes]
+    calls = [_attention(batch_size, h, hkv, t, t, d, g, op="qkv_attention") for g in modes]
     calls += [_attention(1, h, hkv, 1, 1 << e, d, False) for e in range(1, t.bit_length()) if 1 << e <= t]
     n = batch_size * t
     calls += [_lora(n, c.n_embd, 3 * c.n_embd, c.bias, g) for g in modes]

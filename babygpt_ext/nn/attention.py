@@ -5,9 +5,10 @@
     cache = KVCache(batch_size=2, n_kv_head=4, max_len=64, head_dim=32)
     y = attn(x_prompt, kv_cache=cache); y = attn(x_next, kv_cache=cache)   # decoding, Tq < Tk
 
-All attention goes through babygpt_ext.ops.causal_attention, whose causal mask is bottom-right
-aligned: the Tq new queries are the *last* Tq positions of the Tk cached keys, which is exactly
-what decoding with a cache needs. Attention dropout while training is the op's too (dropout_p:
+Training and prefill without a cache go through babygpt_ext.ops.qkv_attention, straight from the
+fused projection; with a cache, through babygpt_ext.ops.causal_attention, whose causal mask is
+bottom-right aligned: the Tq new queries are the *last* Tq positions of the Tk cached keys, which
+is exactly what decoding with a cache needs. Attention dropout while training is the op's too (dropout_p:
 the kernels drop the probabilities from a counter-based mask, seeded from torch's generator).
 """
 
@@ -17,6 +18,7 @@ import torch
 import torch.nn as nn
 
 from .. import ops
+from ..ops.qkv_attention_op import merge_heads, split_heads
 from .lowrank import LowRankLinear
 
 
@@ -107,19 +109,20 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, kv_cache: Optional[KVCache] = None) -> torch.Tensor:
         if x.dim() != 3 or x.shape[-1] != self.n_embd:
             raise ValueError(f"CausalSelfAttention: x must be (B, T, n_embd={self.n_embd}), got {tuple(x.shape)}")
-        B, T, C = x.shape
-        hs, nh, nkv = self.head_dim, self.n_head, self.n_kv_head
-        q, k, v = self.c_attn(x).split([nh * hs, nkv * hs, nkv * hs], dim=2)
-        q = q.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, nkv, hs).transpose(1, 2)  # (B, nkv, T, hs)
-        v = v.view(B, T, nkv, hs).transpose(1, 2)  # (B, nkv, T, hs)
-        if kv_cache is not None:
+        T, nh, nkv = x.shape[1], self.n_head, self.n_kv_head
+        dropout_p = self.dropout if self.training else 0.0
+        qkv = self.c_attn(x)  # (B, T, (nh + 2 nkv) hs): q's heads, then k's, then v's
+        if kv_cache is None:
+            # The cpu kernels read q, k, v from qkv and write y with its heads side by side, in place:
+            # no transposed copies, forward or backward.
+            y = ops.qkv_attention(qkv, nh, nkv, dropout_p=dropout_p, backend=self.backend)  # (B, T, C)
+        else:
+            q, k, v = split_heads(qkv, nh, nkv)  # (B, nh, T, hs), (B, nkv, T, hs) twice: views
             k, v = kv_cache.append(k, v)  # (B, nkv, Tpast + T, hs): the new queries are the last T
-        # A single query is the last position and sees every key: causal and non-causal agree,
-        # and the non-causal call needs no mask (decoding is this case at every step).
-        y = ops.causal_attention(q, k, v, causal=T > 1, dropout_p=self.dropout if self.training else 0.0,
-                                 backend=self.backend)  # (B, nh, T, hs)
-        y = self.c_proj(y.transpose(1, 2).reshape(B, T, C))  # re-assemble the heads side by side, mix them
+            # A single query is the last position and sees every key: causal and non-causal agree,
+            # and the non-causal call needs no mask (decoding is this case at every step).
+            y = merge_heads(ops.causal_attention(q, k, v, causal=T > 1, dropout_p=dropout_p, backend=self.backend))
+        y = self.c_proj(y)  # mix the heads
         return self.resid_dropout(y) if self.dropout > 0.0 else y
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):

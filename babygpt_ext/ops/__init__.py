@@ -2,6 +2,7 @@
 
     from babygpt_ext import ops
     o = ops.causal_attention(q, k, v)                  # q (B, H, Tq, D), k/v (B, Hkv, Tk, D)
+    y = ops.qkv_attention(c_attn(x), n_head)           # a GPT layer's attention: (B, T, (3) H D) -> (B, T, H D)
     y = ops.lora_linear(x, w, b, lora_a, lora_b, alpha / r)
     h = ops.bias_gelu(x, b)                            # gelu(x + b), the MLP's activation
     print(ops.explain(q, k, v))                        # which backend runs, measured times, and why
@@ -22,10 +23,11 @@ from .dropout import dropout_mask
 from .registry import BACKENDS, Backend, BackendUnavailableError, register
 from .table import OPS
 
-__all__ = ["causal_attention", "lora_linear", "bias_gelu", "dropout_mask", "available_backends", "explain",
-           "explain_lora", "Explanation", "BACKENDS", "OPS", "Backend", "BackendUnavailableError", "register"]
+__all__ = ["causal_attention", "qkv_attention", "lora_linear", "bias_gelu", "dropout_mask", "available_backends",
+           "explain", "explain_qkv", "explain_lora", "Explanation", "BACKENDS", "OPS", "Backend", "BackendUnavailableError", "register"]
 
-_ATTENTION, _LORA, _BIAS_GELU = OPS["attention"], OPS["lora"], OPS["bias_gelu"]
+_ATTENTION, _QKV_ATTENTION = OPS["attention"], OPS["qkv_attention"]
+_LORA, _BIAS_GELU = OPS["lora"], OPS["bias_gelu"]
 
 
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = True,
@@ -49,6 +51,23 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causa
     seed from torch's default CPU generator, so torch.manual_seed makes a run repeat.
     """
     return engine.run(_ATTENTION, _ATTENTION.validate(q, k, v, causal, scale, dropout_p, seed), backend)
+
+
+def qkv_attention(qkv: torch.Tensor, n_head: int, n_kv_head: Optional[int] = None, *, causal: bool = True,
+                  scale: Optional[float] = None, dropout_p: float = 0.0, seed: Optional[int] = None,
+                  backend: Optional[str] = None) -> torch.Tensor:
+    """A GPT layer's attention from its fused projection: qkv (B, T, (n_head + 2·n_kv_head)·D) holds
+    q's n_head heads, then k's and v's n_kv_head heads, side by side along the last axis (nanoGPT's
+    c_attn output; n_kv_head defaults to n_head). Returns (B, T, n_head·D), the heads side by side,
+    ready for c_proj: causal_attention on the split heads, with the heads merged after.
+
+    The same numbers as that composition on every backend; the cpu backend reads and writes these
+    layouts in place, so neither the forward nor the gradient of qkv makes a copy. causal, scale,
+    dropout_p and seed are causal_attention's.
+    """
+    n_kv_head = n_head if n_kv_head is None else n_kv_head
+    return engine.run(_QKV_ATTENTION, _QKV_ATTENTION.validate(qkv, n_head, n_kv_head, causal, scale, dropout_p, seed),
+                      backend)
 
 
 def lora_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], lora_a: torch.Tensor,
@@ -112,6 +131,14 @@ def explain(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool =
     candidate (deciding exactly as that call would, measuring if it would; a dropout call is timed
     with a fixed seed, drawing nothing from torch's generator)."""
     return _explain(_ATTENTION, _ATTENTION.validate(q, k, v, causal, scale, dropout_p, 0), backend)
+
+
+def explain_qkv(qkv: torch.Tensor, n_head: int, n_kv_head: Optional[int] = None, *, causal: bool = True,
+                scale: Optional[float] = None, dropout_p: float = 0.0, backend: Optional[str] = None) -> Explanation:
+    """As explain, for qkv_attention(qkv, n_head, n_kv_head, ...)."""
+    n_kv_head = n_head if n_kv_head is None else n_kv_head
+    return _explain(_QKV_ATTENTION, _QKV_ATTENTION.validate(qkv, n_head, n_kv_head, causal, scale, dropout_p, 0),
+                    backend)
 
 
 def explain_lora(x, weight, bias, lora_a, lora_b, scale, *, backend: Optional[str] = None) -> Explanation:

@@ -40,7 +40,7 @@ def _key(q, k, v, scale, causal, dropout_p, seed):
 DROPOUT_FACT = (("dropout", True),)
 
 
-def _describe(key):
+def describe(key):
     d, h, hkv, causal, tq, tk, b, drop = key
     return d, ((("H", h), ("Hkv", hkv), ("causal", causal), ("Tq<=", 1 << tq), ("Tk<=", 1 << tk), ("B<=", 1 << b))
                + (DROPOUT_FACT if drop else ()))
@@ -103,7 +103,7 @@ def _backward(ns, ctx, do, _dlse, _do_lo):
 
 
 ATTENTION = OpSpec(
-    name="attention", validate=_validate, reference=reference.attention, key=_key, describe=_describe,
+    name="attention", validate=_validate, reference=reference.attention, key=_key, describe=describe,
     traced_facts=_traced_facts, make_args=_make_args,
     schemas={
         "attn_fwd": ("(Tensor q, Tensor k, Tensor v, float scale, bool causal, float dropout_p=0., Tensor? seed=None)"

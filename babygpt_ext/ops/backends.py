@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from . import reference
 from .library import eager_ops, register_contract
+from .qkv_attention_op import merge_heads, split_heads
 from .registry import Backend, Call, limits, register
 from .table import OPS
 
@@ -65,20 +66,36 @@ def _run_compiled(spec, backend, *args):
 
 
 # The ops every compiled namespace defines (BABYGPT_DEFINE_CONTRACT); the fused ops of the training
-# step (BABYGPT_DEFINE_CPU_FUSED) have CPU kernels only, so other devices run their eager composition.
+# step (BABYGPT_DEFINE_CPU_FUSED) have CPU kernels only, so other devices run their eager composition,
+# except qkv_attention, which a backend without kernels for it runs through its own attention.
 CONTRACT_OPS = ("attention", "lora")
 
 
+def with_qkv_attention(impls: dict) -> dict:
+    """impls plus qkv_attention composed from impls["attention"] when it has none of its own: the
+    split views of qkv in, the heads re-assembled after (the copies the cpu kernels avoid)."""
+    if "qkv_attention" in impls:
+        return impls
+    attention = impls["attention"]
+
+    def qkv_attention(qkv, n_head, n_kv_head, scale, causal, dropout_p=0.0, seed=None):
+        q, k, v = split_heads(qkv, n_head, n_kv_head)
+        return merge_heads(attention(q, k, v, scale, causal, dropout_p, seed))
+    return {**impls, "qkv_attention": qkv_attention}
+
+
 def compiled_impls(backend: str, ops: tuple = CONTRACT_OPS) -> dict:
-    """The given ops of the table, through the backend's namespace."""
-    return {name: functools.partial(_run_compiled, OPS[name], backend) for name in ops}
+    """The given ops of the table, through the backend's namespace (qkv_attention composed when not given)."""
+    return with_qkv_attention({name: functools.partial(_run_compiled, OPS[name], backend) for name in ops})
 
 
-def compiled_limits(backend: str, dtypes: tuple, also=None):
-    """The usual limits, plus: the namespace must define the op (a build older than the table)."""
+def compiled_limits(backend: str, dtypes: tuple, also=None, ops: tuple = CONTRACT_OPS):
+    """The usual limits, plus: the namespace must define the op that runs the call (a build older
+    than the table); for a composed qkv_attention, that is attention's."""
     def missing_op(call: Call):
-        if not hasattr(compiled_ops(backend), OPS[call.op].forward):
-            return f"{COMPILED[backend][1]} has no {OPS[call.op].forward} (rebuild the extension)"
+        forward = OPS[call.op if call.op in ops else "attention"].forward
+        if not hasattr(compiled_ops(backend), forward):
+            return f"{COMPILED[backend][1]} has no {forward} (rebuild the extension)"
         return also(call) if also else None
     return limits(dtypes, KERNEL_MAX_HEAD_DIM, missing_op)
 
@@ -122,7 +139,8 @@ def _sdpa_dropout(call: Call):
 
 register(Backend(
     "sdpa", "torch.nn.functional.scaled_dot_product_attention (the peer baseline; attention only)",
-    devices=("cpu", "cuda"), impls={"attention": _sdpa}, refuse=limits(WITH_F64, also=_sdpa_dropout)))
+    devices=("cpu", "cuda"), impls=with_qkv_attention({"attention": _sdpa}),
+    refuse=limits(WITH_F64, also=_sdpa_dropout)))
 
 
 # ---------------------------------------------------------------------------------- cpu
@@ -133,7 +151,7 @@ def _ext_missing():
 def _cpu_slower_than_sdpa(call: Call):
     """Without AVX2+FMA the attention kernels run their baseline SSE2 copy, which measured 0.67-0.73x
     SDPA (whose own kernels are vectorised for the CPU at hand): let the policy take SDPA instead."""
-    if call.op != "attention" or call.dtype == torch.float64:  # float64 has no SIMD copy anyway
+    if call.op not in ("attention", "qkv_attention") or call.dtype == torch.float64:  # float64: no SIMD copy anyway
         return None
     import babygpt_ext._C as ext
     if ext.build_info()["cpu_attention_isa"] != "base":
@@ -145,7 +163,7 @@ def _cpu_slower_than_sdpa(call: Call):
 register(Backend(
     "cpu", "C++ kernels of csrc/cpu (torch.ops.babygpt on CPU tensors)",
     devices=("cpu",), impls=compiled_impls("cpu", tuple(OPS)), unavailable=_ext_missing,
-    refuse=compiled_limits("cpu", WITH_F64), policy_skip=_cpu_slower_than_sdpa))
+    refuse=compiled_limits("cpu", WITH_F64, ops=tuple(OPS)), policy_skip=_cpu_slower_than_sdpa))
 
 
 # --------------------------------------------------------------------------------- cuda

@@ -82,6 +82,31 @@ def attention_args(q, k, v, causal, scale) -> float:
     return _scale(scale, d ** -0.5)
 
 
+def _positive_int(name: str, x) -> int:
+    if isinstance(x, bool) or not isinstance(x, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(x).__name__}")
+    if x < 1:
+        raise ValueError(f"{name} must be at least 1, got {x}")
+    return int(x)
+
+
+def qkv_attention_args(qkv, n_head, n_kv_head, causal, scale) -> float:
+    """Check qkv_attention's inputs; return the scale to use (default D**-0.5)."""
+    if not (isinstance(qkv, torch.Tensor) and qkv.dtype in FLOAT_DTYPES and qkv.dim() == 3):
+        _tensor("qkv", qkv, 3)
+    h, hkv = _positive_int("n_head", n_head), _positive_int("n_kv_head", n_kv_head)
+    if not isinstance(causal, bool):
+        raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
+    if h % hkv != 0:
+        raise ValueError(f"n_head={h} must be a multiple of n_kv_head={hkv}")
+    width, heads = qkv.shape[2], h + 2 * hkv
+    if width < heads or width % heads != 0:
+        raise ValueError(f"qkv must be (B, T, (n_head + 2 * n_kv_head) * D) = (B, T, {heads} * D), its q, k and v "
+                         f"heads side by side; got {tuple(qkv.shape)}, whose last dimension is not a positive "
+                         f"multiple of {heads} (n_head={h}, n_kv_head={hkv})")
+    return _scale(scale, (width // heads) ** -0.5)
+
+
 def dropout_args(dropout_p, seed) -> tuple:
     """Check attention dropout's arguments; return (p, seed) as the kernels take them: seed None when
     p == 0 (no mask, the kernels skip the generator), else a one-element int64 CPU tensor -- the given

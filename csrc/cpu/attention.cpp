@@ -242,9 +242,14 @@ void backward(const T* dout, const T* q, const T* k, const T* v, const T* o, con
   });
 }
 
-// A float32 (B, H, T, D) tensor read in place (csrc/heads.h, shared with the CUDA kernels).
+// A (B, H, T, D) tensor read or written in place (csrc/heads.h, shared with the CUDA kernels): the
+// inputs, and the outputs too, which are either contiguous (attn_fwd, attn_bwd) or views of a GPT
+// layer's (B, T, ·) tensors (attn_qkv_fwd, attn_qkv_bwd).
+template <class E>
+StridedHeads<E> heads_of(E* p, const at::Tensor& t) { return {p, t.stride(0), t.stride(1), t.stride(2)}; }
 using View = StridedHeads<const float>;
-View view_of(const at::Tensor& t) { return {t.data_ptr<float>(), t.stride(0), t.stride(1), t.stride(2)}; }
+View view_of(const at::Tensor& t) { return heads_of<const float>(t.data_ptr<float>(), t); }
+StridedHeads<float> out_of(at::Tensor& t) { return heads_of(t.data_ptr<float>(), t); }
 
 // The blocked forward of both dtypes: K and V packed once (one task per (batch, kv head, key
 // block), pack(b, hk, kb, dst) writing kvb elements; with a single query block per head, by the
@@ -313,7 +318,8 @@ void forward_blocks(const Shape& s, bool causal, int64_t kvb, int64_t ws_floats,
 
 // float32 forward. Tq = 1 (decoding) runs fwd_row per (batch, head): one row has nothing to
 // amortise packing over. Otherwise forward_blocks.
-void forward_f32(View q, View k, View v, float* o, float* lse, Shape s, float scale, bool causal, const Rng* rng) {
+void forward_f32(View q, View k, View v, StridedHeads<float> o, float* lse, Shape s, float scale, bool causal,
+                 const Rng* rng) {
   const auto& K = f32_kernels();
   if (s.Tq == 1) {
     at::parallel_for(0, s.B * s.H, grain(2 * s.Tk * s.D), [&](int64_t begin, int64_t end) {
@@ -321,7 +327,7 @@ void forward_f32(View q, View k, View v, float* o, float* lse, Shape s, float sc
       for (int64_t bh = begin; bh < end; ++bh) {
         const int64_t b = bh / s.H, h = bh % s.H, hk = h / s.group();
         lse[bh] = K.fwd_row(q.at(b, h), k.at(b, hk), k.st, v.at(b, hk), v.st, s.Tk, s.D, scale, rng, b, h,
-                            o + bh * s.D, scores.data());
+                            o.at(b, h), scores.data());
       }
     });
     return;
@@ -332,7 +338,7 @@ void forward_f32(View q, View k, View v, float* o, float* lse, Shape s, float sc
         K.pack_kv_block(k.at(b, hk), k.st, v.at(b, hk), v.st, s.Tk, s.D, kb, dst);
       },
       [&](int64_t b, int64_t h, int64_t bh, const float* kv, int64_t i0, int64_t nr, float* ws) {
-        K.fwd_block(q.at(b, h), q.st, kv, o + bh * s.Tq * s.D, lse + bh * s.Tq, i0, nr, s.Tq, s.Tk, s.D, scale,
+        K.fwd_block(q.at(b, h), q.st, kv, o.at(b, h), o.st, lse + bh * s.Tq, i0, nr, s.Tq, s.Tk, s.D, scale,
                     causal, rng, b, h, ws);
       });
 }
@@ -344,8 +350,12 @@ View16 view16_of(const at::Tensor& t) {
   return {reinterpret_cast<const unsigned short*>(t.data_ptr<at::BFloat16>()), t.stride(0), t.stride(1), t.stride(2)};
 }
 unsigned short* bits(at::Tensor& t) { return reinterpret_cast<unsigned short*>(t.data_ptr<at::BFloat16>()); }
-void forward_bf16(View16 q, View16 k, View16 v, unsigned short* o, unsigned short* olo, float* lse, Shape s,
-                  float scale, bool causal, const Rng* rng) {
+using Out16 = StridedHeads<unsigned short>;
+Out16 out16_of(at::Tensor& t) { return heads_of(bits(t), t); }
+// o and olo share one layout (attn_fwd allocates them alike), so olo's row h of batch b is at the
+// same offset from its base as o's.
+void forward_bf16(View16 q, View16 k, View16 v, Out16 o, unsigned short* olo, float* lse, Shape s, float scale,
+                  bool causal, const Rng* rng) {
   using namespace isa_avx512;
   forward_blocks<bf16>(
       s, causal, kv_block_bf16s(s.D), fwd_workspace(s.D), true,
@@ -353,14 +363,14 @@ void forward_bf16(View16 q, View16 k, View16 v, unsigned short* o, unsigned shor
         pack_kv_block_bf16(k.at(b, hk), k.st, v.at(b, hk), v.st, s.Tk, s.D, kb, dst);
       },
       [&](int64_t b, int64_t h, int64_t bh, const bf16* kv, int64_t i0, int64_t nr, float* ws) {
-        fwd_block_bf16(q.at(b, h), q.st, kv, o + bh * s.Tq * s.D, olo + bh * s.Tq * s.D, lse + bh * s.Tq, i0, nr,
+        fwd_block_bf16(q.at(b, h), q.st, kv, o.at(b, h), olo + (o.at(b, h) - o.p), o.st, lse + bh * s.Tq, i0, nr,
                        s.Tq, s.Tk, s.D, scale, causal, rng, b, h, ws);
       });
 }
 
 // bf16 forward on a CPU without bf16 units: the float32 kernels, with q, k, v read in place as
 // bf16 (converted while packing K/V and per query block), o and o_lo written as bf16.
-void forward_f32_from_bf16(View16 q, View16 k, View16 v, unsigned short* o, unsigned short* olo, float* lse, Shape s,
+void forward_f32_from_bf16(View16 q, View16 k, View16 v, Out16 o, unsigned short* olo, float* lse, Shape s,
                            float scale, bool causal, const Rng* rng) {
   const auto& K = f32_kernels();
   forward_blocks<float>(
@@ -369,8 +379,8 @@ void forward_f32_from_bf16(View16 q, View16 k, View16 v, unsigned short* o, unsi
         K.pack_kv_block_from_bf16(k.at(b, hk), k.st, v.at(b, hk), v.st, s.Tk, s.D, kb, dst);
       },
       [&](int64_t b, int64_t h, int64_t bh, const float* kv, int64_t i0, int64_t nr, float* ws) {
-        K.fwd_block_from_bf16(q.at(b, h), q.st, kv, o + bh * s.Tq * s.D, olo + bh * s.Tq * s.D, lse + bh * s.Tq, i0,
-                              nr, s.Tq, s.Tk, s.D, scale, causal, rng, b, h, ws);
+        K.fwd_block_from_bf16(q.at(b, h), q.st, kv, o.at(b, h), olo + (o.at(b, h) - o.p), o.st, lse + bh * s.Tq,
+                              i0, nr, s.Tq, s.Tk, s.D, scale, causal, rng, b, h, ws);
       });
 }
 
@@ -391,11 +401,13 @@ float from_f32(float x, float) { return x; }
 unsigned short from_f32(float x, unsigned short) { return c10::BFloat16(x).x; }
 
 // E = float or bf16 bits: the inputs' dtype, read in place and converted while packing; dq, dk, dv
-// are written in E. o_lo: bf16's rounding residual of o from the forward, or null.
+// are written in E, in place in whatever row layout they have. o_lo: bf16's rounding residual of o
+// from the forward, or a null p.
 template <class E>
 void backward_t(StridedHeads<const E> dout, StridedHeads<const E> q, StridedHeads<const E> k,
-                StridedHeads<const E> v, StridedHeads<const E> o, const E* o_lo, const float* lse, E* dq, E* dk,
-                E* dv, Shape s, float scale, bool causal, const Rng* rng) {
+                StridedHeads<const E> v, StridedHeads<const E> o, StridedHeads<const E> o_lo, const float* lse,
+                StridedHeads<E> dq, StridedHeads<E> dk, StridedHeads<E> dv, Shape s, float scale, bool causal,
+                const Rng* rng) {
   const auto& K = f32_kernels();
   const int64_t D = s.D, Dp = isa_base::padded(D), rows = s.B * s.H * s.Tq, G = s.group();
   std::vector<float> delta(rows);
@@ -405,11 +417,11 @@ void backward_t(StridedHeads<const E> dout, StridedHeads<const E> q, StridedHead
       const E *dr = dout.at(b, h) + i * dout.st, *orow = o.at(b, h) + i * o.st;
       if constexpr (std::is_same_v<E, float>) {
         delta[row] = dot(dr, orow, D);
-      } else {  // o + o_lo (contiguous: the forward allocated it), o alone without it
+      } else {  // o + o_lo, o alone without it
         using isa_base::to_float;
+        const E* lorow = o_lo.p ? o_lo.at(b, h) + i * o_lo.st : nullptr;
         float a = 0;
-        for (int64_t d = 0; d < D; ++d)
-          a += to_float(dr[d]) * (to_float(orow[d]) + (o_lo ? to_float(o_lo[row * D + d]) : 0.0f));
+        for (int64_t d = 0; d < D; ++d) a += to_float(dr[d]) * (to_float(orow[d]) + (lorow ? to_float(lorow[d]) : 0.0f));
         delta[row] = a;
       }
     }
@@ -429,21 +441,25 @@ void backward_t(StridedHeads<const E> dout, StridedHeads<const E> q, StridedHead
       float* dQ = split > 1 ? partial.data() + (part * rows + qrow) * Dp : own.data();
       if (split == 1) std::fill(own.begin(), own.end(), 0.0f);
       bwd_group(q.at(b, hk * G), q.sh, q.st, dout.at(b, hk * G), dout.sh, dout.st, lse + qrow, delta.data() + qrow,
-                k.at(b, hk), k.st, v.at(b, hk), v.st, dk + s.k_row(b, hk, 0) * D, dv + s.k_row(b, hk, 0) * D, G,
-                s.Tq, s.Tk, D, scale, causal, part, nkb, split, rng, b, hk * G, dQ, ws.data());
+                k.at(b, hk), k.st, v.at(b, hk), v.st, dk.at(b, hk), dk.st, dv.at(b, hk), dv.st, G, s.Tq, s.Tk, D,
+                scale, causal, part, nkb, split, rng, b, hk * G, dQ, ws.data());
       if (split == 1)
-        for (int64_t r = 0; r < group_rows; ++r)
-          for (int64_t d = 0; d < D; ++d) dq[(qrow + r) * D + d] = from_f32(own[r * Dp + d] * scale, E{});
+        for (int64_t r = 0; r < group_rows; ++r) {
+          E* dst = dq.at(b, hk * G + r / s.Tq) + (r % s.Tq) * dq.st;
+          for (int64_t d = 0; d < D; ++d) dst[d] = from_f32(own[r * Dp + d] * scale, E{});
+        }
     }
   });
   if (split > 1)
     at::parallel_for(0, rows, grain(split * D), [&](int64_t begin, int64_t end) {
-      for (int64_t r = begin; r < end; ++r)
+      for (int64_t r = begin; r < end; ++r) {
+        E* dst = dq.at(r / (s.Tq * s.H), (r / s.Tq) % s.H) + (r % s.Tq) * dq.st;
         for (int64_t d = 0; d < D; ++d) {
           float a = 0;
           for (int64_t part = 0; part < split; ++part) a += partial[(part * rows + r) * Dp + d];
-          dq[r * D + d] = from_f32(a * scale, E{});
+          dst[d] = from_f32(a * scale, E{});
         }
+      }
     });
 }
 
@@ -476,44 +492,115 @@ std::optional<Rng> rng_of(double dropout_p, const std::optional<at::Tensor>& see
   return dropout::make_rng(dropout_p, seed->item<int64_t>());
 }
 
-// o rounded to q's dtype and, for fp16/bf16, its rounding residual o_lo (csrc/schemas.h); o_lo is
-// empty when o already is the accumulator.
-std::tuple<at::Tensor, at::Tensor> rounded_output(const at::Tensor& o, at::ScalarType dt) {
-  if (o.scalar_type() == dt) return {o, at::empty({0}, o.options())};
-  auto hi = o.to(dt);
-  return {hi, (o - hi.to(o.scalar_type())).to(dt)};
+// Whether o comes with its rounding residual o_lo (csrc/schemas.h): fp16 and bf16.
+bool has_residual(const at::Tensor& q) { return q.scalar_type() == at::kHalf || q.scalar_type() == at::kBFloat16; }
+
+// t if it is float32, else a float32 tensor of t's layout to compute into (then copied into t).
+at::Tensor float_like(at::Tensor& t) {
+  return t.scalar_type() == at::kFloat ? t : at::empty_like(t, t.options().dtype(at::kFloat));
+}
+
+// The forward into o (B, H, Tq, D) in q's dtype, of any row layout, lse (B, H, Tq) in the accumulation
+// dtype and, for fp16/bf16, o_lo (o's layout): the rounding residual of the float32 o.
+void forward_into(const Shape& s, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale,
+                  bool causal, double dropout_p, const std::optional<at::Tensor>& seed, at::Tensor& o,
+                  at::Tensor& o_lo, at::Tensor& lse) {
+  const auto rng = rng_of(dropout_p, seed);
+  const Rng* g = rng ? &*rng : nullptr;
+  const auto acc = acc_type(q);
+  const float sc = static_cast<float>(scale);
+  if (q.scalar_type() == at::kBFloat16 && s.Tq > 1) {  // read in place; a decoding row takes the float path
+    TORCH_INTERNAL_ASSERT(o_lo.strides() == o.strides(), "o_lo must have o's layout");
+    auto qc = rows_contiguous(q), kc = rows_contiguous(k), vc = rows_contiguous(v);
+    (uses_bf16_units(q, s) ? forward_bf16 : forward_f32_from_bf16)(view16_of(qc), view16_of(kc), view16_of(vc),
+                                                                    out16_of(o), bits(o_lo), lse.data_ptr<float>(), s,
+                                                                    sc, causal, g);
+    return;
+  }
+  auto qa = as_input(q, acc), ka = as_input(k, acc), va = as_input(v, acc);
+  if (acc == at::kFloat) {
+    auto of = float_like(o);  // fp16 (and a bf16 decoding row): computed in float32, rounded below
+    forward_f32(view_of(qa), view_of(ka), view_of(va), out_of(of), lse.data_ptr<float>(), s, sc, causal, g);
+    if (!of.is_same(o)) {
+      o.copy_(of);
+      o_lo.copy_(of - o.to(at::kFloat));
+    }
+    return;
+  }
+  auto oc = o.is_contiguous() ? o : at::empty(o.sizes(), o.options());  // float64: contiguous rows
+  AT_DISPATCH_FLOATING_TYPES(acc, "babygpt_attn_fwd_cpu", [&] {
+    forward<scalar_t>(qa.data_ptr<scalar_t>(), ka.data_ptr<scalar_t>(), va.data_ptr<scalar_t>(),
+                      oc.data_ptr<scalar_t>(), lse.data_ptr<scalar_t>(), s, static_cast<scalar_t>(scale), causal, g);
+  });
+  if (!oc.is_same(o)) o.copy_(oc);
+}
+
+// The backward into dq, dk, dv (shaped like q, k, v, in their dtype, of any row layout).
+void backward_into(const Shape& s, const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,
+                   const at::Tensor& v, const at::Tensor& o, const at::Tensor& lse, const at::Tensor& o_lo,
+                   double scale, bool causal, double dropout_p, const std::optional<at::Tensor>& seed, at::Tensor& dq,
+                   at::Tensor& dk, at::Tensor& dv) {
+  const auto rng = rng_of(dropout_p, seed);
+  const Rng* g = rng ? &*rng : nullptr;
+  const auto acc = acc_type(q);
+  const float sc = static_cast<float>(scale);
+  auto la = lse.to(acc).contiguous();
+  if (q.scalar_type() == at::kBFloat16) {  // read in place, converted while packing
+    auto qc = rows_contiguous(q), kc = rows_contiguous(k), vc = rows_contiguous(v), dc = rows_contiguous(dout),
+         oc = rows_contiguous(o), lo = o_lo.numel() ? rows_contiguous(o_lo) : o_lo;
+    backward_t<unsigned short>(view16_of(dc), view16_of(qc), view16_of(kc), view16_of(vc), view16_of(oc),
+                               lo.numel() ? view16_of(lo) : View16{}, la.data_ptr<float>(), out16_of(dq),
+                               out16_of(dk), out16_of(dv), s, sc, causal, g);
+    return;
+  }
+  auto qa = as_input(q, acc), ka = as_input(k, acc), va = as_input(v, acc);
+  // delta_i = dO_i · o_i equals Σ_j P_ij dP_ij only for the o that P made: o + o_lo is that float32
+  // o, while the rounded o alone is off by up to half an fp16/bf16 ulp, an error that every
+  // dS_ij = P_ij (dP_ij − delta_i) of the row would carry (docs/design.md §13.2).
+  auto da = as_input(dout, acc);
+  auto oa = o_lo.numel() ? as_input(o.to(acc) + o_lo.to(acc), acc) : as_input(o, acc);
+  if (acc == at::kFloat) {
+    auto dqf = float_like(dq), dkf = float_like(dk), dvf = float_like(dv);  // fp16: copied into place below
+    backward_t<float>(view_of(da), view_of(qa), view_of(ka), view_of(va), view_of(oa), View{}, la.data_ptr<float>(),
+                      out_of(dqf), out_of(dkf), out_of(dvf), s, sc, causal, g);
+    if (!dqf.is_same(dq)) {
+      dq.copy_(dqf);
+      dk.copy_(dkf);
+      dv.copy_(dvf);
+    }
+    return;
+  }
+  // float64: the reference loops, on contiguous rows
+  auto contiguous_out = [](at::Tensor& t) { return t.is_contiguous() ? t : at::empty(t.sizes(), t.options()); };
+  auto dqc = contiguous_out(dq), dkc = contiguous_out(dk), dvc = contiguous_out(dv);
+  AT_DISPATCH_FLOATING_TYPES(acc, "babygpt_attn_bwd_cpu", [&] {
+    backward<scalar_t>(da.data_ptr<scalar_t>(), qa.data_ptr<scalar_t>(), ka.data_ptr<scalar_t>(),
+                       va.data_ptr<scalar_t>(), oa.data_ptr<scalar_t>(), la.data_ptr<scalar_t>(),
+                       dqc.data_ptr<scalar_t>(), dkc.data_ptr<scalar_t>(), dvc.data_ptr<scalar_t>(), s,
+                       static_cast<scalar_t>(scale), causal, g);
+  });
+  if (!dqc.is_same(dq)) {
+    dq.copy_(dqc);
+    dk.copy_(dkc);
+    dv.copy_(dvc);
+  }
+}
+
+// o, lse and o_lo of a forward whose o has the layout `o_shape` (viewed as (B, H, Tq, D) by heads).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_outputs(const Shape& s, const at::Tensor& q,
+                                                               at::IntArrayRef o_shape) {
+  return {at::empty(o_shape, q.options()),
+          at::empty({s.B, s.H, s.Tq}, q.options().dtype(acc_type(q))),
+          has_residual(q) ? at::empty(o_shape, q.options()) : at::empty({0}, q.options())};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> attn_fwd(const at::Tensor& q, const at::Tensor& k,
                                                         const at::Tensor& v, double scale, bool causal,
                                                         double dropout_p, const std::optional<at::Tensor>& seed) {
   const Shape s = check_shapes(q, k, v, causal);
-  const auto rng = rng_of(dropout_p, seed);
-  const Rng* g = rng ? &*rng : nullptr;
-  const auto acc = acc_type(q);
-  if (q.scalar_type() == at::kBFloat16 && s.Tq > 1) {  // read in place; a decoding row takes the float path
-    auto qc = rows_contiguous(q), kc = rows_contiguous(k), vc = rows_contiguous(v);
-    auto o = at::empty(q.sizes(), q.options()), o_lo = at::empty(q.sizes(), q.options());  // contiguous
-    auto lse = at::empty({s.B, s.H, s.Tq}, q.options().dtype(acc));
-    (uses_bf16_units(q, s) ? forward_bf16 : forward_f32_from_bf16)(view16_of(qc), view16_of(kc), view16_of(vc),
-                                                                    bits(o), bits(o_lo), lse.data_ptr<float>(), s,
-                                                                    static_cast<float>(scale), causal, g);
-    return {o, lse, o_lo};
-  }
-  auto qa = as_input(q, acc), ka = as_input(k, acc), va = as_input(v, acc);
-  auto o = at::empty(q.sizes(), qa.options());  // (B, H, Tq, D), contiguous
-  auto lse = at::empty({s.B, s.H, s.Tq}, qa.options());
-  if (acc == at::kFloat) {
-    forward_f32(view_of(qa), view_of(ka), view_of(va), o.data_ptr<float>(), lse.data_ptr<float>(), s,
-                static_cast<float>(scale), causal, g);
-    auto [hi, lo] = rounded_output(o, q.scalar_type());
-    return {hi, lse, lo};
-  }
-  AT_DISPATCH_FLOATING_TYPES(acc, "babygpt_attn_fwd_cpu", [&] {
-    forward<scalar_t>(qa.data_ptr<scalar_t>(), ka.data_ptr<scalar_t>(), va.data_ptr<scalar_t>(),
-                      o.data_ptr<scalar_t>(), lse.data_ptr<scalar_t>(), s, static_cast<scalar_t>(scale), causal, g);
-  });
-  return {o, lse, at::empty({0}, o.options())};
+  auto [o, lse, o_lo] = forward_outputs(s, q, q.sizes());  // (B, H, Tq, D), contiguous
+  forward_into(s, q, k, v, scale, causal, dropout_p, seed, o, o_lo, lse);
+  return {o, lse, o_lo};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> attn_bwd(const at::Tensor& dout, const at::Tensor& q,
@@ -523,42 +610,52 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attn_bwd(const at::Tensor& dout, 
                                                         double dropout_p, const std::optional<at::Tensor>& seed) {
   const Shape s = check_shapes(q, k, v, causal);
   checks::attn_bwd(dout, q, o, lse, o_lo);
-  const auto rng = rng_of(dropout_p, seed);
-  const Rng* g = rng ? &*rng : nullptr;
-  const auto acc = acc_type(q);
-  auto la = lse.to(acc).contiguous();
-  if (q.scalar_type() == at::kBFloat16) {  // read in place, converted while packing
-    auto qc = rows_contiguous(q), kc = rows_contiguous(k), vc = rows_contiguous(v), dc = rows_contiguous(dout),
-         oc = rows_contiguous(o), lo = o_lo.contiguous();
-    auto dq = at::empty(q.sizes(), q.options()), dk = at::empty(k.sizes(), k.options()),
-         dv = at::empty(v.sizes(), v.options());  // contiguous
-    backward_t<unsigned short>(view16_of(dc), view16_of(qc), view16_of(kc), view16_of(vc), view16_of(oc),
-                               lo.numel() ? bits(lo) : nullptr, la.data_ptr<float>(), bits(dq), bits(dk), bits(dv), s,
-                               static_cast<float>(scale), causal, g);
-    return {dq, dk, dv};
-  }
-  auto qa = as_input(q, acc), ka = as_input(k, acc), va = as_input(v, acc);
-  // delta_i = dO_i · o_i equals Σ_j P_ij dP_ij only for the o that P made: o + o_lo is that float32
-  // o, while the rounded o alone is off by up to half an fp16/bf16 ulp, an error that every
-  // dS_ij = P_ij (dP_ij − delta_i) of the row would carry (docs/design.md §13.2).
-  auto da = as_input(dout, acc);
-  auto oa = o_lo.numel() ? o.to(acc) + o_lo.to(acc) : as_input(o, acc);
-  auto dq = at::empty(q.sizes(), qa.options()), dk = at::empty(k.sizes(), ka.options()),
-       dv = at::empty(v.sizes(), va.options());  // contiguous
-  const auto dt = q.scalar_type();
-  if (acc == at::kFloat) {
-    backward_t<float>(view_of(da), view_of(qa), view_of(ka), view_of(va), view_of(oa), nullptr, la.data_ptr<float>(),
-                      dq.data_ptr<float>(), dk.data_ptr<float>(), dv.data_ptr<float>(), s, static_cast<float>(scale),
-                      causal, g);
-    return {dq.to(dt), dk.to(dt), dv.to(dt)};
-  }
-  AT_DISPATCH_FLOATING_TYPES(acc, "babygpt_attn_bwd_cpu", [&] {
-    backward<scalar_t>(da.data_ptr<scalar_t>(), qa.data_ptr<scalar_t>(), ka.data_ptr<scalar_t>(),
-                       va.data_ptr<scalar_t>(), oa.data_ptr<scalar_t>(), la.data_ptr<scalar_t>(),
-                       dq.data_ptr<scalar_t>(), dk.data_ptr<scalar_t>(), dv.data_ptr<scalar_t>(), s,
-                       static_cast<scalar_t>(scale), causal, g);
-  });
-  return {dq.to(dt), dk.to(dt), dv.to(dt)};
+  auto dq = at::empty(q.sizes(), q.options()), dk = at::empty(k.sizes(), k.options()),
+       dv = at::empty(v.sizes(), v.options());  // contiguous
+  backward_into(s, dout, q, k, v, o, lse, o_lo, scale, causal, dropout_p, seed, dq, dk, dv);
+  return {dq, dk, dv};
+}
+
+// A GPT layer's attention on its fused projection qkv (B, T, (H + 2 Hkv) D), whose last axis holds
+// q's H heads, then k's Hkv, then v's Hkv (nn/attention.py splits it the same way), with o in
+// (B, T, H D): the layout c_proj reads. The kernels read q, k, v and write o, dqkv in place, so a
+// GPT layer's attention makes no copy: no transposed o to re-assemble, and no dq, dk, dv for
+// autograd to transpose, reshape and concatenate into the projection's gradient.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> qkv_heads(const at::Tensor& qkv, int64_t H, int64_t Hkv) {
+  checks::qkv(qkv, H, Hkv);
+  const int64_t B = qkv.size(0), T = qkv.size(1), D = qkv.size(2) / (H + 2 * Hkv);
+  auto heads = qkv.view({B, T, H + 2 * Hkv, D}).transpose(1, 2);  // (B, H + 2 Hkv, T, D)
+  return {heads.narrow(1, 0, H), heads.narrow(1, H, Hkv), heads.narrow(1, H + Hkv, Hkv)};
+}
+// A (B, T, H D) tensor as its (B, H, T, D) heads, a view (dout may come with any strides: reshape).
+at::Tensor as_heads(const at::Tensor& t, int64_t H) {
+  TORCH_CHECK(t.dim() == 3 && t.size(2) % H == 0, "babygpt::attn_qkv: o and dout must be (B, T, n_head * D), got ",
+              t.sizes());
+  return t.reshape({t.size(0), t.size(1), H, t.size(2) / H}).transpose(1, 2);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> attn_qkv_fwd(const at::Tensor& qkv, int64_t n_head, int64_t n_kv_head,
+                                                            double scale, bool causal, double dropout_p,
+                                                            const std::optional<at::Tensor>& seed) {
+  const auto [q, k, v] = qkv_heads(qkv, n_head, n_kv_head);
+  const Shape s = check_shapes(q, k, v, causal);
+  auto [o, lse, o_lo] = forward_outputs(s, q, {s.B, s.Tq, s.H * s.D});
+  auto oh = as_heads(o, s.H), loh = o_lo.numel() ? as_heads(o_lo, s.H) : o_lo;
+  forward_into(s, q, k, v, scale, causal, dropout_p, seed, oh, loh, lse);
+  return {o, lse, o_lo};
+}
+
+at::Tensor attn_qkv_bwd(const at::Tensor& dout, const at::Tensor& qkv, const at::Tensor& o, const at::Tensor& lse,
+                        const at::Tensor& o_lo, int64_t n_head, int64_t n_kv_head, double scale, bool causal,
+                        double dropout_p, const std::optional<at::Tensor>& seed) {
+  const auto [q, k, v] = qkv_heads(qkv, n_head, n_kv_head);
+  const Shape s = check_shapes(q, k, v, causal);
+  const auto doh = as_heads(dout, s.H), oh = as_heads(o, s.H), loh = o_lo.numel() ? as_heads(o_lo, s.H) : o_lo;
+  checks::attn_bwd(doh, q, oh, lse, loh);
+  auto dqkv = at::empty(qkv.sizes(), qkv.options());  // contiguous
+  auto [dq, dk, dv] = qkv_heads(dqkv, s.H, s.Hkv);
+  backward_into(s, doh, q, k, v, oh, lse, loh, scale, causal, dropout_p, seed, dq, dk, dv);
+  return dqkv;
 }
 
 }  // namespace
@@ -575,6 +672,8 @@ long attention_bf16_min_head_dim() { return isa_avx512::kBf16GemmMinD; }
 TORCH_LIBRARY_IMPL(babygpt, CPU, m) {
   m.impl("attn_fwd", &attn_fwd);
   m.impl("attn_bwd", &attn_bwd);
+  m.impl("attn_qkv_fwd", &attn_qkv_fwd);
+  m.impl("attn_qkv_bwd", &attn_qkv_bwd);
 }
 
 }  // namespace babygpt::cpu

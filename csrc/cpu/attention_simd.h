@@ -497,10 +497,12 @@ constexpr long kBf16GemmMinD = 16;
 // crossing the diagonal (or the ragged last block) are masked. rng: dropout, or null.
 // E = bf16: q and kv are bf16 and both products run on the bf16 tile GEMM (fp32 accumulation);
 // P is rounded to bf16 before its product with V and the softmax stays float32. Out = bf16: o is
-// rounded and olo receives the output's rounding residual (null for float). qb points at row i0.
+// rounded and olo receives the output's rounding residual (null for float). qb points at row i0;
+// o and olo at the head's row 0, row stride ldo (D for a (B, H, T, D) output, H·D for a GPT layer's
+// (B, T, H·D): both have their heads' rows strided alike).
 template <class E, class Out>
-BG_INLINE void fwd_block_t(const E* qb, long ldq, const E* kv, Out* o, bf16* olo, float* lse, long i0, long nr,
-                           long Tq, long Tk, long D, float scale, bool causal, const Rng* rng, long b, long h,
+BG_INLINE void fwd_block_t(const E* qb, long ldq, const E* kv, Out* o, bf16* olo, long ldo, float* lse, long i0,
+                           long nr, long Tq, long Tk, long D, float scale, bool causal, const Rng* rng, long b, long h,
                            float* ws) {
   constexpr bool half = sizeof(E) == 2;
   const long Dp = padded(D), off = Tk - Tq;
@@ -603,34 +605,34 @@ BG_INLINE void fwd_block_t(const E* qb, long ldq, const E* kv, Out* o, bf16* olo
   for (long r = 0; r < nr; ++r) {
     const float inv = 1.0f / l[r];
     if constexpr (sizeof(Out) == 2) {  // o rounded, and the residual o_lo (attention.cpp's rounded_output)
-      store_bf16_with_residual(O + r * Dp, inv, D, o + (i0 + r) * D, olo + (i0 + r) * D);
+      store_bf16_with_residual(O + r * Dp, inv, D, o + (i0 + r) * ldo, olo + (i0 + r) * ldo);
     } else {
-      for (long d = 0; d < D; ++d) o[(i0 + r) * D + d] = O[r * Dp + d] * inv;
+      for (long d = 0; d < D; ++d) o[(i0 + r) * ldo + d] = O[r * Dp + d] * inv;
     }
     lse[i0 + r] = (m[r] == -__builtin_inff() ? 0.0f : m[r]) + __builtin_logf(l[r]);
   }
 }
 
-static void fwd_block(const float* q, long ldq, const float* kv, float* o, float* lse, long i0, long nr, long Tq,
-                      long Tk, long D, float scale, bool causal, const Rng* rng, long b, long h, float* ws) {
-  fwd_block_t(q + i0 * ldq, ldq, kv, o, nullptr, lse, i0, nr, Tq, Tk, D, scale, causal, rng, b, h, ws);
+static void fwd_block(const float* q, long ldq, const float* kv, float* o, long ldo, float* lse, long i0, long nr,
+                      long Tq, long Tk, long D, float scale, bool causal, const Rng* rng, long b, long h, float* ws) {
+  fwd_block_t(q + i0 * ldq, ldq, kv, o, nullptr, ldo, lse, i0, nr, Tq, Tk, D, scale, causal, rng, b, h, ws);
 }
 // The same on bf16 inputs without bf16 units: kv packed as float (pack_kv_block_from_bf16), the
 // block's query rows converted once, o and its residual olo written as bf16. No float copy of
 // q, k, v or o exists: at B1 H16 T8192 D128 those copies were 320 of the call's 448 MB.
-static void fwd_block_from_bf16(const bf16* q, long ldq, const float* kv, bf16* o, bf16* olo, float* lse, long i0,
-                                long nr, long Tq, long Tk, long D, float scale, bool causal, const Rng* rng, long b,
-                                long h, float* ws) {
+static void fwd_block_from_bf16(const bf16* q, long ldq, const float* kv, bf16* o, bf16* olo, long ldo, float* lse,
+                                long i0, long nr, long Tq, long Tk, long D, float scale, bool causal, const Rng* rng,
+                                long b, long h, float* ws) {
   float* Qf = fwd_ws(ws, D).Qf;
   for (long r = 0; r < nr; ++r)
     for (long d = 0; d < D; ++d) Qf[r * D + d] = to_float(q[(i0 + r) * ldq + d]);
-  fwd_block_t(static_cast<const float*>(Qf), D, kv, o, olo, lse, i0, nr, Tq, Tk, D, scale, causal, rng, b, h, ws);
+  fwd_block_t(static_cast<const float*>(Qf), D, kv, o, olo, ldo, lse, i0, nr, Tq, Tk, D, scale, causal, rng, b, h, ws);
 }
 #if BABYGPT_VEC_FLOATS == 16  // the bf16 units come with AVX-512 (AVX512-BF16, AMX-BF16)
-static void fwd_block_bf16(const bf16* q, long ldq, const bf16* kv, bf16* o, bf16* olo, float* lse, long i0, long nr,
-                           long Tq, long Tk, long D, float scale, bool causal, const Rng* rng, long b, long h,
+static void fwd_block_bf16(const bf16* q, long ldq, const bf16* kv, bf16* o, bf16* olo, long ldo, float* lse, long i0,
+                           long nr, long Tq, long Tk, long D, float scale, bool causal, const Rng* rng, long b, long h,
                            float* ws) {
-  fwd_block_t(q + i0 * ldq, ldq, kv, o, olo, lse, i0, nr, Tq, Tk, D, scale, causal, rng, b, h, ws);
+  fwd_block_t(q + i0 * ldq, ldq, kv, o, olo, ldo, lse, i0, nr, Tq, Tk, D, scale, causal, rng, b, h, ws);
 }
 static long kv_block_bf16s(long D) { return kv_block_size<bf16>(D); }
 static void pack_kv_block_bf16(const bf16* k, long ldk, const bf16* v, long ldv, long Tk, long D, long kb, bf16* dst) {
@@ -837,15 +839,15 @@ static void dkdv_chunk(const BwdWs& w, long n, const long* seen, long Dp) {
 // The backward of one (batch, kv head) over the key blocks kb0, kb0 + kstep, ... < kb1: its G
 // query heads' dQ contributions accumulate into dQ (G x Tq rows of Dp floats, zeroed by the
 // caller; unscaled), and it writes
-// dk, dv (row stride D) of those keys. q/dout rows of head g of the group start at
+// dk, dv (at the kv head's row 0, row strides lddk, lddv) of those keys. q/dout rows of head g of the group start at
 // q + g * hsq / dout + g * hsdo; lse, delta point at the group's first head (Tq floats per head).
 // rng: dropout, or null; the group's heads are h0, h0 + 1, ... of batch b. E: the dtype of q, dout,
 // k, v, dk, dv (float, or bf16 converted while packing and rounded when stored).
 template <class E>
 BG_INLINE void bwd_group_t(const E* q, long hsq, long ldq, const E* dout, long hsdo, long lddo, const float* lse,
-                           const float* delta, const E* k, long ldk, const E* v, long ldv, E* dk, E* dv, long G,
-                           long Tq, long Tk, long D, float scale, bool causal, long kb0, long kb1, long kstep,
-                           const Rng* rng, long b, long h0, float* dQ, float* ws) {
+                           const float* delta, const E* k, long ldk, const E* v, long ldv, E* dk, long lddk, E* dv,
+                           long lddv, long G, long Tq, long Tk, long D, float scale, bool causal, long kb0, long kb1,
+                           long kstep, const Rng* rng, long b, long h0, float* dQ, float* ws) {
   const long Dp = padded(D), off = Tk - Tq;
   const BwdWs w = bwd_ws(ws, D);
   for (long kb = kb0; kb < kb1; kb += kstep) {
@@ -868,19 +870,19 @@ BG_INLINE void bwd_group_t(const E* q, long hsq, long ldq, const E* dout, long h
       }
     }
     for (long c = 0; c < nb; ++c) {
-      store_row(w.dK + c * Dp, scale, D, dk + (j0 + c) * D);
-      store_row(w.dV + c * Dp, 1.0f, D, dv + (j0 + c) * D);
+      store_row(w.dK + c * Dp, scale, D, dk + (j0 + c) * lddk);
+      store_row(w.dV + c * Dp, 1.0f, D, dv + (j0 + c) * lddv);
     }
   }
 }
 // The entry points attention.cpp calls, one per input dtype (instantiated here, under this copy's target).
 #define BABYGPT_BWD_GROUP(name, E)                                                                                    \
   static void name(const E* q, long hsq, long ldq, const E* dout, long hsdo, long lddo, const float* lse,             \
-                   const float* delta, const E* k, long ldk, const E* v, long ldv, E* dk, E* dv, long G, long Tq,     \
-                   long Tk, long D, float scale, bool causal, long kb0, long kb1, long kstep, const Rng* rng, long b, \
-                   long h0, float* dQ, float* ws) {                                                                   \
-    bwd_group_t(q, hsq, ldq, dout, hsdo, lddo, lse, delta, k, ldk, v, ldv, dk, dv, G, Tq, Tk, D, scale, causal, kb0,  \
-                kb1, kstep, rng, b, h0, dQ, ws);                                                                      \
+                   const float* delta, const E* k, long ldk, const E* v, long ldv, E* dk, long lddk, E* dv,           \
+                   long lddv, long G, long Tq, long Tk, long D, float scale, bool causal, long kb0, long kb1,         \
+                   long kstep, const Rng* rng, long b, long h0, float* dQ, float* ws) {                               \
+    bwd_group_t(q, hsq, ldq, dout, hsdo, lddo, lse, delta, k, ldk, v, ldv, dk, lddk, dv, lddv, G, Tq, Tk, D, scale,   \
+                causal, kb0, kb1, kstep, rng, b, h0, dQ, ws);                                                         \
   }
 BABYGPT_BWD_GROUP(bwd_group, float)
 BABYGPT_BWD_GROUP(bwd_group_bf16, bf16)
