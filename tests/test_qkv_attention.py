@@ -96,13 +96,18 @@ def test_cpu_is_deterministic_across_thread_counts(dtype):
 
 
 @pytest.mark.skipif("cpu" not in CPU_BACKENDS, reason="the cpu backend (babygpt_ext._C) is not built here")
-def test_cpu_reads_a_strided_qkv_and_any_dout():
-    """qkv as a slice of a wider tensor (rows strided), dout expanded (stride 0, as from .sum())."""
-    wide = torch.randn(2, 17, 3 * 4 * 8 + 5)
-    qkv = wide[:, :, 5:].requires_grad_()
+@pytest.mark.parametrize("layout", ["slice", "time-major", "strided-last-axis"])
+def test_cpu_reads_a_strided_qkv_and_any_dout(layout):
+    """qkv as a slice of a wider tensor (rows strided), time-major (T, B, ·) transposed, or with a
+    strided last axis; dout expanded (stride 0, as from .sum())."""
+    width = 3 * 4 * 8
+    base = {"slice": lambda: torch.randn(2, 17, width + 5)[:, :, 5:],
+            "time-major": lambda: torch.randn(17, 2, width).transpose(0, 1),
+            "strided-last-axis": lambda: torch.randn(2, 17, width, 2)[..., 0]}[layout]()
+    qkv = base.detach().requires_grad_()
     out = ops.qkv_attention(qkv, 4, backend="cpu")
     out.sum().backward()
-    qkv2 = wide[:, :, 5:].contiguous().requires_grad_()
+    qkv2 = base.detach().contiguous().requires_grad_()
     ref = split_then_attend(4, 4, "eager")(qkv2)
     ref.sum().backward()
     torch.testing.assert_close(out, ref)

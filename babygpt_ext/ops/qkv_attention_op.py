@@ -23,12 +23,13 @@ _grad_enabled = torch.is_grad_enabled  # bound once: the key runs on every call
 
 
 def split_heads(qkv: torch.Tensor, n_head: int, n_kv_head: int) -> tuple:
-    """q (B, H, T, D), k and v (B, Hkv, T, D): views of qkv (B, T, (H + 2 Hkv) D), no copy."""
+    """q (B, H, T, D), k and v (B, Hkv, T, D): views of qkv (B, T, (H + 2 Hkv) D), no copy (unless
+    qkv's last axis is itself strided)."""
     b, t, width = qkv.shape
     d = width // (n_head + 2 * n_kv_head)
     q, k, v = qkv.split([n_head * d, n_kv_head * d, n_kv_head * d], dim=2)
-    return (q.view(b, t, n_head, d).transpose(1, 2), k.view(b, t, n_kv_head, d).transpose(1, 2),
-            v.view(b, t, n_kv_head, d).transpose(1, 2))
+    return (q.reshape(b, t, n_head, d).transpose(1, 2), k.reshape(b, t, n_kv_head, d).transpose(1, 2),
+            v.reshape(b, t, n_kv_head, d).transpose(1, 2))
 
 
 def merge_heads(o: torch.Tensor) -> torch.Tensor:

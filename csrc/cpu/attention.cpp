@@ -624,7 +624,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attn_bwd(const at::Tensor& dout, 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> qkv_heads(const at::Tensor& qkv, int64_t H, int64_t Hkv) {
   checks::qkv(qkv, H, Hkv);
   const int64_t B = qkv.size(0), T = qkv.size(1), D = qkv.size(2) / (H + 2 * Hkv);
-  auto heads = qkv.view({B, T, H + 2 * Hkv, D}).transpose(1, 2);  // (B, H + 2 Hkv, T, D)
+  auto heads = qkv.reshape({B, T, H + 2 * Hkv, D}).transpose(1, 2);  // (B, H + 2 Hkv, T, D); a view if it can be
   return {heads.narrow(1, 0, H), heads.narrow(1, H, Hkv), heads.narrow(1, H + Hkv, Hkv)};
 }
 // A (B, T, H D) tensor as its (B, H, T, D) heads, a view (dout may come with any strides: reshape).
