@@ -24,7 +24,8 @@ from .registry import BACKENDS, Backend, BackendUnavailableError, register
 from .table import OPS
 
 __all__ = ["causal_attention", "qkv_attention", "lora_linear", "bias_gelu", "dropout_mask", "available_backends",
-           "explain", "explain_qkv", "explain_lora", "Explanation", "BACKENDS", "OPS", "Backend", "BackendUnavailableError", "register"]
+           "explain", "explain_qkv", "explain_lora", "Explanation", "BACKENDS", "OPS", "Backend",
+           "BackendUnavailableError", "register"]
 
 _ATTENTION, _QKV_ATTENTION = OPS["attention"], OPS["qkv_attention"]
 _LORA, _BIAS_GELU = OPS["lora"], OPS["bias_gelu"]

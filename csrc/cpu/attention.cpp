@@ -352,7 +352,7 @@ View16 view16_of(const at::Tensor& t) {
 unsigned short* bits(at::Tensor& t) { return reinterpret_cast<unsigned short*>(t.data_ptr<at::BFloat16>()); }
 using Out16 = StridedHeads<unsigned short>;
 Out16 out16_of(at::Tensor& t) { return heads_of(bits(t), t); }
-// o and olo share one layout (attn_fwd allocates them alike), so olo's row h of batch b is at the
+// o and olo share one layout (forward_outputs allocates them alike), so olo's row h of batch b is at the
 // same offset from its base as o's.
 void forward_bf16(View16 q, View16 k, View16 v, Out16 o, unsigned short* olo, float* lse, Shape s, float scale,
                   bool causal, const Rng* rng) {
@@ -421,7 +421,8 @@ void backward_t(StridedHeads<const E> dout, StridedHeads<const E> q, StridedHead
         using isa_base::to_float;
         const E* lorow = o_lo.p ? o_lo.at(b, h) + i * o_lo.st : nullptr;
         float a = 0;
-        for (int64_t d = 0; d < D; ++d) a += to_float(dr[d]) * (to_float(orow[d]) + (lorow ? to_float(lorow[d]) : 0.0f));
+        for (int64_t d = 0; d < D; ++d)
+          a += to_float(dr[d]) * (to_float(orow[d]) + (lorow ? to_float(lorow[d]) : 0.0f));
         delta[row] = a;
       }
     }
