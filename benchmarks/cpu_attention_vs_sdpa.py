@@ -20,11 +20,8 @@ import statistics
 import time
 
 import torch
-import torch.nn.functional as F
 
-from babygpt_ext import ops
-from babygpt_ext.ops.qkv_attention_op import merge_heads, split_heads
-from babygpt_ext.bench.runner import gemm_ceiling_tflops
+from babygpt_ext.bench.runner import PEER, attention_call, gemm_ceiling_tflops
 from babygpt_ext.train.precision import cpu_name
 
 # name: (B, H, T, D), as in babygpt_ext/bench/shapes.py, plus the long-context xl shape.
@@ -41,13 +38,8 @@ def inputs(shape, dtype, layout, grad):
 
 
 def calls(H, layout):
-    """(SDPA as users call it, ours) for the layout: gpt runs a GPT layer's attention from its fused
-    projection to (B, T, H·D), the peer as nanoGPT writes it (split, transpose, SDPA, merge)."""
-    sdpa = lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True)  # noqa: E731
-    if layout == "gpt":
-        return (lambda qkv: merge_heads(sdpa(*split_heads(qkv, H, H))),
-                lambda qkv: ops.qkv_attention(qkv, H, backend="cpu"))
-    return sdpa, lambda q, k, v: ops.causal_attention(q, k, v, backend="cpu")
+    """(SDPA as users call it, ours) for the layout, as `babygpt bench` times them."""
+    return attention_call(PEER, layout, H, H), attention_call("cpu", layout, H, H)
 
 
 def median_time(fn, reps: int) -> float:

@@ -302,11 +302,18 @@ def test_model_targets_and_tokenizer_ids_are_validated():
 
 
 # ---- as real processes --------------------------------------------------------------------
+def _ctrl_c_reaches_the_child():
+    # A suite started in the background (`make test &`, nohup) runs with SIGINT ignored, which a
+    # child inherits: its Python would then never see the Ctrl-C these tests send.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _babygpt(*args, **kwargs):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
     env.pop("BABYGPT_DEBUG", None)
     return subprocess.Popen([sys.executable, "-m", "babygpt_ext", *args], env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=_ctrl_c_reaches_the_child,
+                            **kwargs)
 
 
 def test_entry_point_statuses():

@@ -124,6 +124,22 @@ def _results(op, shape_name, mode, dtype, fns, outs, times, flops, device, auto_
 LAYOUTS = ("contig", "gpt")
 
 
+def attention_call(name: str, layout: str, H: int, Hkv: int, causal: bool = True):
+    """What the row `name` runs for one attention call in the layout, as each side is called in a
+    model. contig: (q, k, v) -> o, the peer raw SDPA, ours causal_attention. gpt: (qkv,) -> (B, T, H·D),
+    the peer split -> SDPA -> merge (nanoGPT's code), ours qkv_attention."""
+    def sdpa(q, k, v):  # Tq == Tk here, so SDPA's top-left causal mask is the contract's
+        return F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=k.shape[1] != q.shape[1])
+
+    if layout == "gpt":
+        if name == PEER:
+            return lambda qkv: merge_heads(sdpa(*split_heads(qkv, H, Hkv)))
+        return lambda qkv: ops.qkv_attention(qkv, H, Hkv, causal=causal, backend=backend_arg(name))
+    if name == PEER:
+        return sdpa
+    return lambda q, k, v: ops.causal_attention(q, k, v, causal=causal, backend=backend_arg(name))
+
+
 def bench_attention(shape: AttnShape, backends: List[str], device: str, dtype: torch.dtype, backward: bool,
                     causal: bool = True, rounds: int = 7, layout: str = "contig") -> List[Result]:
     """contig: q, k, v contiguous (B, heads, T, D) tensors into causal_attention (the peer: SDPA).
@@ -142,17 +158,8 @@ def bench_attention(shape: AttnShape, backends: List[str], device: str, dtype: t
         mk = lambda h: torch.randn(shape.B, h, shape.T, shape.D, generator=g).to(device, dtype).requires_grad_(backward)
         return mk(H), mk(Hkv), mk(Hkv)
 
-    def sdpa(q, k, v):  # Tq == Tk here, so SDPA's top-left causal mask is the contract's
-        return F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=k.shape[1] != q.shape[1])
-
     def run(name, *inputs):
-        if layout == "gpt":
-            if name == PEER:
-                return merge_heads(sdpa(*split_heads(inputs[0], H, Hkv)))
-            return ops.qkv_attention(inputs[0], H, Hkv, causal=causal, backend=backend_arg(name))
-        if name == PEER:
-            return sdpa(*inputs)
-        return ops.causal_attention(*inputs, causal=causal, backend=backend_arg(name))
+        return attention_call(name, layout, H, Hkv, causal)(*inputs)
 
     fns, outs, inputs = _callables(make, run, [PEER, *backends], backward)
     times = time_interleaved(fns, device, rounds=rounds)

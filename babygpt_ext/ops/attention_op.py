@@ -55,6 +55,12 @@ def _traced_facts(q, k, v, scale, causal, dropout_p, seed):
     return operator.index(q.shape[-1]), (("causal", causal), dropout)
 
 
+def timed_dropout(dims: dict) -> tuple:
+    """(dropout_p, seed) of a timed call: a dropout key is timed with a fixed seed, so tuning draws
+    nothing from the caller's generator."""
+    return (0.1, dropout.seed_tensor(0)) if dims.get("dropout") else (0.0, None)
+
+
 def _make_args(call, device, dtype, requires_grad):
     dims = dict(call.dims)
     g = torch.Generator().manual_seed(0)
@@ -62,10 +68,8 @@ def _make_args(call, device, dtype, requires_grad):
     def mk(heads, t):
         return torch.randn(dims["B<="], heads, t, call.head_dim, generator=g).to(device, dtype).requires_grad_(
             requires_grad)
-    # A dropout call is timed with a fixed seed: tuning draws nothing from the caller's generator.
-    drop = (0.1, dropout.seed_tensor(0)) if dims.get("dropout") else (0.0, None)
     return (mk(dims["H"], dims["Tq<="]), mk(dims["Hkv"], dims["Tk<="]), mk(dims["Hkv"], dims["Tk<="]),
-            call.head_dim ** -0.5, dims["causal"]) + drop
+            call.head_dim ** -0.5, dims["causal"]) + timed_dropout(dims)
 
 
 def has_residual(dtype: torch.dtype) -> bool:

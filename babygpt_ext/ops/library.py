@@ -48,8 +48,10 @@ def _once_differentiable(op: str, backward):
     def run(ctx, *grads):
         with torch.no_grad():
             out = backward(ctx, *grads)
+        if not torch.is_grad_enabled():  # a plain backward (no create_graph): nothing can differentiate it
+            return out
         linked = [t for t in (*grads, *ctx.saved_tensors) if isinstance(t, torch.Tensor) and t.requires_grad]
-        if not torch.is_grad_enabled() or not linked:
+        if not linked:
             return out
         return _NoSecondDerivative.apply(message, len(out), *out, *linked)
     return run

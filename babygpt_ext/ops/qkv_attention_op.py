@@ -15,7 +15,7 @@ import operator
 
 import torch
 
-from . import attention_op, dropout, reference, validate
+from . import attention_op, reference, validate
 from .attention_op import acc_dtype, has_residual
 from .spec import OpSpec
 
@@ -68,8 +68,8 @@ def _make_args(call, device, dtype, requires_grad):
     g = torch.Generator().manual_seed(0)
     h, hkv = dims["H"], dims["Hkv"]
     qkv = torch.randn(dims["B<="], dims["Tq<="], (h + 2 * hkv) * call.head_dim, generator=g)
-    drop = (0.1, dropout.seed_tensor(0)) if dims.get("dropout") else (0.0, None)
-    return (qkv.to(device, dtype).requires_grad_(requires_grad), h, hkv, call.head_dim ** -0.5, dims["causal"]) + drop
+    return (qkv.to(device, dtype).requires_grad_(requires_grad), h, hkv, call.head_dim ** -0.5,
+            dims["causal"]) + attention_op.timed_dropout(dims)
 
 
 def _fwd_fake(qkv, n_head, n_kv_head, scale, causal, dropout_p=0.0, seed=None):

@@ -527,7 +527,12 @@ BG_INLINE void fwd_block_t(const E* qb, long ldq, const E* kv, Out* o, bf16* olo
     if (gemm) {  // S = Q Kᵀ, unscaled
       tile_gemm(nr, nbv * W, D, ldq, BK, BK, false, qb, Kt, w.S);
     } else if constexpr (!half) {
-      for_row_tiles(nr, [&](long r, auto t) { qk_rows<t.rows>(qb + r * ldq, ldq, D, Kt, 1.0f, w.S + r * BK, nb); });
+      // Each register tile over the keys its last row sees: on a diagonal block the strips past
+      // them are all in the tile's future (the row loop below fills those scores).
+      for_row_tiles(nr, [&](long r, auto t) {
+        const long nt = causal ? lmin(nb, i0 + r + t.rows - 1 + off - j0 + 1) : nb;
+        if (nt > 0) qk_rows<t.rows>(qb + r * ldq, ldq, D, Kt, 1.0f, w.S + r * BK, nt);
+      });
     }
     for (long r = 0; r < nr; ++r) {
       // Keys of this block that row i sees (bottom-right causal); <= 0 when the block is wholly
@@ -772,15 +777,21 @@ BG_INLINE void bwd_rows(const QRows<E>& h, long i, long u, long j0, long nb, lon
   // backward at B12 H4 T64 D32, AMD Zen 5).
   pack_rows(h.q + i * h.ldq, h.ldq, NR, D, Dp, w.Xq + u * Dp);
   pack_rows(h.dout + i * h.lddo, h.lddo, NR, D, Dp, w.Xdo + u * Dp);
-  qk_rows<NR>(w.Xq + u * Dp, Dp, D, w.Kt, scale, P, nb);
-  qk_rows<NR>(w.Xdo + u * Dp, Dp, D, w.Vt, 1.0f, dS, nb);
+  // The products and the exps run over the keys the tile's last row sees (on a diagonal block
+  // the rest are in all its rows' future); past them P and dS are stored as 0 up to the block's
+  // nb keys, which dkdv_chunk reads for the chunk's later rows.
+  const long nt = causal ? lmin(nb, i + NR - 1 + off - j0 + 1) : nb;
+  qk_rows<NR>(w.Xq + u * Dp, Dp, D, w.Kt, scale, P, nt);
+  qk_rows<NR>(w.Xdo + u * Dp, Dp, D, w.Vt, 1.0f, dS, nt);
+  const long ntv = (nt + W - 1) / W, nbv = (nb + W - 1) / W;
   for (int r = 0; r < NR; ++r) {
     const long n = causal ? lmin(nb, i + r + off - j0 + 1) : nb;  // >= 1: rows start at first_query
     seen[u + r] = n;
+    for (long c = ntv; c < nbv; ++c) st(P + r * BK + W * c, vf{}), st(dS + r * BK + W * c, vf{});
     const vf lim = splat((float)n), L = splat(h.lse[i + r]), dl = splat(h.delta[i + r]);
     if (h.rng) {
-      dropout_scales(*h.rng, h.b, h.h, i + r, j0, nb, w.Z);
-      for (long c = 0; c * W < nb; ++c) {
+      dropout_scales(*h.rng, h.b, h.h, i + r, j0, nt, w.Z);
+      for (long c = 0; c < ntv; ++c) {
         const vf key = lanes() + (float)(W * c), z = ld(w.Z + W * c);
         const vf p = vexp(ld(P + r * BK + W * c) - L);
         const vf ds = p * (ld(dS + r * BK + W * c) * z - dl);
@@ -789,7 +800,7 @@ BG_INLINE void bwd_rows(const QRows<E>& h, long i, long u, long j0, long nb, lon
       }
       continue;
     }
-    for (long c = 0; c * W < nb; ++c) {  // the vectors that hold the block's keys
+    for (long c = 0; c < ntv; ++c) {  // the vectors that hold the tile's keys
       const vf key = lanes() + (float)(W * c);
       const vf p = vexp(ld(P + r * BK + W * c) - L);
       const vf ds = p * (ld(dS + r * BK + W * c) - dl);
@@ -818,9 +829,11 @@ BG_INLINE void bwd_rows(const QRows<E>& h, long i, long u, long j0, long nb, lon
 static void dkdv_chunk(const BwdWs& w, long n, const long* seen, long Dp) {
   const long nmax = seen[n - 1];
   if (seen[0] == nmax || (rows_finite(w.Xq, 0, n, Dp) && rows_finite(w.Xdo, 0, n, Dp))) {
+    long r0 = 0;  // the first row that sees key c: the rows before it hold dS = P = 0 there (causal)
     for_row_tiles(nmax, [&](long c, auto t) {
-      pv_rows<t.rows, true>(w.dS + c, n, w.Xq, Dp, w.dK + c * Dp);
-      pv_rows<t.rows, true>(w.P + c, n, w.Xdo, Dp, w.dV + c * Dp);
+      while (seen[r0] <= c) ++r0;  // seen rises with the row and seen[n - 1] = nmax > c
+      pv_rows<t.rows, true>(w.dS + r0 * BK + c, n - r0, w.Xq + r0 * Dp, Dp, w.dK + c * Dp);
+      pv_rows<t.rows, true>(w.P + r0 * BK + c, n - r0, w.Xdo + r0 * Dp, Dp, w.dV + c * Dp);
     });
     return;
   }
