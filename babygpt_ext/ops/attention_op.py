@@ -46,13 +46,17 @@ def describe(key):
                + (DROPOUT_FACT if drop else ()))
 
 
+def traced_facts(causal, dropout_p) -> tuple:
+    """The facts of a traced attention call besides D. The dropout fact is named either way, so a
+    call without dropout never takes the backend measured for dropout calls (as a branch, which
+    specialises the graph: with dynamic shapes dropout_p may be traced as a symbol)."""
+    return ("causal", causal), ("dropout", True) if dropout_p > 0 else ("dropout", False)
+
+
 def _traced_facts(q, k, v, scale, causal, dropout_p, seed):
     # operator.index makes dynamo specialise the graph on D (a symbolic D cannot be a constant of
-    # the graph); sizes that change between calls, T and B, stay symbolic. The dropout fact is named
-    # either way, so a call without dropout never takes the backend measured for dropout calls (as
-    # a branch, which specialises the graph: with dynamic shapes dropout_p may be traced as a symbol).
-    dropout = ("dropout", True) if dropout_p > 0 else ("dropout", False)
-    return operator.index(q.shape[-1]), (("causal", causal), dropout)
+    # the graph); sizes that change between calls, T and B, stay symbolic.
+    return operator.index(q.shape[-1]), traced_facts(causal, dropout_p)
 
 
 def timed_dropout(dims: dict) -> tuple:

@@ -58,9 +58,9 @@ def _key(qkv, n_head, n_kv_head, scale, causal, dropout_p, seed):
 
 def _traced_facts(qkv, n_head, n_kv_head, scale, causal, dropout_p, seed):
     # As attention_op's: operator.index specialises the graph on D (and on the head counts it comes
-    # from), and the dropout fact is a branch.
+    # from).
     d = operator.index(qkv.shape[-1]) // (operator.index(n_head) + 2 * operator.index(n_kv_head))
-    return d, (("causal", causal), ("dropout", True) if dropout_p > 0 else ("dropout", False))
+    return d, attention_op.traced_facts(causal, dropout_p)
 
 
 def _make_args(call, device, dtype, requires_grad):
