@@ -36,8 +36,11 @@ def test_attention_suite_on_each_instruction_set(isa):
     used = subprocess.run([sys.executable, "-c", "import babygpt_ext._C as C; i = C.build_info(); "
                            "print(i['cpu_attention_isa'], i['cpu_lora_isa'], i['cpu_attention_bf16'])"],
                           capture_output=True, text=True, env=env, cwd=ROOT)
-    # bf16 runs on the bf16 units only from the AVX-512 copy, and only where the CPU has them.
-    bf16 = "brgemm/avx512_bf16" if isa == "avx512" and "avx512_bf16" in cpu_flags() else "fp32"
+    # bf16 runs on the bf16 units only from the AVX-512 copy, and only where the CPU has them; oneDNN
+    # takes AMX tiles where the CPU has those too (the kernels ask Linux for them: csrc/cpu/isa.h).
+    flags = cpu_flags()
+    bf16 = ("fp32" if isa != "avx512" or "avx512_bf16" not in flags else
+            "brgemm/amx" if {"amx_bf16", "amx_tile"} <= flags else "brgemm/avx512_bf16")
     assert used.returncode == 0 and used.stdout.split() == [isa, isa, bf16], (used.stdout, used.stderr[-2000:])
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "tests/test_attention.py",
                         "tests/test_properties.py", "tests/test_lora.py", "tests/test_decode_step.py", "tests/test_cpu_attention.py",
@@ -64,3 +67,18 @@ def test_policy_prefers_sdpa_over_the_baseline_copy(isa, chosen):
                        env={**os.environ, "BABYGPT_CPU_ISA": isa}, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.split()[0] == chosen, r.stdout
+
+
+@pytest.mark.parametrize("head_dim", [59, 16, 64])
+def test_bf16_attention_as_a_fresh_process_first_call(head_dim):
+    """The first bf16 product of a process may be on AMX tiles, which Linux grants only on request:
+    the kernels must ask before oneDNN's first bf16 brgemm (an AMX instruction before that is
+    SIGILL). A subprocess, so nothing earlier in the test session has asked already."""
+    code = ("import torch\n"
+            "from babygpt_ext import ops\n"
+            f"q = torch.randn(2, 4, 17, {head_dim}).bfloat16().requires_grad_()\n"
+            "o = ops.causal_attention(q, q, q, backend='cpu')\n"
+            "o.sum().backward()\n"
+            "print(bool(torch.isfinite(o).all() and torch.isfinite(q.grad).all()))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0 and r.stdout.split() == ["True"], (r.returncode, r.stdout, r.stderr[-2000:])

@@ -63,7 +63,7 @@ def report() -> str:
             lines.append("  bf16       attention computed in fp32 (this CPU has no bf16 units), forward and backward "
                          "reading bf16 in place")
         else:
-            lines.append(f"  bf16       attention forward at head size >= {info['cpu_attention_bf16_min_head_dim']}: "
+            lines.append(f"  bf16       attention forward at even head sizes >= {info['cpu_attention_bf16_min_head_dim']}: "
                          f"Q·Kᵀ and P·V on the bf16 units ({info['cpu_attention_bf16']}), softmax in fp32; the "
                          "backward in fp32, reading bf16 in place")
         lines.append("  fp16, LoRA bf16/fp16  converted to fp32 while packing (LoRA: MKL above 2^28 multiply-adds)")

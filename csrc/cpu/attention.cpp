@@ -479,10 +479,13 @@ at::Tensor as_input(const at::Tensor& t, at::ScalarType acc) {
 }
 
 // Whether a forward runs on the bf16 units (forward_bf16): bf16 inputs on a CPU that has them, more
-// than one query row (a decoding row has nothing to amortise packing over) and a head size from
-// kBf16GemmMinD. Everything else computes in float32.
+// than one query row (a decoding row has nothing to amortise packing over) and an even head size
+// from kBf16GemmMinD. Everything else computes in float32. Even: with an odd K (= D in Q·Kᵀ),
+// oneDNN's AMX brgemm runs tile instructions with no tile configuration loaded, which is SIGILL in a
+// fresh process (every odd D from 17 to 129, oneDNN 3.12 in torch 2.14.1, Intel Xeon with AMX).
 bool uses_bf16_units(const at::Tensor& q, const Shape& s) {
-  return q.scalar_type() == at::kBFloat16 && bf16_units() && s.Tq > 1 && s.D >= isa_avx512::kBf16GemmMinD;
+  return q.scalar_type() == at::kBFloat16 && bf16_units() && s.Tq > 1 && s.D >= isa_avx512::kBf16GemmMinD &&
+         s.D % 2 == 0;
 }
 // t itself when its rows are contiguous (read in place), else a contiguous copy.
 at::Tensor rows_contiguous(const at::Tensor& t) { return t.size(3) <= 1 || t.stride(3) == 1 ? t : t.contiguous(); }
@@ -665,9 +668,12 @@ at::Tensor attn_qkv_bwd(const at::Tensor& dout, const at::Tensor& qkv, const at:
 const char* attention_isa() { return f32_kernels().name + 4; }  // past "isa_"
 // The head size from which the forward's products run on oneDNN's brgemm (tile_gemm), for `babygpt info`.
 long attention_gemm_min_head_dim() { return isa_base::kGemmMinD; }
-// How the bf16 forward's products run here ("brgemm/avx512_bf16": on the bf16 units, or "fp32":
-// in float32 after converting), and from which head size, for `babygpt info`.
-const char* attention_bf16_path() { return bf16_units() ? "brgemm/avx512_bf16" : "fp32"; }
+// How the bf16 forward's products run here ("brgemm/amx" or "brgemm/avx512_bf16": on the bf16
+// units, AMX tiles where oneDNN may use them; or "fp32": in float32 after converting), and from
+// which head size, for `babygpt info`.
+const char* attention_bf16_path() {
+  return !bf16_units() ? "fp32" : amx_usable() ? "brgemm/amx" : "brgemm/avx512_bf16";
+}
 long attention_bf16_min_head_dim() { return isa_avx512::kBf16GemmMinD; }
 
 TORCH_LIBRARY_IMPL(babygpt, CPU, m) {

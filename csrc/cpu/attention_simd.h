@@ -77,9 +77,8 @@ BG_INLINE vf lanes() { return vf{0, 1, 2, 3, 4, 5, 6, 7}; }
 BG_INLINE vf lanes() { return vf{0, 1, 2, 3}; }
 #endif
 
-// bf16 inputs: a bf16 is the upper half of a float32's bits, kept as its 16 bits (the header
-// includes nothing, so no at::BFloat16). The kernels read float or bf16 through to_float.
-typedef unsigned short bf16;
+// bf16 inputs (simd_bf16.h): the kernels read float or bf16 through to_float.
+#include "simd_bf16.h"  // bf16, vh, to_bf16(), bf16_to_float()
 BG_INLINE float to_float(float x) { return x; }
 BG_INLINE float to_float(bf16 x) {
   const unsigned u = (unsigned)x << 16;
@@ -279,17 +278,6 @@ static bool rows_finite(const float* X, long c0, long c1, long Dp) {
 // 32-bit word holds the pair of rows 2k', 2k'+1 of one column. (The forward's bf16 helpers are
 // `static inline`: only the AVX-512 copy calls them, and the other copies would warn about
 // unused static functions.)
-// x rounded to the nearest bf16 (ties to even), the bits in the low half of each lane. NaN stays
-// NaN (its payload's low bits could otherwise round it up into inf).
-BG_INLINE vu to_bf16(vf x) {
-  vu u;
-  __builtin_memcpy(&u, &x, sizeof u);
-  const vu rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
-  const vu nan = (vu)((u & 0x7fffffffu) > 0x7f800000u);  // all ones where NaN
-  return (rounded & ~nan) | (((u >> 16) | 0x40u) & nan);
-}
-BG_INLINE vf bf16_to_float(vu h) { return (vf)(h << 16); }
-typedef unsigned short vh __attribute__((vector_size(W * 2)));  // W bf16
 // dst[c] = x[c] rounded to the nearest bf16 for c < n, n a multiple of W.
 static inline void round_to_bf16(const float* x, long n, bf16* dst) {
   for (long c = 0; c < n; c += W) {

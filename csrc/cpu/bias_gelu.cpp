@@ -5,8 +5,9 @@
 // GEMM), ATen's GELU and GELU backward, and the bias gradient's separate sum over the rows: one
 // read of x and one write of y forward, one read of dy and x and one write of dx backward. float32
 // runs the vectorised rows of gelu_simd.h (compiled per instruction set, picked like the attention
-// kernels); float16/bfloat16 are computed in float32 and rounded once; float64 (gradcheck) runs
-// the plain loop below with std::erfc.
+// kernels) and so does bfloat16, read and written in place (converted per vector, rounded once);
+// float16 is converted to float32 and back around the same rows; float64 (gradcheck) runs the plain
+// loop below with std::erfc.
 //
 // Parallelism: rows go to at::parallel_for in tasks of enough work to amortise a fork (a decoding
 // step's single row runs inline, never waking the pool). The bias gradient is summed per part of
@@ -17,6 +18,7 @@
 #include <ATen/Parallel.h>
 
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 #include "isa.h"
@@ -51,18 +53,27 @@ struct GeluKernels {
   const char* name;
   decltype(&gelu_base::gelu_row) row;
   decltype(&gelu_base::gelu_grad_row) grad_row;
+  decltype(&gelu_base::gelu_row_bf16) row_bf16;
+  decltype(&gelu_base::gelu_grad_row_bf16) grad_row_bf16;
 };
+#define BABYGPT_GELU_KERNELS(ns) \
+  GeluKernels{#ns, &gelu_##ns::gelu_row, &gelu_##ns::gelu_grad_row, &gelu_##ns::gelu_row_bf16, \
+              &gelu_##ns::gelu_grad_row_bf16}
 
 const GeluKernels& gelu_kernels() {
   static const GeluKernels k = [] {
     switch (chosen_isa()) {
-      case Isa::avx512: return GeluKernels{"avx512", &gelu_avx512::gelu_row, &gelu_avx512::gelu_grad_row};
-      case Isa::avx2: return GeluKernels{"avx2", &gelu_avx2::gelu_row, &gelu_avx2::gelu_grad_row};
-      default: return GeluKernels{"base", &gelu_base::gelu_row, &gelu_base::gelu_grad_row};
+      case Isa::avx512: return BABYGPT_GELU_KERNELS(avx512);
+      case Isa::avx2: return BABYGPT_GELU_KERNELS(avx2);
+      default: return BABYGPT_GELU_KERNELS(base);
     }
   }();
   return k;
 }
+#undef BABYGPT_GELU_KERNELS
+
+using bf16 = unsigned short;  // bf16 bits, as the kernels take them
+bf16* bits(at::Tensor& t) { return reinterpret_cast<bf16*>(t.data_ptr<at::BFloat16>()); }
 
 // Rows per parallel task: ~32K elements, so small calls (and a decoding step's one row) run inline.
 int64_t grain_rows(int64_t f) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, f)); }
@@ -74,9 +85,21 @@ int64_t rows_per_part(int64_t n) { return std::max<int64_t>(16, (n + 63) / 64); 
 double normal_cdf(double h) { return 0.5 * std::erfc(-h * M_SQRT1_2); }
 double normal_pdf(double h) { return std::exp(-0.5 * h * h) * 0.3989422804014326779399460599343819; }
 
-// One row of the backward: dx = dy gelu'(x + b), db += dx (when db is not null).
+// One row of the forward, y = gelu(x + b), and of the backward, dx = dy gelu'(x + b) with
+// db += dx (when db is not null).
+void row(const float* x, const float* b, float* y, int64_t f) { gelu_kernels().row(x, b, y, f); }
+void row(const bf16* x, const float* b, bf16* y, int64_t f) { gelu_kernels().row_bf16(x, b, y, f); }
+void row(const double* x, const double* b, double* y, int64_t f) {
+  for (int64_t c = 0; c < f; ++c) {
+    const double h = x[c] + (b ? b[c] : 0.0);
+    y[c] = h * normal_cdf(h);
+  }
+}
 void grad_row(const float* dy, const float* x, const float* b, float* dx, float* db, int64_t f) {
   gelu_kernels().grad_row(dy, x, b, dx, db, f);
+}
+void grad_row(const bf16* dy, const bf16* x, const float* b, bf16* dx, float* db, int64_t f) {
+  gelu_kernels().grad_row_bf16(dy, x, b, dx, db, f);
 }
 void grad_row(const double* dy, const double* x, const double* b, double* dx, double* db, int64_t f) {
   for (int64_t c = 0; c < f; ++c) {
@@ -97,31 +120,46 @@ void check(const at::Tensor& x, const std::optional<at::Tensor>& bias) {
 
 at::ScalarType acc_of(const at::Tensor& x) { return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
 
+// T: the rows' element type (float, bf16 bits, double), A: the bias's and the bias gradient's.
+template <class T, class A>
+void fwd_rows(const T* xp, const A* bp, T* yp, int64_t n, int64_t f) {
+  at::parallel_for(0, n, grain_rows(f), [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) row(xp + r * f, bp, yp + r * f, f);
+  });
+}
+
 at::Tensor bias_gelu_fwd(const at::Tensor& x, const std::optional<at::Tensor>& bias) {
   check(x, bias);
   const auto acc = acc_of(x);
-  auto xa = x.to(acc).contiguous();
-  auto ba = bias ? bias->to(acc).contiguous() : at::Tensor();
-  auto y = at::empty(x.sizes(), xa.options());
   const int64_t n = x.size(0), f = x.size(1);
-  if (acc == at::kFloat) {
-    const auto row = gelu_kernels().row;
-    const float *xp = xa.data_ptr<float>(), *bp = bias ? ba.data_ptr<float>() : nullptr;
-    float* yp = y.data_ptr<float>();
-    at::parallel_for(0, n, grain_rows(f), [&](int64_t begin, int64_t end) {
-      for (int64_t r = begin; r < end; ++r) row(xp + r * f, bp, yp + r * f, f);
-    });
-  } else {
-    const double *xp = xa.data_ptr<double>(), *bp = bias ? ba.data_ptr<double>() : nullptr;
-    double* yp = y.data_ptr<double>();
-    at::parallel_for(0, n, grain_rows(f), [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin * f; i < end * f; ++i) {
-        const double h = xp[i] + (bp ? bp[i % f] : 0.0);
-        yp[i] = h * normal_cdf(h);
-      }
-    });
+  auto ba = bias ? bias->to(acc).contiguous() : at::Tensor();
+  if (x.scalar_type() == at::kBFloat16) {  // in place: no float32 copy of x or y
+    auto xc = x.contiguous();
+    auto y = at::empty(x.sizes(), xc.options());
+    fwd_rows(bits(xc), bias ? ba.data_ptr<float>() : nullptr, bits(y), n, f);
+    return y;
   }
+  auto xa = x.to(acc).contiguous();
+  auto y = at::empty(x.sizes(), xa.options());
+  AT_DISPATCH_FLOATING_TYPES(acc, "babygpt_bias_gelu_fwd_cpu", [&] {
+    fwd_rows(xa.data_ptr<scalar_t>(), bias ? ba.data_ptr<scalar_t>() : nullptr, y.data_ptr<scalar_t>(), n, f);
+  });
   return y.to(x.scalar_type());
+}
+
+// The backward's rows in parts of rpp rows, each part summing dx into its row of pp (null: no bias
+// gradient wanted).
+template <class T, class A>
+void bwd_rows(const T* dyp, const T* xp, const A* bp, T* dxp, A* pp, int64_t n, int64_t f) {
+  const int64_t rpp = rows_per_part(n), parts = (n + rpp - 1) / rpp;
+  const int64_t grain = std::max<int64_t>(1, grain_rows(f) / rpp);
+  at::parallel_for(0, parts, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t part = begin; part < end; ++part) {
+      A* db = pp ? pp + part * f : nullptr;
+      for (int64_t r = part * rpp; r < std::min(n, (part + 1) * rpp); ++r)
+        grad_row(dyp + r * f, xp + r * f, bp, dxp + r * f, db, f);
+    }
+  });
 }
 
 std::tuple<at::Tensor, at::Tensor> bias_gelu_bwd(const at::Tensor& dy, const at::Tensor& x,
@@ -131,29 +169,25 @@ std::tuple<at::Tensor, at::Tensor> bias_gelu_bwd(const at::Tensor& dy, const at:
               dy.sizes());
   TORCH_CHECK(!need_dbias || bias, "babygpt::bias_gelu_bwd: need_dbias without a bias");
   const auto acc = acc_of(x);
-  auto xa = x.to(acc).contiguous(), da = dy.to(acc).contiguous();
+  const bool in_place = x.scalar_type() == at::kBFloat16;  // bf16 rows read and written as they are
+  auto xa = in_place ? x.contiguous() : x.to(acc).contiguous();
+  auto da = in_place ? dy.contiguous() : dy.to(acc).contiguous();
   auto ba = bias ? bias->to(acc).contiguous() : at::Tensor();
   auto dx = at::empty(x.sizes(), xa.options());
   const int64_t n = x.size(0), f = x.size(1), rpp = rows_per_part(n), parts = (n + rpp - 1) / rpp;
   // One running sum of dx per part of the rows; zero-sized when no bias gradient is wanted.
-  auto partial = at::zeros({need_dbias ? parts : 0, f}, xa.options());
-  const int64_t grain = std::max<int64_t>(1, grain_rows(f) / rpp);
+  auto partial = at::zeros({need_dbias ? parts : 0, f}, x.options().dtype(acc));
   AT_DISPATCH_FLOATING_TYPES(acc, "babygpt_bias_gelu_bwd_cpu", [&] {
-    const scalar_t *dyp = da.data_ptr<scalar_t>(), *xp = xa.data_ptr<scalar_t>();
     const scalar_t* bp = bias ? ba.data_ptr<scalar_t>() : nullptr;
-    scalar_t *dxp = dx.data_ptr<scalar_t>(), *pp = need_dbias ? partial.data_ptr<scalar_t>() : nullptr;
-    at::parallel_for(0, parts, grain, [&](int64_t begin, int64_t end) {
-      for (int64_t part = begin; part < end; ++part) {
-        scalar_t* db = pp ? pp + part * f : nullptr;
-        for (int64_t r = part * rpp; r < std::min(n, (part + 1) * rpp); ++r) {
-          grad_row(dyp + r * f, xp + r * f, bp, dxp + r * f, db, f);
-        }
-      }
-    });
+    scalar_t* pp = need_dbias ? partial.data_ptr<scalar_t>() : nullptr;
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      if (in_place) return bwd_rows(bits(da), bits(xa), bp, bits(dx), pp, n, f);
+    }
+    bwd_rows(da.data_ptr<scalar_t>(), xa.data_ptr<scalar_t>(), bp, dx.data_ptr<scalar_t>(), pp, n, f);
   });
   const auto dt = x.scalar_type();
   if (!need_dbias) return {dx.to(dt), at::empty({0}, x.options())};
-  auto dbias = at::empty({f}, xa.options());
+  auto dbias = at::empty({f}, partial.options());
   AT_DISPATCH_FLOATING_TYPES(acc, "babygpt_bias_gelu_dbias_cpu", [&] {  // the parts, added in order
     const scalar_t* pp = partial.data_ptr<scalar_t>();
     scalar_t* db = dbias.data_ptr<scalar_t>();

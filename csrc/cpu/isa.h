@@ -2,6 +2,10 @@
 // set (AVX-512, AVX2+FMA, baseline x86-64) and asks this, once, which one to use.
 #pragma once
 
+#include <cpuid.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
 #include <cstdlib>
 #include <string>
 
@@ -26,9 +30,30 @@ inline Isa chosen_isa() {
   return isa;
 }
 
+// Whether oneDNN's bf16 brgemm runs on AMX tiles here: the CPU has AMX-BF16, and Linux grants this
+// process the tile registers, which it does only on request (arch_prctl ARCH_REQ_XCOMP_PERM for
+// XTILEDATA, the request oneDNN makes itself before it emits AMX code; a second request is a no-op).
+// For `babygpt info`, which names the path bf16 takes.
+inline bool amx_usable() {
+  static const bool yes = [] {
+    unsigned a, b, c, d;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
+    const bool amx_bf16 = (d >> 22) & 1u, amx_tile = (d >> 24) & 1u;  // CPUID.(7,0):EDX
+    if (!amx_bf16 || !amx_tile) return false;
+#if defined(__linux__) && defined(SYS_arch_prctl)
+    constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+    return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+#else
+    return false;
+#endif
+  }();
+  return yes;
+}
+
 // Whether bf16 products run on the CPU's own bf16 dot products (AVX512-BF16, which every AMX-BF16
-// CPU also has) through oneDNN's brgemm. Only with the AVX-512 copy, so BABYGPT_CPU_ISA=avx2|base
-// turns it off too and the tests reach the float32 path that bf16 takes on other CPUs.
+// CPU also has; oneDNN's brgemm takes AMX tiles where amx_usable()). Only with the AVX-512 copy, so
+// BABYGPT_CPU_ISA=avx2|base turns it off too and the tests reach the float32 path that bf16 takes
+// on other CPUs.
 inline bool bf16_units() {
   static const bool yes = chosen_isa() == Isa::avx512 && __builtin_cpu_supports("avx512bf16");
   return yes;

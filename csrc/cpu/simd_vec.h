@@ -8,6 +8,7 @@
 constexpr int W = BABYGPT_VEC_FLOATS;
 typedef float vf __attribute__((vector_size(W * 4)));
 typedef int vi __attribute__((vector_size(W * 4)));
+typedef unsigned vu __attribute__((vector_size(W * 4)));
 
 #define BG_INLINE static inline __attribute__((always_inline))
 
