@@ -45,28 +45,23 @@ BG_INLINE void store(unsigned short* p, vf v) {
   __builtin_memcpy(p, &h, sizeof h);
 }
 
-// The first m < W elements at p, zero-padded to a vector; and the first m lanes of v stored at p.
+// The first m < W elements at p, zero-padded to a vector.
 template <class T>
 BG_INLINE vf load_part(const T* p, long m) {
   T buf[W] = {};
   __builtin_memcpy(buf, p, m * sizeof(T));
   return load(buf);
 }
-template <class T>
-BG_INLINE void store_part(T* p, vf v, long m) {
-  T buf[W];
-  store(buf, v);
-  __builtin_memcpy(p, buf, m * sizeof(T));
-}
 
-// The lanes' sum in a fixed order (lane 0 first), so a row's result does not depend on anything
-// but the row.
+// The lanes' sum as a fixed tree (halves added until one lane is left), so a row's result depends
+// on nothing but the row, and the dependency chain is log2(W) adds, not W (the two sums of a row
+// are on its critical path).
 BG_INLINE float hsum(vf v) {
   float a[W];
   __builtin_memcpy(a, &v, sizeof a);
-  float s = 0.0f;
-  for (int l = 0; l < W; ++l) s += a[l];
-  return s;
+  for (int h = W / 2; h >= 1; h /= 2)
+    for (int l = 0; l < h; ++l) a[l] += a[l + h];
+  return a[0];
 }
 
 // All ones in the lanes below m, zero above: selects a tail vector's real elements.
@@ -78,70 +73,125 @@ BG_INLINE vi lanes_below(long m) {
   return v;
 }
 
+// y = (x − mean) · rstd · w + b on W elements (w, b null: 1 and 0).
+template <class X, class Y>
+BG_INLINE void ln_out(const X* x, const float* w, const float* b, Y* y, vf mean, vf rstd) {
+  vf h = (load(x) - mean) * rstd;
+  if (w) h *= ld(w);
+  if (b) h += ld(b);
+  store(y, h);
+}
+
 // One row of the forward: x (c,) -> y (c,), with its mean and rstd. w, b may be null (1 and 0).
 // Two passes for the statistics (the sum, then the squared deviations from the mean), which keeps
-// the variance accurate when |mean| >> std, and a third for the output; the row stays in L1.
+// the variance accurate when |mean| >> std, and a third for the output; the row stays in L1. The
+// sums run in four accumulators (an add's latency is four cycles), the tail (c % W elements) after
+// the whole vectors, through zero-padded copies.
 template <class X, class Y>
 static void ln_fwd_row(const X* x, const float* w, const float* b, Y* y, long c, float eps, float* mean_out,
                        float* rstd_out) {
   const long full = c - c % W, m = c - full;
-  vf s = {};
-  for (long i = 0; i < full; i += W) s += load(x + i);
-  if (m) s += load_part(x + full, m);
-  const float mean = hsum(s) / c;
-  vf q = {};
-  for (long i = 0; i < full; i += W) {
-    const vf d = load(x + i) - mean;
-    q += d * d;
+  vf s0 = {}, s1 = {}, s2 = {}, s3 = {};
+  long i = 0;
+  for (; i + 4 * W <= full; i += 4 * W) {
+    s0 += load(x + i);
+    s1 += load(x + i + W);
+    s2 += load(x + i + 2 * W);
+    s3 += load(x + i + 3 * W);
+  }
+  for (; i < full; i += W) s0 += load(x + i);
+  if (m) s1 += load_part(x + full, m);
+  const float mean = hsum((s0 + s1) + (s2 + s3)) / c;
+  const vf vm = splat(mean);
+  vf q0 = {}, q1 = {}, q2 = {}, q3 = {};
+  for (i = 0; i + 4 * W <= full; i += 4 * W) {
+    const vf d0 = load(x + i) - vm, d1 = load(x + i + W) - vm, d2 = load(x + i + 2 * W) - vm,
+             d3 = load(x + i + 3 * W) - vm;
+    q0 += d0 * d0;
+    q1 += d1 * d1;
+    q2 += d2 * d2;
+    q3 += d3 * d3;
+  }
+  for (; i < full; i += W) {
+    const vf d = load(x + i) - vm;
+    q0 += d * d;
   }
   if (m) {
-    const vf d = load_part(x + full, m) - mean;
-    q += lanes_below(m) ? d * d : vf{};
+    const vf d = load_part(x + full, m) - vm;
+    q1 += lanes_below(m) ? d * d : vf{};
   }
-  const float rstd = 1.0f / __builtin_sqrtf(hsum(q) / c + eps);
-  for (long i = 0; i < c; i += W) {
-    const long n = c - i < W ? c - i : W;
-    vf h = ((n == W ? load(x + i) : load_part(x + i, n)) - mean) * rstd;
-    if (w) h *= n == W ? ld(w + i) : load_part(w + i, n);
-    if (b) h += n == W ? ld(b + i) : load_part(b + i, n);
-    if (n == W) store(y + i, h); else store_part(y + i, h, n);
+  const float rstd = 1.0f / __builtin_sqrtf(hsum((q0 + q1) + (q2 + q3)) / c + eps);
+  const vf vr = splat(rstd);
+  for (i = 0; i < full; i += W) ln_out(x + i, w ? w + i : w, b ? b + i : b, y + i, vm, vr);
+  if (m) {
+    X xs[W] = {};
+    float ws[W] = {}, bs[W] = {};
+    Y ys[W];
+    __builtin_memcpy(xs, x + full, m * sizeof(X));
+    if (w) __builtin_memcpy(ws, w + full, m * 4);
+    if (b) __builtin_memcpy(bs, b + full, m * 4);
+    ln_out(xs, w ? ws : w, b ? bs : b, ys, vm, vr);
+    __builtin_memcpy(y + full, ys, m * sizeof(Y));
   }
   *mean_out = mean;
   *rstd_out = rstd;
 }
 
-// One row of the backward, with xhat = (x − mean) · rstd and g = dy · w:
+// The backward's sums on W elements, with xhat = (x − mean) · rstd and g = dy · w: sg += g,
+// sgx += g · xhat, and (when not null) dw += dy · xhat, db += dy.
+template <class X, class D>
+BG_INLINE void ln_grad_sums(const D* dy, const X* x, const float* w, vf mean, vf rstd, float* dw, float* db, vf& sg,
+                            vf& sgx) {
+  const vf d = load(dy), xh = (load(x) - mean) * rstd, g = w ? d * ld(w) : d;
+  sg += g;
+  sgx += g * xh;
+  if (dw) st(dw, ld(dw) + d * xh);
+  if (db) st(db, ld(db) + d);
+}
+
+// dx = rstd · (g − c1 − xhat · c2) on W elements.
+template <class X, class D>
+BG_INLINE void ln_grad_dx(const D* dy, const X* x, const float* w, vf mean, vf rstd, vf c1, vf c2, X* dx) {
+  const vf d = load(dy), xh = (load(x) - mean) * rstd, g = w ? d * ld(w) : d;
+  store(dx, rstd * (g - c1 - xh * c2));
+}
+
+// One row of the backward:
 //   dx = rstd · (g − mean(g) − xhat · mean(g · xhat)),
 // and, when dw / db are not null, dw += dy · xhat and db += dy (the parameter gradients' running
-// sums over the rows of one part, added in row order by the caller).
+// sums over the rows of one part, added in row order by the caller). The tail goes through
+// zero-padded copies: its padding has dy = 0, so it adds nothing to any sum.
 template <class X, class D>
 static void ln_bwd_row(const D* dy, const X* x, const float* w, float mean, float rstd, X* dx, float* dw, float* db,
                        long c) {
-  vf sg = {}, sgx = {};
-  for (long i = 0; i < c; i += W) {
-    const long n = c - i < W ? c - i : W;
-    const vf d = n == W ? load(dy + i) : load_part(dy + i, n);  // zero-padded: no tail term below
-    const vf xh = ((n == W ? load(x + i) : load_part(x + i, n)) - mean) * rstd;
-    const vf g = w ? d * (n == W ? ld(w + i) : load_part(w + i, n)) : d;
-    sg += g;
-    sgx += g * xh;
-    if (dw) {
-      const vf v = (n == W ? ld(dw + i) : load_part(dw + i, n)) + d * xh;
-      if (n == W) st(dw + i, v); else store_part(dw + i, v, n);
-    }
-    if (db) {
-      const vf v = (n == W ? ld(db + i) : load_part(db + i, n)) + d;
-      if (n == W) st(db + i, v); else store_part(db + i, v, n);
-    }
+  const long full = c - c % W, m = c - full;
+  const vf vm = splat(mean), vr = splat(rstd);
+  vf sg0 = {}, sg1 = {}, sgx0 = {}, sgx1 = {};
+  long i = 0;
+  for (; i + 2 * W <= full; i += 2 * W) {
+    ln_grad_sums(dy + i, x + i, w ? w + i : w, vm, vr, dw ? dw + i : dw, db ? db + i : db, sg0, sgx0);
+    ln_grad_sums(dy + i + W, x + i + W, w ? w + i + W : w, vm, vr, dw ? dw + i + W : dw, db ? db + i + W : db, sg1,
+                 sgx1);
   }
-  const float c1 = hsum(sg) / c, c2 = hsum(sgx) / c;
-  for (long i = 0; i < c; i += W) {
-    const long n = c - i < W ? c - i : W;
-    const vf d = n == W ? load(dy + i) : load_part(dy + i, n);
-    const vf xh = ((n == W ? load(x + i) : load_part(x + i, n)) - mean) * rstd;
-    const vf g = w ? d * (n == W ? ld(w + i) : load_part(w + i, n)) : d;
-    const vf v = rstd * (g - c1 - xh * c2);
-    if (n == W) store(dx + i, v); else store_part(dx + i, v, n);
+  for (; i < full; i += W) ln_grad_sums(dy + i, x + i, w ? w + i : w, vm, vr, dw ? dw + i : dw, db ? db + i : db, sg0, sgx0);
+  D ds[W] = {};
+  X xs[W] = {}, dxs[W];
+  float ws[W] = {}, dws[W] = {}, dbs[W] = {};
+  if (m) {
+    __builtin_memcpy(ds, dy + full, m * sizeof(D));
+    __builtin_memcpy(xs, x + full, m * sizeof(X));
+    if (w) __builtin_memcpy(ws, w + full, m * 4);
+    if (dw) __builtin_memcpy(dws, dw + full, m * 4);
+    if (db) __builtin_memcpy(dbs, db + full, m * 4);
+    ln_grad_sums(ds, xs, w ? ws : w, vm, vr, dw ? dws : dw, db ? dbs : db, sg1, sgx1);
+    if (dw) __builtin_memcpy(dw + full, dws, m * 4);
+    if (db) __builtin_memcpy(db + full, dbs, m * 4);
+  }
+  const vf c1 = splat(hsum(sg0 + sg1) / c), c2 = splat(hsum(sgx0 + sgx1) / c);
+  for (i = 0; i < full; i += W) ln_grad_dx(dy + i, x + i, w ? w + i : w, vm, vr, c1, c2, dx + i);
+  if (m) {
+    ln_grad_dx(ds, xs, w ? ws : w, vm, vr, c1, c2, dxs);
+    __builtin_memcpy(dx + full, dxs, m * sizeof(X));
   }
 }
 
