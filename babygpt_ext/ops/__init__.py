@@ -95,7 +95,8 @@ def layer_norm(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[t
     wants: inside an enabled autocast region of x's device its autocast dtype (the bf16 a Linear
     would cast the float32 output to; float64 stays float64), else x's dtype. Statistics are float32
     (float64 for float64 x); the backward returns dx in x's dtype and dweight, dbias in theirs."""
-    return engine.run(_LAYER_NORM, _LAYER_NORM.validate(x, weight, bias, eps), backend).reshape(x.shape)
+    y = engine.run(_LAYER_NORM, _LAYER_NORM.validate(x, weight, bias, eps), backend)  # (N, C)
+    return y if x.dim() == 2 else y.reshape(x.shape)
 
 
 def available_backends(device: Optional[str] = None, op: Optional[str] = None) -> list:

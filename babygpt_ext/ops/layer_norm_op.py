@@ -30,7 +30,7 @@ def output_dtype(x: torch.Tensor) -> torch.dtype:
 
 def _validate(x, weight, bias, eps):
     validate.layer_norm_args(x, weight, bias, eps)
-    return x.reshape(-1, x.shape[-1]), weight, bias, float(eps), output_dtype(x)
+    return x if x.dim() == 2 else x.reshape(-1, x.shape[-1]), weight, bias, float(eps), output_dtype(x)
 
 
 def _key(x, weight, bias, eps, out_dtype):
