@@ -16,6 +16,7 @@ const char* attention_bf16_path();  // csrc/cpu/attention.cpp
 long attention_bf16_min_head_dim();  // csrc/cpu/attention.cpp
 const char* lora_isa();       // csrc/cpu/lora.cpp
 const char* gelu_isa();       // csrc/cpu/bias_gelu.cpp
+const char* layer_norm_isa();  // csrc/cpu/layer_norm.cpp
 }
 #ifdef BABYGPT_WITH_CUDA
 namespace babygpt::cuda {
@@ -64,6 +65,7 @@ py::dict build_info() {
   d["cuda_smem_bytes"] = cuda_smem_bytes();
   d["cpu_lora_isa"] = std::string(babygpt::cpu::lora_isa());
   d["cpu_gelu_isa"] = std::string(babygpt::cpu::gelu_isa());
+  d["cpu_layer_norm_isa"] = std::string(babygpt::cpu::layer_norm_isa());
 #ifdef BABYGPT_WITH_CUDA
   d["cuda"] = true;
   d["cuda_archs"] = std::string(BABYGPT_CUDA_ARCHS);

@@ -41,6 +41,13 @@ constexpr int kMaxHeadDim = 256;
   do {                                                                                                    \
     (m).def("bias_gelu_fwd(Tensor x, Tensor? bias) -> Tensor");                                          \
     (m).def("bias_gelu_bwd(Tensor dy, Tensor x, Tensor? bias, bool need_dbias) -> (Tensor dx, Tensor dbias)"); \
+    /* LayerNorm over the last axis of x (N, C), output in out_dtype (the Python op picks it from  */   \
+    /* autocast); mean, rstd (N,) float32 (float64 for float64 x). dweight, dbias (C,) in that     */   \
+    /* statistics dtype, empty (numel 0) when not wanted; dx in x's dtype.                         */   \
+    (m).def("layer_norm_fwd(Tensor x, Tensor? weight, Tensor? bias, float eps, ScalarType out_dtype)"   \
+            " -> (Tensor y, Tensor mean, Tensor rstd)");                                                \
+    (m).def("layer_norm_bwd(Tensor dy, Tensor x, Tensor? weight, Tensor mean, Tensor rstd,"             \
+            " bool need_dweight, bool need_dbias) -> (Tensor dx, Tensor dweight, Tensor dbias)");       \
     /* A GPT layer's attention on its fused projection qkv (B, T, (H + 2 Hkv) D): q's heads, then */   \
     /* k's, then v's along the last axis; o and o_lo (B, T, H D), lse (B, H, T); dqkv like qkv.   */   \
     (m).def("attn_qkv_fwd(Tensor qkv, int n_head, int n_kv_head, float scale, bool causal,"             \

@@ -127,6 +127,11 @@ def _bias_gelu_call(n, f, bias):
     return Call("bias_gelu", "cpu", torch.float32, 0, (("F<=", f), ("bias", bias), ("N<=", n)))
 
 
+def _layer_norm_call(n, c, weight, bias, out="float32"):
+    return Call("layer_norm", "cpu", torch.float32, 0, (("C<=", c), ("weight", weight), ("bias", bias), ("out", out),
+                                                         ("N<=", n)))
+
+
 # Small calls of every op in the table, for the tests that iterate over it (opcheck, compile):
 # spec.make_args(call, device, dtype, requires_grad) builds their inputs. A new op adds its own.
 OP_SAMPLES = {
@@ -135,6 +140,9 @@ OP_SAMPLES = {
     "qkv_attention": [_qkv_call(2, 1, 5, 8), _qkv_call(2, 2, 7, 16, b=2), _qkv_call(2, 1, 9, 8, b=2, dropout=True)],
     "lora": [_lora_call(5, 8, 6, 2, True, False), _lora_call(5, 8, 6, 2, False, False), _lora_call(5, 8, 6, 2, True, True)],
     "bias_gelu": [_bias_gelu_call(5, 12, True), _bias_gelu_call(3, 8, False)],
+    # The last one is an autocast call: float32 x, bf16 output.
+    "layer_norm": [_layer_norm_call(5, 12, True, True), _layer_norm_call(3, 8, True, False),
+                   _layer_norm_call(4, 19, False, False), _layer_norm_call(6, 16, True, True, "bfloat16")],
 }
 
 

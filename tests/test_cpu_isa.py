@@ -1,7 +1,7 @@
-"""The CPU attention, LoRA and decoding kernels exist in one copy per instruction set (AVX-512, AVX2+FMA,
+"""The CPU attention, LoRA, LayerNorm and decoding kernels exist in one copy per instruction set (AVX-512, AVX2+FMA,
 baseline x86-64; decode.cpp runs its AVX2 copy on AVX-512 too), and each process uses the widest its CPU
 has (csrc/cpu/attention.cpp, lora.cpp, decode.cpp). The shared suite therefore only sees one copy; this file
-re-runs the CPU attention, LoRA and decoding tests in a subprocess for every copy this CPU can execute,
+re-runs the CPU attention, LoRA, LayerNorm and decoding tests in a subprocess for every copy this CPU can execute,
 forced with BABYGPT_CPU_ISA."""
 
 import os
@@ -44,7 +44,7 @@ def test_attention_suite_on_each_instruction_set(isa):
     assert used.returncode == 0 and used.stdout.split() == [isa, isa, bf16], (used.stdout, used.stderr[-2000:])
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "tests/test_attention.py",
                         "tests/test_properties.py", "tests/test_lora.py", "tests/test_decode_step.py", "tests/test_cpu_attention.py",
-                        "tests/test_nan_contract.py", "-k", "cpu"], capture_output=True, text=True,
+                        "tests/test_nan_contract.py", "tests/test_layer_norm.py", "-k", "cpu"], capture_output=True, text=True,
                        env=env, cwd=ROOT)
     assert r.returncode == 0, f"the {isa} copy failed:\n{r.stdout[-4000:]}\n{r.stderr[-2000:]}"
 

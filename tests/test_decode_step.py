@@ -160,7 +160,9 @@ def test_cpu_generate_takes_the_fused_step_and_matches_recompute():
         assert torch.equal(cached, recompute), kw
         names = [e.name for e in prof.events()]
         assert names.count("babygpt::GptDecoder.step") == 20, "one fused step per new token"
-        assert names.count("aten::layer_norm") == 5, "only the prefill's (2 blocks x 2 + ln_f) go through the model"
+        # The model runs its LayerNorms as the fused op (nn/block.py), or as ATen's on the eager backend.
+        layer_norms = names.count("babygpt::layer_norm_fwd") + names.count("aten::layer_norm")
+        assert layer_norms == 5, "only the prefill's (2 blocks x 2 + ln_f) go through the model"
 
 
 @pytest.mark.parametrize("why", ["eager backend", "BABYGPT_BACKEND=sdpa", "bfloat16", "two eps"])

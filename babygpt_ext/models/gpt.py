@@ -20,6 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..nn import Block, LowRankLinear
+from ..nn.block import layer_norm
 from .presets import PRESETS
 
 
@@ -163,7 +164,7 @@ class GPT(nn.Module):
             x = self.transformer.drop(x)
         for i, block in enumerate(self.transformer.h):
             x = block(x, kv_cache=None if kv_cache is None else kv_cache[i])
-        x = self.transformer.ln_f(x)
+        x = layer_norm(self.transformer.ln_f, x)  # the fused op for a plain nn.LayerNorm (nn/block.py)
         logits = self.lm_head(x)  # (B, T, vocab_size)
         loss = None
         if targets is not None:

@@ -2,6 +2,10 @@
 
 Normalising *before* each sublayer (not after, as in the 2017 paper) keeps the residual stream an
 untouched sum, which is what lets deep stacks train without warmup tricks.
+
+The LayerNorms stay nn.LayerNorm modules (their state_dict keys are nanoGPT's and HF's), but a
+plain one runs as ops.layer_norm (layer_norm below): under bf16 autocast its output is already the
+bf16 the next Linear wants, so neither the cast after it nor that cast's backward runs.
 """
 
 from typing import Optional
@@ -12,6 +16,18 @@ import torch.nn.functional as F
 
 from .. import ops
 from .attention import CausalSelfAttention, KVCache
+
+
+_module = torch.nn.modules.module  # the global hooks, which a direct call would skip
+
+
+def layer_norm(ln: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """ln(x) for any norm module; a plain nn.LayerNorm over the last axis (no hooks, its own class)
+    runs as the fused op, whose output dtype follows autocast (ops.layer_norm)."""
+    if (type(ln) is nn.LayerNorm and len(ln.normalized_shape) == 1 and not (ln._forward_hooks or ln._forward_pre_hooks)
+            and not (_module._global_forward_hooks or _module._global_forward_pre_hooks)):
+        return ops.layer_norm(x, ln.weight, ln.bias, ln.eps)
+    return ln(x)
 
 
 class MLP(nn.Module):
@@ -54,5 +70,5 @@ class Block(nn.Module):
         self.mlp = MLP(n_embd, bias=bias, dropout=dropout)
 
     def forward(self, x: torch.Tensor, kv_cache: Optional[KVCache] = None) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), kv_cache=kv_cache)  # (B, T, C)
-        return x + self.mlp(self.ln_2(x))
+        x = x + self.attn(layer_norm(self.ln_1, x), kv_cache=kv_cache)  # (B, T, C)
+        return x + self.mlp(layer_norm(self.ln_2, x))

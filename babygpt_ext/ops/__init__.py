@@ -1,10 +1,11 @@
-"""Functional API of babygpt_ext: fused causal attention, fused LoRA linear, fused bias + GELU.
+"""Functional API of babygpt_ext: fused causal attention, fused LoRA linear, fused bias + GELU, LayerNorm.
 
     from babygpt_ext import ops
     o = ops.causal_attention(q, k, v)                  # q (B, H, Tq, D), k/v (B, Hkv, Tk, D)
     y = ops.qkv_attention(c_attn(x), n_head)           # a GPT layer's attention: (B, T, (3) H D) -> (B, T, H D)
     y = ops.lora_linear(x, w, b, lora_a, lora_b, alpha / r)
     h = ops.bias_gelu(x, b)                            # gelu(x + b), the MLP's activation
+    h = ops.layer_norm(x, ln.weight, ln.bias, ln.eps)  # nn.LayerNorm, output in the autocast dtype
     print(ops.explain(q, k, v))                        # which backend runs, measured times, and why
 
 Every call is validated here, before any kernel runs, then handed to the engine (engine.py), which
@@ -23,12 +24,12 @@ from .dropout import dropout_mask
 from .registry import BACKENDS, Backend, BackendUnavailableError, register
 from .table import OPS
 
-__all__ = ["causal_attention", "qkv_attention", "lora_linear", "bias_gelu", "dropout_mask", "available_backends",
+__all__ = ["causal_attention", "qkv_attention", "lora_linear", "bias_gelu", "layer_norm", "dropout_mask", "available_backends",
            "explain", "explain_qkv", "explain_lora", "Explanation", "BACKENDS", "OPS", "Backend",
            "BackendUnavailableError", "register"]
 
 _ATTENTION, _QKV_ATTENTION = OPS["attention"], OPS["qkv_attention"]
-_LORA, _BIAS_GELU = OPS["lora"], OPS["bias_gelu"]
+_LORA, _BIAS_GELU, _LAYER_NORM = OPS["lora"], OPS["bias_gelu"], OPS["layer_norm"]
 
 
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = True,
@@ -85,6 +86,17 @@ def bias_gelu(x: torch.Tensor, bias: Optional[torch.Tensor], *, backend: Optiona
     """gelu(x + bias), the exact (erf) GELU, in one pass (and one backward pass that also sums dbias):
     x (..., F), bias (F,) or None. Returns x's shape and dtype."""
     return engine.run(_BIAS_GELU, _BIAS_GELU.validate(x, bias), backend).reshape(x.shape)
+
+
+def layer_norm(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor], eps: float = 1e-5, *,
+               backend: Optional[str] = None) -> torch.Tensor:
+    """nn.LayerNorm over the last axis: (x - mean) / sqrt(var + eps) * weight + bias, x (..., C),
+    weight and bias (C,) or None (float32 or x's dtype). Returns x's shape in the dtype the next op
+    wants: inside an enabled autocast region of x's device its autocast dtype (the bf16 a Linear
+    would cast the float32 output to; float64 stays float64), else x's dtype. Statistics are float32
+    (float64 for float64 x); the backward returns dx in x's dtype and dweight, dbias in theirs."""
+    y = engine.run(_LAYER_NORM, _LAYER_NORM.validate(x, weight, bias, eps), backend)  # (N, C)
+    return y if x.dim() == 2 else y.reshape(x.shape)
 
 
 def available_backends(device: Optional[str] = None, op: Optional[str] = None) -> list:

@@ -119,3 +119,20 @@ def lora_linear(x, weight, bias, lora_a, lora_b, scale: float) -> torch.Tensor:
 def bias_gelu(x, bias) -> torch.Tensor:
     """gelu(x + bias), the exact (erf) GELU, for x (..., F) and bias (F,) or None."""
     return torch.nn.functional.gelu(x if bias is None else x + bias)
+
+
+def layer_norm(x, weight, bias, eps: float, out_dtype: torch.dtype) -> torch.Tensor:
+    """nn.LayerNorm over the last axis of x (..., C), weight and bias (C,) or None, then cast to
+    out_dtype: what a model computed before the fusion (under autocast, F.layer_norm runs in float32
+    and the next Linear casts its output). A float32/float64 x takes its parameters in its own dtype
+    (ATen's mixed-dtype LayerNorm pairs float32 parameters with 16-bit inputs only)."""
+    if x.dtype in (torch.float32, torch.float64):
+        weight = None if weight is None else weight.to(x.dtype)
+        bias = None if bias is None else bias.to(x.dtype)
+    elif (weight is None) != (bias is None) and (weight if bias is None else bias).dtype != x.dtype:
+        # ATen's mixed-dtype backward fails with one parameter missing ("expected scalar type Half
+        # but found Float"): the missing one as its identity, which changes no result.
+        c = x.shape[-1]
+        weight = weight if weight is not None else torch.ones(c, dtype=bias.dtype, device=x.device)
+        bias = bias if bias is not None else torch.zeros(c, dtype=weight.dtype, device=x.device)
+    return torch.nn.functional.layer_norm(x, (x.shape[-1],), weight, bias, eps).to(out_dtype)

@@ -3,7 +3,8 @@ autograd registration, the CLI's tuning and the shared test-suite all iterate ov
 
 from .attention_op import ATTENTION
 from .bias_gelu_op import BIAS_GELU
+from .layer_norm_op import LAYER_NORM
 from .lora_op import LORA
 from .qkv_attention_op import QKV_ATTENTION
 
-OPS = {spec.name: spec for spec in (ATTENTION, QKV_ATTENTION, LORA, BIAS_GELU)}
+OPS = {spec.name: spec for spec in (ATTENTION, QKV_ATTENTION, LORA, BIAS_GELU, LAYER_NORM)}

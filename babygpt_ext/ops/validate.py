@@ -178,3 +178,25 @@ def bias_gelu_args(x, bias) -> None:
     if x.dim() < 1 or (bias is not None and x.shape[-1] != bias.shape[0]):
         raise ValueError(f"x must be (..., F) with F the size of bias; got x {tuple(x.shape)}"
                          + (f", bias {tuple(bias.shape)}" if bias is not None else ""))
+
+
+def layer_norm_args(x, weight, bias, eps) -> None:
+    """Check layer_norm's inputs: x (..., C); weight and bias (C,) or None, float32 or x's dtype (a
+    float32 parameter with a low-precision x is the autocast case); eps a finite number >= 0."""
+    _tensor("x", x)
+    if x.dim() < 1:
+        raise ValueError(f"x must be (..., C) with at least one dimension, got shape {tuple(x.shape)}")
+    for name, p in (("weight", weight), ("bias", bias)):
+        if p is None:
+            continue
+        _tensor(name, p, 1)
+        if p.shape[0] != x.shape[-1]:
+            raise ValueError(f"{name} must be (C,) with C = x.shape[-1]; got x {tuple(x.shape)}, {name} "
+                             f"{tuple(p.shape)} (pass the LayerNorm's normalized_shape as x's last dimension)")
+        if p.dtype not in (x.dtype, torch.float32):
+            raise TypeError(f"{name} has dtype {p.dtype} but x has {x.dtype}; {name} must be float32 or x's "
+                            f"dtype (cast it with {name}.float())")
+        if p.device != x.device:
+            raise ValueError(f"{name} is on {p.device} but x is on {x.device}; all inputs must be on one device")
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not math.isfinite(eps) or eps < 0:
+        raise ValueError(f"eps must be a finite number >= 0 (nn.LayerNorm's default is 1e-5), got {eps!r}")
