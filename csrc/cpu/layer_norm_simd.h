@@ -3,7 +3,7 @@
 //
 // Included once per instruction set by layer_norm.cpp, inside a namespace and under a `#pragma GCC
 // target`, as gelu_simd.h is by bias_gelu.cpp (GCC vector extensions of W floats, W the register
-// width (simd_vec.h), no includes but simd_vec.h, memory through memcpy).
+// width (simd_vec.h), no includes but simd_vec.h and simd_bf16.h, memory through memcpy).
 //
 // Rows are read and written in place as float32 or bfloat16 (the element type is a template
 // parameter: float or uint16_t holding bf16 bits), so a bf16 output under autocast is rounded once,
@@ -13,44 +13,16 @@
 //
 // Needs, defined by the includer: BABYGPT_VEC_FLOATS (W: 16, 8 or 4).
 
-#include "simd_vec.h"  // W, vf, vi, ld, st, splat, BG_INLINE
+#include "simd_vec.h"  // W, vf, vi, vu, ld, st, splat, BG_INLINE
 
-typedef unsigned int vu __attribute__((vector_size(W * 4)));
-typedef unsigned short vh __attribute__((vector_size(W * 2)));  // W bf16
-
-// bf16 bits -> float32: the bf16 is the high half of the float.
-BG_INLINE vf bf16_bits_to_float(vh h) { return (vf)(__builtin_convertvector(h, vu) << 16); }
-
-// x rounded to the nearest bf16, ties to even. A NaN stays NaN: its low payload bits could otherwise
-// carry the rounding into the exponent and make it inf, so NaN lanes keep their high half with a
-// quiet bit set instead.
-BG_INLINE vh float_to_bf16_bits(vf x) {
-  vu u;
-  __builtin_memcpy(&u, &x, sizeof u);
-  const vu rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
-  const vu nan = (vu)((u & 0x7fffffffu) > 0x7f800000u);  // all ones where NaN
-  return __builtin_convertvector((rounded & ~nan) | (((u >> 16) | 0x40u) & nan), vh);
-}
-
-// W elements at p as float32.
-BG_INLINE vf load(const float* p) { return ld(p); }
-BG_INLINE vf load(const unsigned short* p) {
-  vh h;
-  __builtin_memcpy(&h, p, sizeof h);
-  return bf16_bits_to_float(h);
-}
-BG_INLINE void store(float* p, vf v) { st(p, v); }
-BG_INLINE void store(unsigned short* p, vf v) {
-  const vh h = float_to_bf16_bits(v);
-  __builtin_memcpy(p, &h, sizeof h);
-}
+#include "simd_bf16.h"  // bf16, ldx(), stx(): rows of float or bf16
 
 // The first m < W elements at p, zero-padded to a vector.
 template <class T>
 BG_INLINE vf load_part(const T* p, long m) {
   T buf[W] = {};
   __builtin_memcpy(buf, p, m * sizeof(T));
-  return load(buf);
+  return ldx(buf);
 }
 
 // The lanes' sum as a fixed tree (halves added until one lane is left), so a row's result depends
@@ -76,10 +48,10 @@ BG_INLINE vi lanes_below(long m) {
 // y = (x − mean) · rstd · w + b on W elements (w, b null: 1 and 0).
 template <class X, class Y>
 BG_INLINE void ln_out(const X* x, const float* w, const float* b, Y* y, vf mean, vf rstd) {
-  vf h = (load(x) - mean) * rstd;
+  vf h = (ldx(x) - mean) * rstd;
   if (w) h *= ld(w);
   if (b) h += ld(b);
-  store(y, h);
+  stx(y, h);
 }
 
 // One row of the forward: x (c,) -> y (c,), with its mean and rstd. w, b may be null (1 and 0).
@@ -94,26 +66,26 @@ static void ln_fwd_row(const X* x, const float* w, const float* b, Y* y, long c,
   vf s0 = {}, s1 = {}, s2 = {}, s3 = {};
   long i = 0;
   for (; i + 4 * W <= full; i += 4 * W) {
-    s0 += load(x + i);
-    s1 += load(x + i + W);
-    s2 += load(x + i + 2 * W);
-    s3 += load(x + i + 3 * W);
+    s0 += ldx(x + i);
+    s1 += ldx(x + i + W);
+    s2 += ldx(x + i + 2 * W);
+    s3 += ldx(x + i + 3 * W);
   }
-  for (; i < full; i += W) s0 += load(x + i);
+  for (; i < full; i += W) s0 += ldx(x + i);
   if (m) s1 += load_part(x + full, m);
   const float mean = hsum((s0 + s1) + (s2 + s3)) / c;
   const vf vm = splat(mean);
   vf q0 = {}, q1 = {}, q2 = {}, q3 = {};
   for (i = 0; i + 4 * W <= full; i += 4 * W) {
-    const vf d0 = load(x + i) - vm, d1 = load(x + i + W) - vm, d2 = load(x + i + 2 * W) - vm,
-             d3 = load(x + i + 3 * W) - vm;
+    const vf d0 = ldx(x + i) - vm, d1 = ldx(x + i + W) - vm, d2 = ldx(x + i + 2 * W) - vm,
+             d3 = ldx(x + i + 3 * W) - vm;
     q0 += d0 * d0;
     q1 += d1 * d1;
     q2 += d2 * d2;
     q3 += d3 * d3;
   }
   for (; i < full; i += W) {
-    const vf d = load(x + i) - vm;
+    const vf d = ldx(x + i) - vm;
     q0 += d * d;
   }
   if (m) {
@@ -142,7 +114,7 @@ static void ln_fwd_row(const X* x, const float* w, const float* b, Y* y, long c,
 template <class X, class D>
 BG_INLINE void ln_grad_sums(const D* dy, const X* x, const float* w, vf mean, vf rstd, float* dw, float* db, vf& sg,
                             vf& sgx) {
-  const vf d = load(dy), xh = (load(x) - mean) * rstd, g = w ? d * ld(w) : d;
+  const vf d = ldx(dy), xh = (ldx(x) - mean) * rstd, g = w ? d * ld(w) : d;
   sg += g;
   sgx += g * xh;
   if (dw) st(dw, ld(dw) + d * xh);
@@ -152,8 +124,8 @@ BG_INLINE void ln_grad_sums(const D* dy, const X* x, const float* w, vf mean, vf
 // dx = rstd · (g − c1 − xhat · c2) on W elements.
 template <class X, class D>
 BG_INLINE void ln_grad_dx(const D* dy, const X* x, const float* w, vf mean, vf rstd, vf c1, vf c2, X* dx) {
-  const vf d = load(dy), xh = (load(x) - mean) * rstd, g = w ? d * ld(w) : d;
-  store(dx, rstd * (g - c1 - xh * c2));
+  const vf d = ldx(dy), xh = (ldx(x) - mean) * rstd, g = w ? d * ld(w) : d;
+  stx(dx, rstd * (g - c1 - xh * c2));
 }
 
 // One row of the backward:
