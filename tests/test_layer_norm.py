@@ -17,8 +17,6 @@ from conftest import CPU_BACKENDS, backend_param, dtypes_for, takes
 from tolerance import FWD_FACTOR, GRAD_FACTOR, assert_close, bound_ratio
 
 LN_BACKENDS = [b for b in CPU_BACKENDS if "layer_norm" in ops.BACKENDS[b].impls]
-HAS_CPU = "cpu" in LN_BACKENDS
-NO_CPU = "the cpu backend is unavailable here (babygpt_ext._C is not built)"
 # (lead shape of x, C, weight, bias): C of one element, below one vector, one short of and one past
 # a multiple of every vector width, GPT-2's 768; a single row (a decoding step), a few rows, and
 # rows spanning several parts of the parameter-gradient sums with a ragged last part.
@@ -147,7 +145,6 @@ def test_output_dtype_follows_autocast(backend):
     assert ops.layer_norm(x.bfloat16(), w, b, backend=backend).dtype == torch.bfloat16
 
 
-@pytest.mark.skipif(not HAS_CPU, reason=NO_CPU)
 def test_the_compiled_op_is_not_recast_by_autocast():
     """The kernel's output dtype is its argument, inside autocast as outside: autocast has no kernel
     for custom ops, so it casts neither the inputs nor the output. And the public op under autocast
@@ -162,7 +159,6 @@ def test_the_compiled_op_is_not_recast_by_autocast():
     assert torch.equal(public, fwd(x, w, b, 1e-5, torch.bfloat16)[0])
 
 
-@pytest.mark.skipif(not HAS_CPU, reason=NO_CPU)
 def test_bf16_output_is_the_float32_output_rounded_once():
     x, w, b = make_inputs(((64,), 200, True, True), torch.float32)
     fwd = torch.ops.babygpt.layer_norm_fwd
@@ -248,7 +244,6 @@ def test_bad_input_names_the_argument_and_the_shapes():
         ops.layer_norm(torch.ones(4, 8, dtype=torch.int64), None, None)
 
 
-@pytest.mark.skipif(not HAS_CPU, reason=NO_CPU)
 @pytest.mark.parametrize("mode", [(torch.float32, None), (torch.bfloat16, None), (torch.float32, torch.bfloat16)],
                          ids=_mode_id)
 def test_cpu_kernel_is_deterministic_across_calls_and_thread_counts(mode):
@@ -331,14 +326,15 @@ def loss_and_grads(model, idx, targets, dtype):
 
 
 @pytest.mark.parametrize("dtype", [None, torch.bfloat16], ids=["fp32", "autocast_bf16"])
-def test_gpt_with_fused_layer_norm_matches_the_module_path(dtype):
+def test_gpt_with_fused_layer_norm_matches_the_module_path(dtype, fresh_engine, monkeypatch):
+    monkeypatch.setenv("BABYGPT_BACKEND", "cpu")  # the fused kernels, not whichever the engine measures faster
     idx, targets = torch.randint(0, 61, (3, 16)), torch.randint(0, 61, (3, 16))
     fused, plain = tiny_gpt(), with_module_layer_norms(tiny_gpt())
     assert list(fused.state_dict()) == list(plain.state_dict())  # same keys: checkpoints load either way
     with RecordOps() as rec:
         loss_f, grads_f = loss_and_grads(fused, idx, targets, dtype)
     # two per block and ln_f, forward and backward
-    assert rec.names.count("babygpt::layer_norm_fwd" if HAS_CPU else "aten::native_layer_norm") >= 5
+    assert rec.names.count("babygpt::layer_norm_fwd") >= 5
     loss_p, grads_p = loss_and_grads(plain, idx, targets, dtype)
     tol = dict(rtol=1e-5, atol=1e-6) if dtype is None else dict(rtol=2e-2, atol=2e-3)
     torch.testing.assert_close(loss_f, loss_p, **tol)
