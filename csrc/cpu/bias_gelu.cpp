@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "isa.h"
+#include "row_parts.h"  // grain_rows, for_row_parts, sum_parts
 
 namespace babygpt::cpu {
 
@@ -74,12 +75,6 @@ const GeluKernels& gelu_kernels() {
 
 using bf16 = unsigned short;  // bf16 bits, as the kernels take them
 bf16* bits(at::Tensor& t) { return reinterpret_cast<bf16*>(t.data_ptr<at::BFloat16>()); }
-
-// Rows per parallel task: ~32K elements, so small calls (and a decoding step's one row) run inline.
-int64_t grain_rows(int64_t f) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, f)); }
-
-// The bias gradient's parts: at most 64, of at least 16 rows, fixed by N alone.
-int64_t rows_per_part(int64_t n) { return std::max<int64_t>(16, (n + 63) / 64); }
 
 // float64 (the gradcheck path): Φ and φ from the C library.
 double normal_cdf(double h) { return 0.5 * std::erfc(-h * M_SQRT1_2); }
@@ -147,18 +142,12 @@ at::Tensor bias_gelu_fwd(const at::Tensor& x, const std::optional<at::Tensor>& b
   return y.to(x.scalar_type());
 }
 
-// The backward's rows in parts of rpp rows, each part summing dx into its row of pp (null: no bias
-// gradient wanted).
+// The backward's rows by parts (for_row_parts), each part summing dx into its row of pp (null: no
+// bias gradient wanted).
 template <class T, class A>
 void bwd_rows(const T* dyp, const T* xp, const A* bp, T* dxp, A* pp, int64_t n, int64_t f) {
-  const int64_t rpp = rows_per_part(n), parts = (n + rpp - 1) / rpp;
-  const int64_t grain = std::max<int64_t>(1, grain_rows(f) / rpp);
-  at::parallel_for(0, parts, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t part = begin; part < end; ++part) {
-      A* db = pp ? pp + part * f : nullptr;
-      for (int64_t r = part * rpp; r < std::min(n, (part + 1) * rpp); ++r)
-        grad_row(dyp + r * f, xp + r * f, bp, dxp + r * f, db, f);
-    }
+  for_row_parts(n, f, [&](int64_t part, int64_t r) {
+    grad_row(dyp + r * f, xp + r * f, bp, dxp + r * f, pp ? pp + part * f : nullptr, f);
   });
 }
 
@@ -174,9 +163,9 @@ std::tuple<at::Tensor, at::Tensor> bias_gelu_bwd(const at::Tensor& dy, const at:
   auto da = in_place ? dy.contiguous() : dy.to(acc).contiguous();
   auto ba = bias ? bias->to(acc).contiguous() : at::Tensor();
   auto dx = at::empty(x.sizes(), xa.options());
-  const int64_t n = x.size(0), f = x.size(1), rpp = rows_per_part(n), parts = (n + rpp - 1) / rpp;
+  const int64_t n = x.size(0), f = x.size(1);
   // One running sum of dx per part of the rows; zero-sized when no bias gradient is wanted.
-  auto partial = at::zeros({need_dbias ? parts : 0, f}, x.options().dtype(acc));
+  auto partial = at::zeros({need_dbias ? row_parts(n) : 0, f}, x.options().dtype(acc));
   AT_DISPATCH_FLOATING_TYPES(acc, "babygpt_bias_gelu_bwd_cpu", [&] {
     const scalar_t* bp = bias ? ba.data_ptr<scalar_t>() : nullptr;
     scalar_t* pp = need_dbias ? partial.data_ptr<scalar_t>() : nullptr;
@@ -187,15 +176,7 @@ std::tuple<at::Tensor, at::Tensor> bias_gelu_bwd(const at::Tensor& dy, const at:
   });
   const auto dt = x.scalar_type();
   if (!need_dbias) return {dx.to(dt), at::empty({0}, x.options())};
-  auto dbias = at::empty({f}, partial.options());
-  AT_DISPATCH_FLOATING_TYPES(acc, "babygpt_bias_gelu_dbias_cpu", [&] {  // the parts, added in order
-    const scalar_t* pp = partial.data_ptr<scalar_t>();
-    scalar_t* db = dbias.data_ptr<scalar_t>();
-    for (int64_t c = 0; c < f; ++c) db[c] = pp[c];
-    for (int64_t part = 1; part < parts; ++part)
-      for (int64_t c = 0; c < f; ++c) db[c] += pp[part * f + c];
-  });
-  return {dx.to(dt), dbias.to(dt)};
+  return {dx.to(dt), sum_parts(partial).to(dt)};
 }
 
 }  // namespace

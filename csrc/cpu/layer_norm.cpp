@@ -25,6 +25,7 @@
 #include <cstdint>
 
 #include "isa.h"
+#include "row_parts.h"  // grain_rows, for_row_parts, sum_parts
 
 namespace babygpt::cpu {
 
@@ -93,12 +94,6 @@ const LnKernels& ln_kernels() {
   return k;
 }
 #undef BABYGPT_LN_KERNELS
-
-// Rows per parallel task: ~32K elements, so small calls (and a decoding step's one row) run inline.
-int64_t grain_rows(int64_t c) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, c)); }
-
-// The parameter gradients' parts: at most 64, of at least 16 rows, fixed by N alone.
-int64_t rows_per_part(int64_t n) { return std::max<int64_t>(16, (n + 63) / 64); }
 
 // float64 (the gradcheck path): the same formulas, one element at a time.
 void fwd_row_f64(const double* x, const double* w, const double* b, double* y, int64_t c, double eps, double* mean,
@@ -216,9 +211,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_bwd(const at::Tensor& 
   TORCH_CHECK(!need_dweight || weight, "babygpt::layer_norm_bwd: need_dweight without a weight");
   auto wa = param(weight, acc);
   auto ma = mean.contiguous(), ra = rstd.contiguous();
-  const int64_t rpp = rows_per_part(n), parts = (n + rpp - 1) / rpp;
-  const int64_t grain = std::max<int64_t>(1, grain_rows(c) / rpp);
   // One running sum per part of the rows; zero-sized when that gradient is not wanted.
+  const int64_t parts = row_parts(n);
   auto pw = at::zeros({need_dweight ? parts : 0, c}, x.options().dtype(acc));
   auto pb = at::zeros({need_dbias ? parts : 0, c}, x.options().dtype(acc));
   at::Tensor dx;
@@ -229,13 +223,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_bwd(const at::Tensor& 
     const double *mp = ma.data_ptr<double>(), *rp = ra.data_ptr<double>();
     double *dxp = dx.data_ptr<double>(), *pwp = need_dweight ? pw.data_ptr<double>() : nullptr,
            *pbp = need_dbias ? pb.data_ptr<double>() : nullptr;
-    at::parallel_for(0, parts, grain, [&](int64_t begin, int64_t end) {
-      for (int64_t part = begin; part < end; ++part) {
-        for (int64_t r = part * rpp; r < std::min(n, (part + 1) * rpp); ++r) {
-          bwd_row_f64(dyp + r * c, xp + r * c, wp, mp[r], rp[r], dxp + r * c, pwp ? pwp + part * c : nullptr,
-                      pbp ? pbp + part * c : nullptr, c);
-        }
-      }
+    for_row_parts(n, c, [&](int64_t part, int64_t r) {
+      bwd_row_f64(dyp + r * c, xp + r * c, wp, mp[r], rp[r], dxp + r * c, pwp ? pwp + part * c : nullptr,
+                  pbp ? pbp + part * c : nullptr, c);
     });
   } else {
     auto xa = readable(x), da = readable(dy);
@@ -247,30 +237,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_bwd(const at::Tensor& 
     const float* wp = weight ? wa.data_ptr<float>() : nullptr;
     const float *mp = ma.data_ptr<float>(), *rp = ra.data_ptr<float>();
     float *pwp = need_dweight ? pw.data_ptr<float>() : nullptr, *pbp = need_dbias ? pb.data_ptr<float>() : nullptr;
-    at::parallel_for(0, parts, grain, [&](int64_t begin, int64_t end) {
-      for (int64_t part = begin; part < end; ++part) {
-        for (int64_t r = part * rpp; r < std::min(n, (part + 1) * rpp); ++r) {
-          row(dyp + r * c * ds, xp + r * c * xs, wp, mp[r], rp[r], dxp + r * c * xs, pwp ? pwp + part * c : nullptr,
-              pbp ? pbp + part * c : nullptr, c);
-        }
-      }
+    for_row_parts(n, c, [&](int64_t part, int64_t r) {
+      row(dyp + r * c * ds, xp + r * c * xs, wp, mp[r], rp[r], dxp + r * c * xs, pwp ? pwp + part * c : nullptr,
+          pbp ? pbp + part * c : nullptr, c);
     });
     if (x.scalar_type() == at::kHalf) dx = dx.to(at::kHalf);
   }
-  // The parts, added in order: (parts, C) -> (C,).
-  auto sum_parts = [&](const at::Tensor& p) {
-    if (p.size(0) == 0) return at::empty({0}, x.options().dtype(acc));
-    auto out = at::empty({c}, p.options());
-    AT_DISPATCH_FLOATING_TYPES(acc, "babygpt_layer_norm_parts_cpu", [&] {
-      const scalar_t* pp = p.data_ptr<scalar_t>();
-      scalar_t* o = out.data_ptr<scalar_t>();
-      for (int64_t i = 0; i < c; ++i) o[i] = pp[i];
-      for (int64_t part = 1; part < parts; ++part)
-        for (int64_t i = 0; i < c; ++i) o[i] += pp[part * c + i];
-    });
-    return out;
-  };
-  return {dx, sum_parts(pw), sum_parts(pb)};
+  // The parts, added in order: (parts, C) -> (C,); empty when that gradient is not wanted.
+  auto total = [&](const at::Tensor& p) { return p.size(0) ? sum_parts(p) : at::empty({0}, p.options()); };
+  return {dx, total(pw), total(pb)};
 }
 
 }  // namespace
